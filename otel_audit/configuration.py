@@ -1,0 +1,331 @@
+"""``otel_audit.configure()``: one call that wires audit logging into an application.
+
+It reads the standard ``OTEL_*`` variables and ``OTEL_AUDIT_*`` ones where no
+argument is given, reuses an SDK LoggerProvider that is already configured
+(putting the audit processor *first*, so exporters see sealed records), or
+creates one, and makes sure ``logging`` calls reach it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import _logs
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+from otel_audit.core.chain import SealedRecord
+from otel_audit.errors import AuditConfigurationError
+from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
+from otel_audit.processor import AuditLogRecordProcessor
+from otel_audit.spool.spool import SpoolConfig
+
+__all__ = ["AuditHandle", "configure"]
+
+_log = logging.getLogger("otel_audit")
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class AuditHandle:
+    """What :func:`configure` returns: flush, shut down, fail closed, inspect."""
+
+    def __init__(
+        self,
+        processor: AuditLogRecordProcessor,
+        provider: LoggerProvider,
+        *,
+        owns_provider: bool,
+        handler: logging.Handler | None,
+    ) -> None:
+        self.processor = processor
+        self.logger_provider = provider
+        self.handler = handler
+        self._owns_provider = owns_provider
+        self._lock = threading.Lock()
+        self._shut = False
+
+    @property
+    def pipeline(self) -> AuditPipeline:
+        return self.processor.pipeline
+
+    @property
+    def chain_id(self) -> str:
+        return self.pipeline.chain_id
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Return once every audit record logged so far is committed to PostgreSQL.
+
+        ``False`` if that did not happen within ``timeout`` seconds (the records
+        stay in the spool and are written later).
+        """
+        return self.pipeline.flush(timeout)
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Flush, then stop the sink (and the LoggerProvider if configure() created it).
+
+        Idempotent; also registered to run at interpreter exit.
+        """
+        with self._lock:
+            if self._shut:
+                return True
+            self._shut = True
+        committed = self.pipeline.flush(timeout)
+        self.processor.shutdown()
+        if self._owns_provider:
+            self.logger_provider.shutdown()
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+        return committed
+
+    def fail_closed(self, timeout: float = 5.0, *, expect: int = 1) -> AbstractContextManager[list[SealedRecord]]:
+        """``with audit.fail_closed(): log.info(...)`` returns only once the record is in PostgreSQL.
+
+        Raises :class:`otel_audit.AuditNotCommitted` otherwise; see
+        :meth:`AuditLogRecordProcessor.fail_closed`.
+        """
+        return self.processor.fail_closed(timeout, expect=expect)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this process's pipeline (also exported as OTel metrics)."""
+        return self.pipeline.snapshot()
+
+
+def configure(
+    dsn: str | None = None,
+    *,
+    service_name: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    spool_max_bytes: int | None = None,
+    spool_fsync: str | None = None,
+    when_full: str | None = None,
+    block_timeout: float | None = None,
+    strict: bool | None = None,
+    audit_loggers: Sequence[str] | None = None,
+    event_prefix: str | None = None,
+    max_record_bytes: int | None = None,
+    otlp: bool | None = None,
+    logger_provider: LoggerProvider | None = None,
+    install_handler: bool = True,
+    level: int = logging.INFO,
+    metrics: bool = True,
+) -> AuditHandle:
+    """Install the audit processor. Arguments override environment variables:
+
+    ========================  ==================================  =====================
+    argument                  environment variable                default
+    ========================  ==================================  =====================
+    ``dsn``                   ``OTEL_AUDIT_DSN``                  required
+    ``service_name``          ``OTEL_SERVICE_NAME``               the SDK's default
+    ``spool_dir``             ``OTEL_AUDIT_SPOOL_DIR``            ~/.local/state/otel-audit/spool
+    ``spool_max_bytes``       ``OTEL_AUDIT_SPOOL_MAX_BYTES``      1 GiB
+    ``spool_fsync``           ``OTEL_AUDIT_SPOOL_FSYNC``          ``interval``
+    ``when_full``             ``OTEL_AUDIT_WHEN_FULL``            ``block``
+    ``block_timeout``         ``OTEL_AUDIT_BLOCK_TIMEOUT``        5 seconds
+    ``strict``                ``OTEL_AUDIT_STRICT``               false
+    ``audit_loggers``         ``OTEL_AUDIT_LOGGERS`` (commas)     none
+    ``event_prefix``          ``OTEL_AUDIT_EVENT_PREFIX``         none
+    ``max_record_bytes``      ``OTEL_AUDIT_MAX_RECORD_BYTES``     256 KiB
+    ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
+                              ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
+    ========================  ==================================  =====================
+
+    ``level``: audit calls at this level must reach OpenTelemetry. If the root
+    logger's level would discard them, it is lowered to ``level`` and the root
+    logger's existing handlers keep their old threshold, so other output does
+    not change.
+    """
+    env = os.environ
+    dsn = dsn or env.get("OTEL_AUDIT_DSN")
+    if not dsn:
+        raise AuditConfigurationError(
+            "otel_audit.configure() needs a PostgreSQL DSN: pass dsn= or set OTEL_AUDIT_DSN, "
+            "for example postgresql://audit_writer@db.internal/audit"
+        )
+    service_name = service_name or env.get("OTEL_SERVICE_NAME")
+    spool = SpoolConfig(
+        directory=Path(spool_dir) if spool_dir is not None else default_spool_dir(),
+        max_bytes=_int_option(spool_max_bytes, "OTEL_AUDIT_SPOOL_MAX_BYTES", 1024**3),
+        fsync=spool_fsync or env.get("OTEL_AUDIT_SPOOL_FSYNC", "interval"),  # type: ignore[arg-type]
+        when_full=when_full or env.get("OTEL_AUDIT_WHEN_FULL", "block"),  # type: ignore[arg-type]
+        block_timeout=_float_option(block_timeout, "OTEL_AUDIT_BLOCK_TIMEOUT", 5.0),
+    )
+    if strict is None:
+        strict = env.get("OTEL_AUDIT_STRICT", "").strip().lower() in _TRUE
+    if audit_loggers is None:
+        audit_loggers = [n.strip() for n in env.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
+    if event_prefix is None:
+        event_prefix = env.get("OTEL_AUDIT_EVENT_PREFIX") or None
+    config = PipelineConfig(
+        dsn=dsn,
+        spool=spool,
+        max_record_bytes=_int_option(max_record_bytes, "OTEL_AUDIT_MAX_RECORD_BYTES", 256 * 1024),
+    )
+
+    provider, owns_provider = _logger_provider(logger_provider, service_name)
+    resource_attrs = provider.resource.attributes
+    pipeline = AuditPipeline(
+        config,
+        emitter={
+            "service_name": resource_attrs.get(SERVICE_NAME),
+            "host_name": resource_attrs.get("host.name") or socket.gethostname(),
+        },
+    )
+    processor = AuditLogRecordProcessor(
+        pipeline, audit_loggers=audit_loggers, event_prefix=event_prefix, strict=bool(strict)
+    )
+    _add_first(provider, processor)
+    if otlp is None:
+        otlp = owns_provider and _otlp_requested()
+    if otlp:
+        _add_otlp_exporter(provider)
+
+    handler = None
+    if install_handler and not _has_otel_handler(provider):
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+        handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
+        logging.getLogger().addHandler(handler)
+    _ensure_level(level, audit_loggers)
+    if metrics:
+        from otel_audit.metrics import register_pipeline_metrics
+
+        register_pipeline_metrics(processor)
+
+    handle = AuditHandle(processor, provider, owns_provider=owns_provider, handler=handler)
+    atexit.register(handle.shutdown)
+    return handle
+
+
+# ---------------------------------------------------------------------- helpers
+def _logger_provider(explicit: LoggerProvider | None, service_name: str | None) -> tuple[LoggerProvider, bool]:
+    if explicit is not None:
+        return explicit, False
+    current = _logs.get_logger_provider()
+    if isinstance(current, LoggerProvider):
+        return current, False
+    attrs = {SERVICE_NAME: service_name} if service_name else {}
+    provider = LoggerProvider(resource=Resource.create(attrs))
+    _logs.set_logger_provider(provider)
+    if _logs.get_logger_provider() is not provider:
+        raise AuditConfigurationError(
+            "a global LoggerProvider that is not the OpenTelemetry SDK's is already set; pass "
+            "logger_provider= (an opentelemetry.sdk._logs.LoggerProvider) to otel_audit.configure()"
+        )
+    return provider, True
+
+
+def _add_first(provider: LoggerProvider, processor: LogRecordProcessor) -> None:
+    """Register ``processor`` ahead of those already present.
+
+    The SDK only appends, but exporters registered earlier (for example by
+    ``opentelemetry-instrument``) must see the seal, so the audit processor has
+    to run first. The multi-processor keeps a tuple under a lock; replacing it
+    is the same operation ``add_log_record_processor`` performs.
+    """
+    multi = getattr(provider, "_multi_log_record_processor", None)
+    current = getattr(multi, "_log_record_processors", None)
+    lock = getattr(multi, "_lock", None)
+    if isinstance(current, tuple) and lock is not None:
+        with lock:
+            multi._log_record_processors = (processor, *multi._log_record_processors)  # type: ignore[union-attr]
+        return
+    if current:
+        _log.warning(
+            "otel-audit: could not place the audit processor before the existing ones; "
+            "OTLP exports from those will not carry the audit seal"
+        )
+    provider.add_log_record_processor(processor)
+
+
+def _otlp_requested() -> bool:
+    env = os.environ
+    exporters = {e.strip().lower() for e in env.get("OTEL_LOGS_EXPORTER", "").split(",") if e.strip()}
+    if "none" in exporters:
+        return False
+    return "otlp" in exporters or bool(
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+    )
+
+
+def _add_otlp_exporter(provider: LoggerProvider) -> None:
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    env = os.environ
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        except ImportError as exc:
+            raise AuditConfigurationError(
+                "OTLP protocol grpc was requested but the gRPC exporter is not installed: "
+                "pip install 'otel-audit[grpc]', or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+            ) from exc
+    elif protocol in ("http/protobuf", "http/json"):
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # type: ignore[assignment]
+    else:
+        raise AuditConfigurationError(
+            f"unknown OTLP protocol {protocol!r}: use grpc or http/protobuf (OTEL_EXPORTER_OTLP_PROTOCOL)"
+        )
+    provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
+
+
+def _has_otel_handler(provider: LoggerProvider) -> bool:
+    for handler in _all_root_handlers():
+        if type(handler).__name__ == "LoggingHandler" and type(handler).__module__.startswith("opentelemetry"):
+            return True
+    return False
+
+
+def _all_root_handlers() -> Iterator[logging.Handler]:
+    yield from logging.getLogger().handlers
+
+
+def _ensure_level(level: int, audit_loggers: Sequence[str]) -> None:
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > level:
+        old = root.getEffectiveLevel()
+        for handler in root.handlers:
+            if handler.level == logging.NOTSET and not (
+                type(handler).__name__ == "LoggingHandler" and type(handler).__module__.startswith("opentelemetry")
+            ):
+                handler.setLevel(old)
+        root.setLevel(level)
+    for name in audit_loggers:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > level:
+            logger.setLevel(level)
+
+
+def _int_option(value: int | None, env_name: str, default: int) -> int:
+    if value is not None:
+        return int(value)
+    raw = os.environ.get(env_name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise AuditConfigurationError(f"{env_name}={raw!r} is not an integer") from None
+
+
+def _float_option(value: float | None, env_name: str, default: float) -> float:
+    if value is not None:
+        return float(value)
+    raw = os.environ.get(env_name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise AuditConfigurationError(f"{env_name}={raw!r} is not a number") from None

@@ -1,0 +1,65 @@
+"""Attribute names shared by the processor, the ingest service and the collector configs.
+
+Input names follow OpenTelemetry semantic conventions where one exists; the seal
+names follow the OTel Audit Logging SIG draft (open-telemetry/community#2409).
+"""
+
+from __future__ import annotations
+
+# --- input: set by the application through logging's ``extra=`` -------------------
+AUDIT_ACTION = "audit.action"  # its presence marks a record as an audit record
+AUDIT_ACTOR_ID = "audit.actor.id"
+AUDIT_ACTOR_TYPE = "audit.actor.type"  # user | service | admin | system
+AUDIT_RESOURCE_TYPE = "audit.resource.type"
+AUDIT_RESOURCE_ID = "audit.resource.id"
+AUDIT_RESULT = "audit.result"  # success | failure | denied
+AUDIT_REASON = "audit.reason"
+AUDIT_CHANGED_FIELDS = "audit.changed_fields"
+AUDIT_OLD_VALUES = "audit.old_values"
+CLIENT_ADDRESS = "client.address"
+USER_AGENT = "user_agent.original"
+SESSION_ID = "session.id"
+USER_ID = "user.id"
+
+# --- seal: written back onto the OTel record so OTLP export carries it ----------
+RECORD_ID = "audit.record.id"
+CHAIN_ID = "audit.chain.id"
+SEQUENCE_NUMBER = "audit.sequence.number"
+SEQUENCE_PREV_HASH = "audit.sequence.prev_hash"
+INTEGRITY_ALGORITHM = "audit.integrity.algorithm"
+INTEGRITY_VALUE = "audit.integrity.value"
+
+SEAL_ATTRIBUTES = (
+    RECORD_ID,
+    CHAIN_ID,
+    SEQUENCE_NUMBER,
+    SEQUENCE_PREV_HASH,
+    INTEGRITY_ALGORITHM,
+    INTEGRITY_VALUE,
+)
+
+# --- resource attributes used for enrichment --------------------------------------
+SERVICE_NAME = "service.name"
+SERVICE_INSTANCE_ID = "service.instance.id"
+HOST_NAME = "host.name"
+
+#: Input attribute -> field of the audit record. These are lifted out of the
+#: free-form ``attributes`` map into their own (queryable) fields.
+INPUT_FIELDS: dict[str, str] = {
+    AUDIT_ACTION: "action",
+    AUDIT_ACTOR_ID: "actor_id",
+    AUDIT_ACTOR_TYPE: "actor_type",
+    AUDIT_RESOURCE_TYPE: "resource_type",
+    AUDIT_RESOURCE_ID: "resource_id",
+    AUDIT_RESULT: "result",
+    AUDIT_REASON: "reason",
+    AUDIT_CHANGED_FIELDS: "changed_fields",
+    AUDIT_OLD_VALUES: "old_values",
+    CLIENT_ADDRESS: "ip_address",
+    USER_AGENT: "user_agent",
+    SESSION_ID: "session_id",
+    USER_ID: "user_id",
+}
+
+ACTOR_TYPES = frozenset({"user", "service", "admin", "system"})
+RESULTS = frozenset({"success", "failure", "denied"})

@@ -1,0 +1,151 @@
+"""Hash chains: one per emitter, sealed under a lock, never forked.
+
+A chain starts with a *genesis* document that names the emitter (service,
+host, process). Its hash is the ``prev_hash`` of record 1, so the registry
+entry is bound into the chain: replacing or deleting it breaks the first link.
+Record ``n`` carries ``seq = n`` and ``prev_hash = hash(record n-1)``; both are
+inside the hashed bytes.
+
+The chain knows nothing of OTel or PostgreSQL. Sealed bytes go to a
+:class:`FrameSink` (the durable spool) *inside* the lock, so the order of
+frames on disk is the order of sequence numbers, and a refused append (spool
+full) leaves no gap: the sequence number is only consumed once the frame is
+accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from otel_audit.core.canonical import canonical_json
+from otel_audit.core.ids import MAX_SEQUENCE, new_chain_id, record_id_prefix
+from otel_audit.core.record import (
+    GENESIS_DOMAIN,
+    RECORD_DOMAIN,
+    RECORD_FORMAT,
+    Draft,
+    encode_draft,
+    format_timestamp,
+)
+
+__all__ = [
+    "KIND_CHECKPOINT",
+    "KIND_GENESIS",
+    "KIND_RECORD",
+    "Chain",
+    "FrameSink",
+    "SealedRecord",
+    "emitter_metadata",
+    "genesis_hash",
+]
+
+KIND_GENESIS = ord("G")
+KIND_RECORD = ord("R")
+KIND_CHECKPOINT = ord("C")
+
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024
+
+_dumps = orjson.dumps
+_SORT = orjson.OPT_SORT_KEYS
+_sha256 = hashlib.sha256
+
+
+class FrameSink(Protocol):
+    """Where sealed frames go. ``append`` raises to refuse a frame."""
+
+    def append(self, kind: int, payload: bytes, digest: bytes) -> Any: ...
+
+
+class SealedRecord(NamedTuple):
+    """The seal of one record (a tuple: cheap to build on the hot path)."""
+
+    record_id: str
+    chain_id: str
+    seq: int
+    prev_hash: str
+    hash: str
+    canonical: bytes
+    position: Any  # where the sink put it (for fail-closed waits)
+
+
+# tuple.__new__ skips the NamedTuple's Python-level constructor (hot path).
+_new_sealed = tuple.__new__
+
+
+def genesis_hash(genesis: bytes) -> str:
+    return hashlib.sha256(GENESIS_DOMAIN + genesis).hexdigest()
+
+
+class Chain:
+    """Assigns sequence numbers and links; thread-safe, one per emitter."""
+
+    def __init__(
+        self,
+        sink: FrameSink,
+        *,
+        emitter: Mapping[str, Any],
+        chain_id: str | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.chain_id = chain_id or new_chain_id()
+        self.max_record_bytes = max_record_bytes
+        self._sink = sink
+        self._id_prefix = record_id_prefix()
+        self._lock = threading.Lock()
+        genesis_doc = {
+            "v": RECORD_FORMAT,
+            "type": "chain",
+            "chain_id": self.chain_id,
+            "created": format_timestamp(clock()),
+            "emitter": dict(emitter),
+        }
+        self.genesis = canonical_json(genesis_doc)
+        digest = hashlib.sha256(GENESIS_DOMAIN + self.genesis).digest()
+        sink.append(KIND_GENESIS, self.genesis, digest)
+        self.genesis_hash = digest.hex()
+        self._seq = 0
+        self._head = self.genesis_hash
+
+    def head(self) -> tuple[int, str]:
+        """(sequence number, hash) of the newest sealed record (0, genesis hash at start)."""
+        with self._lock:
+            return self._seq, self._head
+
+    def seal(self, draft: Draft) -> SealedRecord:
+        doc = draft.doc
+        doc["chain_id"] = self.chain_id
+        with self._lock:
+            seq = self._seq + 1
+            if seq > MAX_SEQUENCE:
+                raise OverflowError("chain exhausted its 2**48 sequence numbers; start a new chain")
+            prev = self._head
+            record_id = doc["id"] = f"{self._id_prefix}{seq:012x}"
+            doc["seq"] = seq
+            doc["prev_hash"] = prev
+            if draft.ascii_keys and not draft.has_float:  # the common case, inlined
+                canonical = _dumps(doc, option=_SORT)
+                if b"\\u0000" in canonical or len(canonical) > self.max_record_bytes:
+                    canonical = encode_draft(draft, self.max_record_bytes)
+            else:
+                canonical = encode_draft(draft, self.max_record_bytes)
+            digest = _sha256(RECORD_DOMAIN + canonical).digest()
+            position = self._sink.append(KIND_RECORD, canonical, digest)
+            hex_digest = digest.hex()
+            self._seq = seq
+            self._head = hex_digest
+        return _new_sealed(SealedRecord, (record_id, self.chain_id, seq, prev, hex_digest, canonical, position))
+
+
+def emitter_metadata(kind: str, **fields: Any) -> dict[str, Any]:
+    """The genesis ``emitter`` object: who wrote this chain."""
+    meta = {"kind": kind, "pid": os.getpid()}
+    meta.update({k: v for k, v in fields.items() if v is not None})
+    return meta

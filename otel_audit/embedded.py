@@ -1,0 +1,67 @@
+"""An embedded PostgreSQL for the demo and the tests (the ``pgserver`` wheel, PostgreSQL 16).
+
+Not for production: it exists so that a laptop with no database can run
+``otel-audit demo`` and the test suite with nothing but ``pip install``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from otel_audit.errors import AuditConfigurationError
+
+__all__ = ["EmbeddedPostgres", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "otel-audit" / "demo-postgres"
+
+
+class EmbeddedPostgres:
+    """Start (or reuse) a pgserver instance in ``data_dir``.
+
+    ``keep_running=True`` leaves the server up after this process exits, so the
+    DSN printed by the demo keeps working for ``otel-audit verify`` and
+    ``query``; :meth:`stop` stops it.
+    """
+
+    def __init__(self, data_dir: Path | str | None = None, *, keep_running: bool = False) -> None:
+        try:
+            import pgserver
+        except ImportError as exc:
+            raise AuditConfigurationError(
+                "the embedded PostgreSQL needs the 'embedded' extra: pip install 'otel-audit[embedded]' "
+                "(or pass --dsn / set OTEL_AUDIT_DSN to use your own server)"
+            ) from exc
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server: Any = pgserver.get_server(self.data_dir, cleanup_mode=None if keep_running else "stop")
+
+    def dsn(self, database: str = "postgres") -> str:
+        return str(self._server.get_uri(database))
+
+    def create_database(self, name: str) -> str:
+        """Create ``name`` if missing; returns its DSN."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+
+    def start(self) -> None:
+        """Restart after :meth:`stop` (the fault tests stop and start the server)."""
+        self._server.ensure_postgres_running()
+
+    @property
+    def server(self) -> Any:
+        return self._server

@@ -1,0 +1,157 @@
+"""One emitter's path from a record draft to PostgreSQL: chain -> spool -> sink.
+
+Shared by the in-process OTel processor and the OTLP ingest service (one
+pipeline per ingest worker). It knows neither OTel nor HTTP; it wires the
+sealing core to the durable spool and the PostgreSQL sink, and owns the
+lifecycle: start, flush, fail-closed waits, shutdown, and what a forked child
+must do (start a chain of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otel_audit.core.chain import Chain, SealedRecord, emitter_metadata
+from otel_audit.core.ids import new_chain_id
+from otel_audit.core.record import Draft
+from otel_audit.errors import AuditConfigurationError, SpoolFull
+from otel_audit.sink.writer import PostgresSink
+from otel_audit.spool.spool import SpoolConfig
+from otel_audit.stats import PipelineStats
+
+__all__ = ["AuditPipeline", "PipelineConfig", "default_spool_dir"]
+
+_log = logging.getLogger("otel_audit")
+
+
+def default_spool_dir() -> Path:
+    """``$OTEL_AUDIT_SPOOL_DIR``, else ``$XDG_STATE_HOME/otel-audit/spool`` (``~/.local/state/...``)."""
+    env = os.environ.get("OTEL_AUDIT_SPOOL_DIR")
+    if env:
+        return Path(env)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "otel-audit" / "spool"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    dsn: str
+    spool: SpoolConfig
+    max_record_bytes: int = 256 * 1024
+    batch_records: int = 10_000
+    adopt_orphans: bool = True
+    application_name: str = "otel-audit-sink"
+
+    def __post_init__(self) -> None:
+        if not self.dsn:
+            raise AuditConfigurationError(
+                "no PostgreSQL DSN: pass dsn= or set OTEL_AUDIT_DSN (e.g. postgresql://user@host/db)"
+            )
+        if self.spool.segment_bytes < 2 * self.max_record_bytes + 4096:
+            raise AuditConfigurationError(
+                f"spool segment_bytes ({self.spool.segment_bytes}) must be at least twice max_record_bytes "
+                f"({self.max_record_bytes})"
+            )
+
+
+class AuditPipeline:
+    """Seal -> spool -> PostgreSQL for one chain. Thread-safe :meth:`seal`."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        emitter: Mapping[str, Any],
+        emitter_kind: str = "sdk",
+        sink_hooks: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self._emitter = dict(emitter)
+        self._emitter_kind = emitter_kind
+        self._sink_hooks = dict(sink_hooks or {})
+        self._counter_lock = threading.Lock()
+        self._closed = False
+        self._build()
+
+    def _build(self) -> None:
+        self.stats = PipelineStats()
+        self.sink = PostgresSink(
+            self.config.dsn,
+            self.config.spool,
+            stats=self.stats,
+            batch_records=self.config.batch_records,
+            adopt_orphans=self.config.adopt_orphans,
+            application_name=self.config.application_name,
+            **self._sink_hooks,
+        )
+        chain_id = new_chain_id()
+        spool = self.sink.open_spool(chain_id)
+        self.spool = spool
+        self.chain = Chain(
+            spool,
+            emitter=emitter_metadata(self._emitter_kind, **self._emitter),
+            chain_id=chain_id,
+            max_record_bytes=self.config.max_record_bytes,
+        )
+        self.sink.start()
+
+    @property
+    def chain_id(self) -> str:
+        return self.chain.chain_id
+
+    # ------------------------------------------------------------------ hot path
+    def seal(self, draft: Draft) -> SealedRecord:
+        """Seal and spool one record; durable against a process crash on return.
+
+        Raises :class:`SpoolFull` if the spool cannot take it (nothing is sealed then).
+        """
+        sealed = self.chain.seal(draft)
+        if draft.doc["problems"]:
+            with self._counter_lock:
+                self.stats.invalid += 1
+        if self.config.spool.fsync == "always":
+            if not self.spool.wait_synced(sealed.position, self.config.spool.block_timeout):
+                raise SpoolFull(
+                    f"the spool could not be synced to disk within {self.config.spool.block_timeout:g}s; the "
+                    "record is sealed but may not survive a power loss"
+                )
+        return sealed
+
+    def count_dropped(self, n: int = 1) -> None:
+        with self._counter_lock:
+            self.stats.dropped += n
+
+    # ------------------------------------------------------------------ waiting
+    def wait_committed(self, sealed: SealedRecord, timeout: float) -> bool:
+        return self.sink.wait_committed(sealed.position, timeout)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return self.sink.flush(timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        self.stats.accepted = self.chain.head()[0]
+        data = self.stats.snapshot()
+        data["chain_id"] = self.chain_id
+        data["spool_dir"] = str(self.spool.path)
+        return data
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self, timeout: float = 30.0) -> bool:
+        if self._closed:
+            return True
+        self._closed = True
+        self.stats.accepted = self.chain.head()[0]
+        return self.sink.close(timeout)
+
+    def restart_after_fork(self) -> None:
+        """In a forked child: leave the parent's chain and spool alone, start a new chain."""
+        self.sink.abandon_after_fork()
+        self._counter_lock = threading.Lock()
+        self._closed = False
+        self._build()

@@ -1,0 +1,576 @@
+"""The PostgreSQL sink: drains spools into ``audit_logs`` on one background thread.
+
+Each pass reads what accumulated in a spool since the last commit and writes
+it in one transaction with ``COPY`` (group commit: the slower the database,
+the larger the batch). A batch is committed before its spool space is
+released, so a crash anywhere leaves the records in the spool; the replay
+skips sequence numbers PostgreSQL already has, so nothing is written twice.
+
+Failures are sorted into two kinds:
+
+* *transient* (connection lost, server shutting down, disk full, missing
+  table, lock timeouts, ...): the batch stays in the spool and is retried
+  with exponential backoff until it goes through. Nothing is dropped.
+* *record-level* (SQLSTATE classes 22 data exception, 23 integrity violation,
+  54 program limit): the batch is bisected until the offending records are
+  isolated; those are written to ``audit_quarantine`` with PostgreSQL's
+  reason, and the rest of the batch proceeds. Never retried forever, never
+  dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+
+from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
+from otel_audit.core.record import record_seq
+from otel_audit.sink.rows import CONFLICTING_STAGED, CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE
+from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition, list_chain_dirs
+from otel_audit.stats import PipelineStats
+
+__all__ = ["PostgresSink", "connect", "target_fingerprint"]
+
+_log = logging.getLogger("otel_audit.sink")
+
+_COPY_STAGE = f"COPY {STAGE_TABLE} (ord, hash, canonical) FROM STDIN (FORMAT BINARY)"
+_MAX_SEQ = """
+SELECT greatest(
+    (SELECT max(seq) FROM audit_logs WHERE chain_id = %(c)s),
+    (SELECT max(seq) FROM audit_quarantine WHERE chain_id = %(c)s),
+    0)
+"""
+
+#: SQLSTATE classes that blame the records rather than the server.
+_RECORD_LEVEL_CLASSES = ("22", "23", "54")
+
+
+def connect(dsn: str, *, application_name: str = "otel-audit", connect_timeout: int = 5) -> psycopg.Connection:
+    """Open an autocommit connection with keepalives (a dead server is noticed in ~25 s)."""
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        application_name=application_name,
+        connect_timeout=connect_timeout,
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+    )
+
+
+def target_fingerprint(dsn: str) -> str:
+    """Identify the destination database without its password.
+
+    A spool left by a dead process is only replayed by a process writing to
+    the same database (host, port, database, user and options such as
+    ``search_path``), never into another one.
+    """
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.pop("password", None)
+    for key, env in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"), ("user", "PGUSER")):
+        params.setdefault(key, os.environ.get(env, ""))
+    relevant = {k: str(params.get(k, "")) for k in ("host", "hostaddr", "port", "dbname", "user", "options")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class _Transient(Exception):
+    """The database cannot take the batch now; retry later."""
+
+
+@dataclass
+class _Source:
+    spool: ChainSpool
+    committed: SpoolPosition
+    max_seq: int | None  # highest sequence number known to be stored (None: ask the database)
+    records_done: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    records: list[tuple[int, bytes, str]]  # (seq, canonical, hash)
+    chains: list[dict[str, Any]]  # INSERT_CHAINS parameters
+    checkpoints: list[tuple[bytes, bytes]]
+    end: SpoolPosition
+
+
+class PostgresSink:
+    """Writes sealed frames from spools to PostgreSQL. Thread-safe entry points:
+    :meth:`wake`, :meth:`wait_committed`, :meth:`flush`, :meth:`close`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        spool_config: SpoolConfig,
+        *,
+        stats: PipelineStats | None = None,
+        batch_records: int = 10_000,
+        batch_bytes: int = 32 * 1024 * 1024,
+        poll_interval: float = 0.05,
+        retry_initial: float = 0.1,
+        retry_max: float = 10.0,
+        adopt_orphans: bool = True,
+        adopt_interval: float = 30.0,
+        application_name: str = "otel-audit-sink",
+        checkpoint_handler: Callable[[list[tuple[bytes, bytes]], psycopg.Connection], None] | None = None,
+        after_commit: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.spool_config = spool_config
+        self.target = target_fingerprint(dsn)
+        self.stats = stats or PipelineStats()
+        self.batch_records = batch_records
+        self.batch_bytes = batch_bytes
+        self.poll_interval = poll_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.adopt_orphans = adopt_orphans
+        self.adopt_interval = adopt_interval
+        self.application_name = application_name
+        self.checkpoint_handler = checkpoint_handler
+        self.after_commit = after_commit
+        self._conn: psycopg.Connection | None = None
+        self._own: _Source | None = None
+        self._sources: list[_Source] = []
+        self._wake = threading.Event()
+        self._committed = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._retry_delay = retry_initial
+        self._next_adopt = 0.0
+        self._status_written = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def open_spool(self, chain_id: str) -> ChainSpool:
+        spool = ChainSpool.create(self.spool_config, chain_id, self.target)
+        self._own = _Source(spool, spool.start(), max_seq=0)
+        self._sources.insert(0, self._own)
+        return spool
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="otel-audit-sink", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def committed_position(self) -> SpoolPosition:
+        return self._own.committed if self._own else 0
+
+    def wait_committed(self, position: SpoolPosition, timeout: float) -> bool:
+        """Block until everything up to ``position`` of the own spool is in PostgreSQL."""
+        own = self._own
+        if own is None:
+            return False
+        if own.committed >= position:
+            return True
+        self._wake.set()
+        with self._committed:
+            return self._committed.wait_for(lambda: own.committed >= position or self._dead(), timeout) and (
+                own.committed >= position
+            )
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Return once everything appended so far is committed (``False`` on timeout)."""
+        own = self._own
+        if own is None:
+            return True
+        return self.wait_committed(own.spool.end, timeout)
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Flush, stop the thread, release the spool. Returns whether all was committed."""
+        flushed = self.flush(timeout)
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(1.0, timeout))
+        own = self._own
+        if own is not None:
+            done = own.committed >= own.spool.end
+            own.spool.close(remove=done)
+            if not done:
+                _log.warning(
+                    "otel-audit: %d bytes of audit records were not yet written to PostgreSQL at shutdown; "
+                    "they are safe in %s and will be written by the next process using this spool directory",
+                    own.spool.end - own.committed,
+                    own.spool.path,
+                )
+        for source in self._sources:
+            if source is not own:
+                source.spool.close()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._write_status()
+        return flushed
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop every handle shared with the parent without closing it.
+
+        Closing the inherited connection would send the parent's server session a
+        Terminate message; the object is kept referenced for the child's lifetime.
+        """
+        _FORK_ORPHANS.append(self._conn)
+        self._conn = None
+        for source in self._sources:
+            source.spool.abandon_after_fork()
+        self._sources = []
+        self._own = None
+        self._stopping = True
+
+    def _dead(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ main loop
+    def _run(self) -> None:
+        while True:
+            try:
+                progressed = self._pass()
+            except Exception as exc:  # a bug must not silently stop the sink: log, back off, retry
+                _log.exception("otel-audit sink: unexpected error; retrying")
+                self.stats.note_error(f"internal: {exc!r}")
+                self._sleep_backoff()
+                continue
+            self._maybe_write_status()
+            own = self._own
+            if self._stopping and (own is None or own.committed >= own.spool.end):
+                return
+            if not progressed:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def _pass(self) -> bool:
+        now = time.monotonic()
+        if self.adopt_orphans and now >= self._next_adopt:
+            self._next_adopt = now + self.adopt_interval
+            self._adopt()
+        progressed = False
+        for source in list(self._sources):
+            try:
+                while self._drain(source):
+                    progressed = True
+                    if self._stopping and source is not self._own:
+                        break
+            except _Transient as exc:
+                self._on_transient(exc)
+                return False
+        self._update_gauges()
+        return progressed
+
+    def _adopt(self) -> None:
+        known = {s.spool.path for s in self._sources}
+        for path in list_chain_dirs(Path(self.spool_config.directory)):
+            if path in known:
+                continue
+            spool = ChainSpool.adopt(path, self.spool_config, self.target)
+            if spool is None:
+                continue
+            _log.info("otel-audit: replaying the spool of an earlier process: %s", path)
+            self._sources.append(_Source(spool, spool.start(), max_seq=None, extra={"adopted": True}))
+
+    # ------------------------------------------------------------------ one batch
+    def _drain(self, source: _Source) -> bool:
+        frames = source.spool.read(source.committed, self.batch_records, self.batch_bytes)
+        if not frames:
+            if not source.spool.owner:
+                self._finish_adopted(source)
+            return False
+        if source.max_seq is None:
+            source.max_seq = self._stored_max_seq(source.spool.chain_id)
+        batch = self._decode(source, frames)
+        if batch.records or batch.chains or batch.checkpoints:
+            try:
+                self._write(source, batch)
+            except _Transient:
+                source.max_seq = None  # part of the batch may be stored; ask before retrying
+                raise
+        self._advance(source, batch)
+        return True
+
+    def _decode(self, source: _Source, frames: list) -> _Batch:
+        records: list[tuple[int, bytes, str]] = []
+        chains: list[dict[str, Any]] = []
+        checkpoints: list[tuple[bytes, bytes]] = []
+        max_seq = source.max_seq or 0
+        for frame, _end in frames:
+            kind = frame.kind
+            if kind == KIND_RECORD:
+                seq = record_seq(frame.payload)
+                if seq <= max_seq:
+                    continue  # already stored by an earlier attempt
+                records.append((seq, frame.payload, frame.digest.hex()))
+            elif kind == KIND_GENESIS:
+                chains.append({"g": frame.payload, "h": frame.digest.hex()})
+            elif kind == KIND_CHECKPOINT:
+                checkpoints.append((frame.payload, frame.digest))
+        return _Batch(records, chains, checkpoints, frames[-1][1])
+
+    def _advance(self, source: _Source, batch: _Batch) -> None:
+        if batch.records:
+            source.max_seq = batch.records[-1][0]
+            source.records_done += len(batch.records)
+        stats = self.stats
+        stats.committed += len(batch.records)
+        if source is not self._own:
+            stats.replayed += len(batch.records)
+        stats.last_commit_unix = time.time()
+        stats.database_up = True
+        self._retry_delay = self.retry_initial
+        with self._committed:
+            source.committed = batch.end
+            self._committed.notify_all()
+        source.spool.release_before(batch.end)
+        if self.after_commit is not None and batch.checkpoints:
+            try:
+                self.after_commit(batch.checkpoints)
+            except Exception:
+                _log.exception("otel-audit: post-commit checkpoint hook failed")
+
+    def _write(self, source: _Source, batch: _Batch) -> None:
+        try:
+            self._write_rows(batch.records, batch.chains, batch.checkpoints)
+            return
+        except _Transient:
+            raise
+        except psycopg.Error as exc:
+            if not _is_record_level(exc):
+                raise _Transient(_describe(exc)) from exc
+            first_error = exc
+        # Record-level failure. Genesis rows and checkpoints are small and fixed-form:
+        # store them on their own, then isolate the culprit records by bisection.
+        if batch.chains or batch.checkpoints:
+            self._write_rows([], batch.chains, batch.checkpoints)
+        self._write_isolating(batch.records, 0, len(batch.records), first_error)
+
+    def _write_isolating(self, records: list, lo: int, hi: int, error: psycopg.Error) -> None:
+        """``records[lo:hi]`` failed for a record-level reason: store what can be stored,
+        quarantine the rest. Halves are written left first, keeping each chain in order."""
+        if hi - lo == 1:
+            self._quarantine(records[lo], _describe(error))
+            return
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            try:
+                self._write_rows(records[a:b], [], [])
+            except _Transient:
+                raise
+            except psycopg.Error as exc:
+                if not _is_record_level(exc):
+                    raise _Transient(_describe(exc)) from exc
+                self._write_isolating(records, a, b, exc)
+
+    def _quarantine(self, record: tuple[int, bytes, str], reason: str) -> None:
+        seq, canonical, hash_hex = record
+        chain_id = self._chain_of(canonical)
+        conn = self._connection()
+        try:
+            conn.execute(
+                "INSERT INTO audit_quarantine (chain_id, seq, hash, canonical, reason) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (chain_id, seq, hash_hex, canonical, reason),
+            )
+        except psycopg.Error as exc:
+            if not _is_record_level(exc):
+                raise _Transient(_describe(exc)) from exc
+            self._quarantine_file(chain_id, seq, canonical, hash_hex, f"{reason}; quarantine table refused it too: {exc}")
+            return
+        self.stats.quarantined += 1
+        _log.error(
+            "otel-audit: PostgreSQL refused audit record chain=%s seq=%s permanently (%s); it is kept in "
+            "audit_quarantine and still verifies as part of its chain",
+            chain_id,
+            seq,
+            reason,
+        )
+
+    @staticmethod
+    def _chain_of(canonical: bytes) -> str:
+        return str(orjson.loads(canonical)["chain_id"])
+
+    def _quarantine_file(self, chain_id: str, seq: int, canonical: bytes, hash_hex: str, reason: str) -> None:
+        directory = Path(self.spool_config.directory) / "quarantine"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{chain_id}-{seq:012d}.json"
+        path.write_bytes(orjson.dumps({"reason": reason, "hash": hash_hex, "canonical": canonical.decode("utf-8")}))
+        self.stats.quarantined += 1
+        _log.critical(
+            "otel-audit: audit record chain=%s seq=%s could not be stored in PostgreSQL at all (%s); "
+            "saved to %s. Import it once the cause is fixed.",
+            chain_id,
+            seq,
+            reason,
+            path,
+        )
+
+    def _write_rows(self, records: list[tuple[int, bytes, str]], chains: list, checkpoints: list) -> None:
+        """One transaction: chain registrations, records (staged, then projected), checkpoints."""
+        conn = self._connection()
+        conflicts: list[tuple[int, str]] = []
+        try:
+            with conn.transaction():
+                cur = conn.cursor()
+                if chains:
+                    cur.executemany(INSERT_CHAINS, chains)
+                if records:
+                    with cur.copy(_COPY_STAGE) as copy:
+                        copy.set_types(["int4", "text", "bytea"])
+                        for ord_, (_seq, canonical, hash_hex) in enumerate(records):
+                            copy.write_row((ord_, hash_hex, canonical))
+                    cur.execute(PROJECT_STAGE)
+                    if cur.rowcount != len(records):
+                        # Some (chain, seq) were already stored: a replay (same hash,
+                        # nothing to do) or a different record in their place.
+                        conflicts = cur.execute(CONFLICTING_STAGED).fetchall()
+                if checkpoints and self.checkpoint_handler is not None:
+                    self.checkpoint_handler(checkpoints, conn)
+        except psycopg.OperationalError as exc:
+            self._drop_connection()
+            raise _Transient(_describe(exc)) from exc
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                self._drop_connection()
+                raise _Transient(_describe(exc)) from exc
+            raise
+        for ord_, stored_hash in conflicts:
+            self._quarantine(
+                records[ord_],
+                f"a different record (hash {stored_hash}) already occupies this chain and sequence number in "
+                "audit_logs: it was not written by this chain's emitter",
+            )
+
+    def _stored_max_seq(self, chain_id: str) -> int:
+        conn = self._connection()
+        try:
+            row = conn.execute(_MAX_SEQ, {"c": chain_id}).fetchone()
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                self._drop_connection()
+            raise _Transient(_describe(exc)) from exc
+        return int(row[0]) if row else 0
+
+    def _finish_adopted(self, source: _Source) -> None:
+        _log.info(
+            "otel-audit: spool %s of an earlier process fully written (%d records replayed)",
+            source.spool.path,
+            source.records_done,
+        )
+        source.spool.close(remove=True)
+        self._sources.remove(source)
+
+    # ------------------------------------------------------------------ connection & retries
+    def _connection(self) -> psycopg.Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        try:
+            conn = connect(self.dsn, application_name=self.application_name)
+            conn.execute(CREATE_STAGE)
+        except psycopg.Error as exc:
+            raise _Transient(_describe(exc)) from exc
+        self._conn = conn
+        _log.info("otel-audit: connected to PostgreSQL")
+        # After a reconnect nothing is known about what the last COMMIT did.
+        for source in self._sources:
+            source.max_seq = None
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn = None
+
+    def _on_transient(self, exc: _Transient) -> None:
+        message = str(exc)
+        if self.stats.database_up is not False:
+            _log.warning(
+                "otel-audit: cannot write audit records to PostgreSQL (%s); they are kept in the spool %s "
+                "and retried with backoff",
+                message,
+                self.spool_config.directory,
+            )
+        self.stats.database_up = False
+        self.stats.note_error(message)
+        self._sleep_backoff()
+
+    def _sleep_backoff(self) -> None:
+        delay = self._retry_delay * (0.5 + random.random())
+        self._retry_delay = min(self.retry_max, self._retry_delay * 2)
+        # A flush or stop wakes us early; the retry then happens sooner, which is harmless.
+        self._wake.wait(delay)
+        self._wake.clear()
+
+    # ------------------------------------------------------------------ gauges & status
+    def _update_gauges(self) -> None:
+        own = self._own
+        pending = 0
+        for source in self._sources:
+            pending += source.spool.pending_bytes(source.committed)
+        self.stats.spool_bytes = pending
+        if own is not None and own.committed >= own.spool.end and len(self._sources) == 1:
+            self.stats.oldest_uncommitted_unix = None
+        elif self.stats.oldest_uncommitted_unix is None:
+            self.stats.oldest_uncommitted_unix = self._oldest_pending_time()
+
+    def _oldest_pending_time(self) -> float | None:
+        for source in self._sources:
+            for frame, _ in source.spool.read(source.committed, 16, 1 << 20):
+                if frame.kind == KIND_RECORD:
+                    with contextlib.suppress(Exception):
+                        ts = orjson.loads(frame.payload)["timestamp"]
+                        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        return None
+
+    def _maybe_write_status(self) -> None:
+        now = time.monotonic()
+        if now - self._status_written >= 1.0:
+            self._status_written = now
+            self._write_status()
+
+    def _write_status(self) -> None:
+        own = self._own
+        if own is None or not own.spool.path.exists():
+            return
+        data = self.stats.snapshot()
+        data["pid"] = os.getpid()
+        data["chain_id"] = own.spool.chain_id
+        data["written_unix"] = time.time()
+        tmp = own.spool.path / "status.json.tmp"
+        with contextlib.suppress(OSError):
+            tmp.write_bytes(orjson.dumps(data))
+            os.replace(tmp, own.spool.path / "status.json")
+
+
+_FORK_ORPHANS: list[Any] = []
+
+
+def _is_record_level(exc: psycopg.Error) -> bool:
+    state = getattr(exc, "sqlstate", None) or ""
+    return state[:2] in _RECORD_LEVEL_CLASSES
+
+
+def _describe(exc: BaseException) -> str:
+    state = getattr(exc, "sqlstate", None)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if state == "42P01":
+        hint = " (the otel-audit tables are missing: run `otel-audit db init --dsn ...`)"
+    elif state == "42501":
+        hint = " (the role lacks privileges: see 'Writer role' in the README)"
+    return f"{type(exc).__name__}{f' [{state}]' if state else ''}: {text}{hint}"

@@ -1,0 +1,71 @@
+"""The spool's on-disk frame format.
+
+A segment file is a fixed-size, pre-allocated file::
+
+    segment := MAGIC (8 bytes) frame* zero-fill
+    frame   := kind (1 byte) length (uint32 LE) digest (32 bytes) payload (length bytes)
+
+``kind`` is ``G`` (chain genesis), ``R`` (record) or ``C`` (checkpoint);
+``digest`` is SHA-256 over the kind's domain tag followed by the payload,
+which for a record is exactly the record hash. The kind byte is written last,
+so a frame whose kind is zero was never completed; a frame whose digest does
+not match its payload was torn by a power loss. Either ends the readable data
+of the segment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
+from otel_audit.core.record import CHECKPOINT_DOMAIN, GENESIS_DOMAIN, RECORD_DOMAIN
+
+__all__ = ["FRAME_HEADER", "MAGIC", "Frame", "domain_for", "iter_frames"]
+
+MAGIC = b"OTAUDSP1"
+FRAME_HEADER = struct.Struct("<BI32s")
+HEADER_TAIL = struct.Struct("<I32s")  # everything but the kind byte
+
+_DOMAINS = {
+    KIND_RECORD: RECORD_DOMAIN,
+    KIND_GENESIS: GENESIS_DOMAIN,
+    KIND_CHECKPOINT: CHECKPOINT_DOMAIN,
+}
+
+
+def domain_for(kind: int) -> bytes:
+    return _DOMAINS[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: int
+    payload: bytes
+    digest: bytes
+    end: int  # offset just past this frame in its segment
+
+
+def iter_frames(buffer: bytes | memoryview, start: int, stop: int, *, check: bool) -> Iterator[Frame]:
+    """Yield complete frames of ``buffer[start:stop]``.
+
+    ``check=True`` recomputes each digest (for files left by another process,
+    which may end in a torn frame); a live in-process reader skips that.
+    Iteration stops at the first incomplete or damaged frame.
+    """
+    pos = start
+    header_size = FRAME_HEADER.size
+    while pos + header_size <= stop:
+        kind, length, digest = FRAME_HEADER.unpack_from(buffer, pos)
+        if kind == 0:
+            return
+        end = pos + header_size + length
+        if kind not in _DOMAINS or end > stop:
+            return
+        payload = bytes(buffer[pos + header_size : end])
+        if check and hashlib.sha256(_DOMAINS[kind] + payload).digest() != digest:
+            return
+        yield Frame(kind, payload, digest, end)
+        pos = end
