@@ -360,15 +360,21 @@ class ChainSpool:
         out: list[tuple[Frame, SpoolPosition]] = []
         total = 0
         number, offset = divmod(start, self._seg_size)
+        # One snapshot of the writer's end: frames before it are complete. A
+        # segment is finished only if the end had already moved past it at the
+        # snapshot; deciding that later would skip frames written meanwhile.
+        live_end = self.end
+        end_segment = live_end // self._seg_size
         while len(out) < max_frames and total < max_bytes:
+            if self.owner and number > end_segment:
+                return out
             segment = self._segment(number)
             if segment is None:
                 return out
             if offset < len(MAGIC):
                 offset = len(MAGIC)
             if self.owner:
-                live_end = self.end
-                stop = live_end - number * self._seg_size if live_end // self._seg_size == number else self._seg_size
+                stop = live_end - number * self._seg_size if number == end_segment else self._seg_size
                 check = False
             else:
                 stop = self._seg_size
@@ -380,7 +386,7 @@ class ChainSpool:
                 last_end = frame.end
                 if len(out) >= max_frames or total >= max_bytes:
                     return out
-            if self.owner and (self._active is segment):
+            if self.owner and number == end_segment:
                 return out
             if not self.owner and not self._has_segment(number + 1):
                 if last_end < self._seg_size - FRAME_HEADER.size and segment.mm[last_end] != 0:

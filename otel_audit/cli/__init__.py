@@ -1,0 +1,1 @@
+"""The ``otel-audit`` command line."""

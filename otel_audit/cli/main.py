@@ -1,0 +1,104 @@
+"""``otel-audit``: set up the database, verify, query, run the demo.
+
+Exit codes: 0 success (verification: intact), 1 integrity failure, 2 usage,
+configuration or connection error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from otel_audit import __version__
+from otel_audit.errors import AuditError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_INTEGRITY, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem with how the command was called; the message says how to fix it."""
+
+
+def add_dsn(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL connection string (default: $OTEL_AUDIT_DSN)",
+    )
+
+
+def resolve_dsn(args: argparse.Namespace) -> str:
+    dsn = getattr(args, "dsn", None) or os.environ.get("OTEL_AUDIT_DSN")
+    if not dsn:
+        raise UsageError("no database given: pass --dsn postgresql://user@host/db or set OTEL_AUDIT_DSN")
+    return dsn
+
+
+def connect(args: argparse.Namespace, *, autocommit: bool = True) -> psycopg.Connection:
+    dsn = resolve_dsn(args)
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, application_name="otel-audit-cli", connect_timeout=10)
+    except psycopg.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConnectionError(f"cannot connect to PostgreSQL: {message}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from otel_audit.cli import db, demo, query, status, verify
+
+    parser = argparse.ArgumentParser(
+        prog="otel-audit",
+        description="Tamper-evident compliance audit logging for OpenTelemetry.",
+    )
+    parser.add_argument("--version", action="version", version=f"otel-audit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (db, verify, query, demo, status):
+        module.register(sub)
+    for name in ("checkpoints", "ingest"):
+        try:
+            module = __import__(f"otel_audit.cli.{name}", fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Only otel-audit's own messages go to stderr; the demo's application logs
+    # (and anything else on the root logger) stay out of the terminal.
+    own = logging.getLogger("otel_audit")
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    own.addHandler(stderr)
+    own.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    own.propagate = False
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"otel-audit {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ConnectionError, LookupError, AuditError, ValueError, OSError) as exc:
+        print(f"otel-audit {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"otel-audit {args.command}: PostgreSQL error: {text}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"otel-audit {args.command}: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

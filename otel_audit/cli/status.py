@@ -1,0 +1,73 @@
+"""``otel-audit status``: spool backlog, live counters, database heads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from otel_audit.cli.main import EXIT_OK, add_dsn, connect
+from otel_audit.cli.output import print_json
+from otel_audit.pipeline import default_spool_dir
+from otel_audit.status import database_status, spool_status
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="what is waiting in the spool, what the processes counted, what the database holds",
+        description="Reads the spool directory (default $OTEL_AUDIT_SPOOL_DIR) and, with --dsn or "
+        "$OTEL_AUDIT_DSN, the database.",
+    )
+    parser.add_argument("--spool-dir", type=Path, default=None, help="spool directory to inspect")
+    add_dsn(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result: dict = {}
+    spool_dir = args.spool_dir or default_spool_dir()
+    result["spool"] = spool_status(spool_dir)
+    if args.dsn or os.environ.get("OTEL_AUDIT_DSN"):
+        with connect(args) as conn:
+            result["database"] = database_status(conn)
+    if args.json:
+        print_json(result)
+    else:
+        _print(result)
+    return EXIT_OK
+
+
+def _print(result: dict) -> None:
+    spool = result["spool"]
+    print(f"spool {spool['spool_dir']}: {len(spool['chains'])} chain dir(s), {spool['total_bytes']:,} bytes, "
+          f"{spool['orphaned_chains']} waiting for replay, {spool['quarantine_files']} quarantine file(s)")
+    for chain in spool["chains"]:
+        state = "live" if chain["owner_alive"] else "ORPHANED"
+        line = f"  {chain['chain_id']}  pid {chain.get('pid')}  {state}  {chain['bytes']:,} bytes"
+        process = chain.get("process")
+        if process:
+            line += (
+                f"  accepted {process.get('accepted')} committed {process.get('committed')} "
+                f"dropped {process.get('dropped')} quarantined {process.get('quarantined')} "
+                f"db_up {process.get('database_up')} spool_pending {process.get('spool_bytes')}B"
+            )
+            age = process.get("oldest_uncommitted_age_seconds")
+            if age:
+                line += f" oldest_uncommitted {age:.1f}s"
+            if process.get("last_error"):
+                line += f"  last error: {process['last_error']}"
+        if "records_in_spool" in chain:
+            line += f"  {chain['records_in_spool']} record(s) to replay, oldest {chain['oldest_record']}"
+        print(line)
+    db = result.get("database")
+    if db:
+        if db.get("schema_version") == 0:
+            print(f"database: {db['note']}")
+            return
+        print(f"database: schema v{db['schema_version']}, {db['chains_registered']} chain(s), last commit "
+              f"{db['last_commit']}, {db['quarantined_records']} quarantined record(s)")
+        for chain in db["recent_chains"][:10]:
+            print(f"  {chain['chain_id']}  {chain['service']}@{chain['host']} pid {chain['pid']}  "
+                  f"head seq {chain['head_seq']}  last commit {chain['last_commit']}")

@@ -1,0 +1,130 @@
+"""State of the audit pipeline, read from outside the running processes.
+
+``otel-audit status`` reads the spool directory (what each process has not yet
+written, its live counters in ``status.json``, spools of dead processes still
+to replay) and/or the database (per-chain heads and last commits, the
+quarantine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from otel_audit.core.chain import KIND_RECORD
+from otel_audit.sink.schema import current_version
+from otel_audit.spool.frames import MAGIC, iter_frames
+from otel_audit.spool.spool import list_chain_dirs
+
+__all__ = ["database_status", "spool_status"]
+
+
+def spool_status(root: Path) -> dict[str, Any]:
+    chains = []
+    for path in list_chain_dirs(root):
+        chains.append(_chain_dir_status(path))
+    quarantine = root / "quarantine"
+    return {
+        "spool_dir": str(root),
+        "exists": root.is_dir(),
+        "chains": chains,
+        "total_bytes": sum(c["bytes"] for c in chains),
+        "orphaned_chains": sum(1 for c in chains if not c["owner_alive"]),
+        "quarantine_files": len(list(quarantine.glob("*.json"))) if quarantine.is_dir() else 0,
+    }
+
+
+def _chain_dir_status(path: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads((path / "meta.json").read_text())
+    live = _lock_held(path / "lock")
+    segments = sorted(path.glob("*.seg"))
+    info: dict[str, Any] = {
+        "chain_id": meta.get("chain_id", path.name),
+        "pid": meta.get("pid"),
+        "owner_alive": live,
+        "segments": len(segments),
+        "bytes": sum(p.stat().st_size for p in segments),
+    }
+    status_file = path / "status.json"
+    if status_file.exists():
+        with contextlib.suppress(OSError, ValueError):
+            stats = json.loads(status_file.read_text())
+            stats["age_seconds"] = round(time.time() - stats.get("written_unix", 0), 1)
+            info["process"] = stats
+    if not live:
+        # A dead process's spool: count what is waiting to be replayed.
+        pending, oldest = 0, None
+        for segment in segments:
+            data = segment.read_bytes()
+            if not data.startswith(MAGIC):
+                continue
+            for frame in iter_frames(data, len(MAGIC), len(data), check=True):
+                if frame.kind == KIND_RECORD:
+                    pending += 1
+                    if oldest is None:
+                        with contextlib.suppress(Exception):
+                            oldest = json.loads(frame.payload)["timestamp"]
+        info["records_in_spool"] = pending
+        info["oldest_record"] = oldest
+        info["note"] = "owner is gone: the next process using this spool directory and database replays it"
+    return info
+
+
+def _lock_held(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def database_status(conn: psycopg.Connection) -> dict[str, Any]:
+    version = current_version(conn)
+    if version == 0:
+        return {"schema_version": 0, "note": "otel-audit tables not found: run `otel-audit db init`"}
+    chains = conn.execute(
+        """
+        SELECT c.chain_id::text, c.emitter, c.created_at,
+               (SELECT max(seq) FROM audit_logs l WHERE l.chain_id = c.chain_id) AS head_seq,
+               (SELECT max(inserted_at) FROM audit_logs l WHERE l.chain_id = c.chain_id) AS last_commit
+        FROM audit_chains c ORDER BY c.created_at DESC LIMIT 50
+        """
+    ).fetchall()
+    quarantined = conn.execute("SELECT count(*) FROM audit_quarantine").fetchone()[0]  # type: ignore[index]
+    last = conn.execute("SELECT max(inserted_at) FROM audit_logs").fetchone()[0]  # type: ignore[index]
+    registered = conn.execute("SELECT count(*) FROM audit_chains").fetchone()[0]  # type: ignore[index]
+    return {
+        "schema_version": version,
+        "chains_registered": registered,
+        "last_commit": last.isoformat() if last else None,
+        "quarantined_records": quarantined,
+        "recent_chains": [
+            {
+                "chain_id": chain_id,
+                "service": (emitter or {}).get("service_name"),
+                "host": (emitter or {}).get("host_name"),
+                "pid": (emitter or {}).get("pid"),
+                "created": created.isoformat(),
+                "head_seq": head,
+                "last_commit": last_commit.isoformat() if last_commit else None,
+            }
+            for chain_id, emitter, created, head, last_commit in chains
+        ],
+    }

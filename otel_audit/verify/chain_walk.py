@@ -1,0 +1,330 @@
+"""Walk one chain's stored rows and report every way they differ from what was sealed.
+
+Pure logic over bytes and values (no database): the PostgreSQL reader feeds it
+rows in stored order, the proof verifier and the tests can feed it anything.
+
+Each row is checked on its own first:
+
+* its bytes hash to the stored hash (else ``modified``) and parse as a record
+  document of this chain (else ``malformed`` / ``reordered``);
+* every queryable column equals the document's field (else ``modified``,
+  naming the column, the stored and the sealed value).
+
+Then rows are placed by the sequence number *inside their sealed bytes*, not
+the column (which an attacker can edit), and the chain is walked in that
+order: gaps are ``missing``, a second row for a position is ``inserted``, a
+``prev_hash`` that does not match the previous record is ``broken_link``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from otel_audit.core.record import RECORD_DOMAIN, RECORD_FIELDS
+from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
+
+__all__ = ["ChainWalker", "FIELDS"]
+
+FIELDS: tuple[str, ...] = RECORD_FIELDS
+_FIELD_SET = frozenset(FIELDS)
+_SEQ_INDEX = FIELDS.index("seq")
+_CHAIN_INDEX = FIELDS.index("chain_id")
+_ID_INDEX = FIELDS.index("id")
+
+#: How many out-of-place rows are held while waiting for a missing position to
+#: turn up (a reordering) before it is declared missing. Bounds memory.
+_REORDER_WINDOW = 10_000
+
+_E = Severity.ERROR
+_sha256 = hashlib.sha256
+_loads = orjson.loads
+
+
+class _Entry:
+    __slots__ = ("canonical_hash", "link_hash", "pos", "prev", "quarantined", "record_id", "timestamp")
+
+    def __init__(self, pos, link_hash, prev, record_id, timestamp, quarantined, canonical_hash) -> None:  # noqa: ANN001
+        self.pos = pos
+        self.link_hash = link_hash
+        self.prev = prev
+        self.record_id = record_id
+        self.timestamp = timestamp
+        self.quarantined = quarantined
+        self.canonical_hash = canonical_hash
+
+
+class ChainWalker:
+    """Feed rows of one chain (sorted by stored sequence number), then :meth:`finish`."""
+
+    def __init__(
+        self,
+        chain_id: str,
+        report: VerificationReport,
+        summary: ChainSummary,
+        *,
+        genesis_hash: str | None,
+    ) -> None:
+        self.chain_id = chain_id
+        self.report = report
+        self.summary = summary
+        self._expected = 1
+        self._last_link: str | None = genesis_hash  # None: unknown (after a gap or no registry)
+        self._last_entry: _Entry | None = None
+        self._pending: dict[int, _Entry] = {}
+        self._quarantined: dict[int, _Entry] = {}
+        self._last_pos_hash: tuple[int, str] | None = None
+        self._break: tuple[_Entry, str] | None = None
+
+    # ------------------------------------------------------------------ input
+    def feed(self, column_seq: int, stored_hash: str, canonical: bytes, columns: Sequence[Any] | None) -> None:
+        """One stored row. ``columns`` are its values in :data:`FIELDS` order (None: not a table row)."""
+        computed = _sha256(RECORD_DOMAIN + canonical).hexdigest()
+        try:
+            doc = _loads(canonical)
+        except orjson.JSONDecodeError:
+            doc = None
+        # Fast path: the intact record that comes next (nearly every row).
+        if (
+            computed == stored_hash
+            and doc.__class__ is dict
+            and (columns is None or list(map(doc.get, FIELDS)) == columns)
+            and doc.get("seq") == self._expected
+            and doc.get("prev_hash") == self._last_link
+            and self._break is None
+            and not self._pending
+            and doc.keys() <= _FIELD_SET
+            and doc.get("chain_id") == self.chain_id
+            and columns is not None
+        ):
+            s = self.summary
+            self._last_link = computed
+            self._last_pos_hash = (column_seq, computed)
+            self._expected = column_seq + 1
+            self._last_entry = None
+            s.records += 1
+            if s.first_seq is None:
+                s.first_seq = column_seq
+                s.first_timestamp = doc.get("timestamp")
+            s.last_seq = column_seq
+            s.head_hash = computed
+            s.last_timestamp = doc.get("timestamp")
+            if doc["problems"]:
+                s.invalid += 1
+            if column_seq in self._quarantined:
+                self._drain()
+            return
+        if doc.__class__ is not dict or not doc.keys() <= _FIELD_SET or doc.get("seq").__class__ is not int:
+            self._add(Kind.MALFORMED, column_seq, "stored bytes are not an otel-audit record document")
+            self._place(_Entry(column_seq, stored_hash, None, None, None, False, computed))
+            return
+        if computed != stored_hash:
+            self._add(
+                Kind.MODIFIED,
+                column_seq,
+                f"stored bytes do not match the stored hash (bytes hash to {computed}, hash column says "
+                f"{stored_hash}): the record's content was changed",
+                doc.get("id"),
+            )
+            # Link on the stored hash: a change of the bytes alone is one finding, not two.
+            self._place(_Entry(column_seq, stored_hash, doc.get("prev_hash"), doc.get("id"), None, False, computed))
+            return
+        pos = doc["seq"]
+        if columns is not None:
+            expected_columns = list(map(doc.get, FIELDS))
+            if expected_columns != columns:
+                self._compare_columns(doc, expected_columns, columns, column_seq)
+        if doc.get("chain_id") != self.chain_id:
+            self._add(
+                Kind.REORDERED,
+                column_seq,
+                f"row of chain {self.chain_id} holds a record sealed in chain {doc.get('chain_id')} "
+                f"(seq {pos}): moved between chains",
+                doc.get("id"),
+            )
+            return
+        timestamp = doc.get("timestamp")
+        if doc.get("problems"):
+            self.summary.invalid += 1
+        self._place(_Entry(pos, computed, doc.get("prev_hash"), doc.get("id"), timestamp, columns is None, computed))
+
+    def add_quarantined(self, stored_hash: str, canonical: bytes) -> None:
+        """A record PostgreSQL refused: it takes its place in the chain, no columns to check."""
+        computed = hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest()
+        try:
+            doc = orjson.loads(canonical)
+            pos = int(doc["seq"])
+        except Exception:
+            self._add(Kind.MALFORMED, None, "a quarantined record is not an otel-audit record document")
+            return
+        if computed != stored_hash:
+            self._add(Kind.MODIFIED, pos, "quarantined record's bytes do not match its stored hash", doc.get("id"))
+        self._quarantined[pos] = _Entry(pos, computed, doc.get("prev_hash"), doc.get("id"), doc.get("timestamp"), True, computed)
+        self.summary.quarantined += 1
+
+    # ------------------------------------------------------------------ walking
+    def _place(self, entry: _Entry) -> None:
+        pos = entry.pos
+        if pos == self._expected:
+            self._accept(entry)
+            self._drain()
+            return
+        if pos < self._expected:
+            self._duplicate(entry)
+            return
+        if pos in self._pending:
+            self._duplicate(entry)
+            return
+        self._pending[pos] = entry
+        if len(self._pending) > _REORDER_WINDOW:
+            self._skip_gap()
+
+    def _drain(self) -> None:
+        while True:
+            entry = self._pending.pop(self._expected, None) or self._quarantined.pop(self._expected, None)
+            if entry is None:
+                return
+            self._accept(entry)
+
+    def _accept(self, entry: _Entry) -> None:
+        pos = entry.pos
+        self._flush_break(at_end=False)
+        if self._last_link is not None and entry.prev is not None and entry.prev != self._last_link:
+            # Classified once we know whether anything follows it.
+            self._break = (entry, self._last_link)
+        self._last_link = entry.link_hash
+        self._last_entry = entry
+        self._last_pos_hash = (pos, entry.canonical_hash)
+        self._expected = pos + 1
+        s = self.summary
+        if not entry.quarantined:
+            s.records += 1
+        if s.first_seq is None:
+            s.first_seq = pos
+            s.first_timestamp = entry.timestamp
+        s.last_seq = pos
+        s.head_hash = entry.link_hash
+        if entry.timestamp is not None:
+            s.last_timestamp = entry.timestamp
+
+    def _flush_break(self, *, at_end: bool) -> None:
+        if self._break is None:
+            return
+        entry, expected = self._break
+        self._break = None
+        pos = entry.pos
+        if at_end and self._last_entry is entry:
+            self._add(
+                Kind.INSERTED,
+                pos,
+                f"the last record does not link to record {pos - 1} (prev_hash {entry.prev}, expected "
+                f"{expected}): it was appended by someone other than the chain's emitter, or record "
+                f"{pos - 1} was changed and re-hashed",
+                entry.record_id,
+            )
+        else:
+            self._add(
+                Kind.BROKEN_LINK,
+                pos,
+                f"prev_hash {entry.prev} does not match the hash of record {pos - 1} ({expected}): "
+                f"record {pos - 1} was changed and its hash recomputed, or record {pos} was replaced",
+                entry.record_id,
+            )
+
+    def _duplicate(self, entry: _Entry) -> None:
+        self._add(
+            Kind.INSERTED,
+            entry.pos,
+            f"a second row claims position {entry.pos} of the chain"
+            + (" (an exact copy)" if self._last_pos_hash == (entry.pos, entry.canonical_hash) else "")
+            + "; it is not part of the sealed chain",
+            entry.record_id,
+        )
+
+    def _skip_gap(self) -> None:
+        nxt = min(self._pending)
+        self._missing(self._expected, nxt - 1)
+        self._expected = nxt
+        self._last_link = None
+        self._drain()
+
+    def _missing(self, first: int, last: int) -> None:
+        count = last - first + 1
+        where = f"record {first}" if count == 1 else f"records {first}..{last}"
+        self.report.add(
+            Finding(Kind.MISSING, _E, self.chain_id, first, f"{where} of the chain are missing (deleted)", count=count)
+        )
+
+    def finish(self) -> None:
+        while self._pending or self._quarantined:
+            remaining = set(self._pending) | set(self._quarantined)
+            nxt = min(remaining)
+            if nxt > self._expected:
+                self._missing(self._expected, nxt - 1)
+                self._expected = nxt
+                self._last_link = None
+            self._drain()
+        self._flush_break(at_end=True)
+        if self.summary.quarantined:
+            self.report.add(
+                Finding(
+                    Kind.QUARANTINED,
+                    Severity.WARNING,
+                    self.chain_id,
+                    None,
+                    f"{self.summary.quarantined} record(s) were refused by PostgreSQL and are kept in "
+                    "audit_quarantine; they verify as part of the chain",
+                    count=self.summary.quarantined,
+                )
+            )
+        if self.summary.invalid:
+            self.report.add(
+                Finding(
+                    Kind.INVALID_RECORDS,
+                    Severity.INFO,
+                    self.chain_id,
+                    None,
+                    f"{self.summary.invalid} record(s) are stored flagged with validation problems "
+                    "(see the problems column)",
+                    count=self.summary.invalid,
+                )
+            )
+
+    # ------------------------------------------------------------------ details
+    def _compare_columns(self, doc: dict[str, Any], expected: list[Any], columns: Sequence[Any], column_seq: int) -> None:
+        for index, (field, sealed, stored) in enumerate(zip(FIELDS, expected, columns, strict=True)):
+            if sealed == stored or (field == "ip_address" and _same_ip(sealed, stored)):
+                continue
+            if index in (_SEQ_INDEX, _CHAIN_INDEX):
+                self._add(
+                    Kind.REORDERED,
+                    column_seq,
+                    f"column {field} is {stored!r} but the record was sealed with {sealed!r}",
+                    doc.get("id"),
+                )
+            else:
+                self._add(
+                    Kind.MODIFIED,
+                    doc.get("seq", column_seq),
+                    f"column {field} was changed: stored {_short(stored)}, sealed {_short(sealed)}",
+                    doc.get("id"),
+                )
+
+    def _add(self, kind: Kind, seq: int | None, detail: str, record_id: str | None = None) -> None:
+        self.report.add(Finding(kind, _E, self.chain_id, seq, detail, record_id))
+
+
+def _same_ip(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,240 @@
+"""Verify the audit trail stored in PostgreSQL.
+
+Reads, never writes. Everything is streamed with one binary ``COPY ... TO
+STDOUT`` ordered by ``(chain_id, seq)`` (the unique index), so memory stays
+flat whatever the table size. The queryable columns are shipped as one JSON
+array per row and compared, in Python, with the fields of the sealed bytes;
+the hashes are recomputed in Python too. The database is asked for data,
+never for a verdict.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+
+from otel_audit.core.chain import genesis_hash
+from otel_audit.verify.chain_walk import FIELDS, ChainWalker
+from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
+
+__all__ = ["VerifyOptions", "verify_database"]
+
+# How each field's column is rendered so that it compares equal to the sealed
+# value: text forms for uuid, timestamptz and inet, JSON for the rest.
+_COLUMN_SQL = {
+    "v": "format_version",
+    "id": "id::text",
+    "chain_id": "chain_id::text",
+    "timestamp": "pg_catalog.to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    "ip_address": "pg_catalog.abbrev(ip_address)",
+}
+_COLUMNS_JSON = "pg_catalog.json_build_array({})::text".format(
+    ", ".join(_COLUMN_SQL.get(f, f) for f in FIELDS)
+)
+_STREAM = (
+    "COPY (SELECT chain_id::text, seq, hash, canonical, {cols} FROM audit_logs {where} "
+    "ORDER BY chain_id, seq) TO STDOUT (FORMAT BINARY)"
+)
+
+
+@dataclass
+class VerifyOptions:
+    chain_ids: list[str] | None = None  # only these chains (default: all)
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    extra_checks: list[Callable[[psycopg.Connection, VerificationReport], None]] = field(default_factory=list)
+
+
+def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = None) -> VerificationReport:
+    """Check every chain in the database; returns a :class:`VerificationReport`.
+
+    Raises :class:`psycopg.Error` on connection problems and ``LookupError``
+    when the otel-audit tables are missing (the CLI turns both into exit 2).
+    """
+    options = options or VerifyOptions()
+    report = VerificationReport(checks=["record hashes", "columns against sealed bytes", "sequence", "links", "registry"])
+    started = time.monotonic()
+    _require_schema(conn)
+    registry = _load_registry(conn, report, options.chain_ids)
+    quarantine = _load_quarantine(conn, options.chain_ids)
+
+    where, params = "", None
+    if options.chain_ids:
+        where, params = "WHERE chain_id = ANY(%s::uuid[])", (options.chain_ids,)
+    total = _estimate_rows(conn, options.chain_ids)
+    walkers: dict[str, ChainWalker] = {}
+
+    def walker_for(chain_id: str) -> ChainWalker:
+        walker = walkers.get(chain_id)
+        if walker is None:
+            summary = report.chains.get(chain_id)
+            if summary is None:
+                summary = report.chains[chain_id] = ChainSummary(chain_id)
+            walker = walkers[chain_id] = ChainWalker(
+                chain_id, report, summary, genesis_hash=registry.get(chain_id)
+            )
+            for stored_hash, canonical in quarantine.pop(chain_id, []):
+                walker.add_quarantined(stored_hash, canonical)
+        return walker
+
+    current: ChainWalker | None = None
+    current_id = None
+    loads = orjson.loads
+    with _progress(total, options.progress) as tick, conn.cursor() as cur:
+        query = _STREAM.format(cols=_COLUMNS_JSON, where=where)
+        with cur.copy(cur.mogrify(query, params) if params else query) as copy:
+            copy.set_types(["text", "int8", "text", "bytea", "text"])
+            n = 0
+            for chain_id, seq, stored_hash, canonical, columns in copy.rows():
+                if chain_id != current_id:
+                    if current is not None:
+                        current.finish()
+                    current_id, current = chain_id, walker_for(chain_id)
+                current.feed(seq, stored_hash, canonical, loads(columns))  # type: ignore[union-attr]
+                n += 1
+                if n & 0x3FFF == 0:
+                    tick(0x4000)
+            tick(n & 0x3FFF)
+    if current is not None:
+        current.finish()
+    report.records = sum(s.records for s in report.chains.values())
+    # Chains with quarantined records only, and registered chains with no rows.
+    for chain_id in list(quarantine):
+        walker_for(chain_id).finish()
+    for chain_id, summary in report.chains.items():
+        if summary.registered and chain_id not in walkers:
+            report.add(
+                Finding(
+                    Kind.EMPTY_CHAIN,
+                    Severity.INFO,
+                    chain_id,
+                    None,
+                    "registered chain has no records (an emitter that logged nothing, or all its records deleted; "
+                    "signed checkpoints tell the two apart)",
+                )
+            )
+    for check in options.extra_checks:
+        check(conn, report)
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _require_schema(conn: psycopg.Connection) -> None:
+    row = conn.execute("SELECT to_regclass('audit_logs'), to_regclass('audit_chains')").fetchone()
+    if not row or row[0] is None or row[1] is None:
+        raise LookupError(
+            "no otel-audit tables (audit_logs, audit_chains) in this database / search_path; "
+            "check --dsn, or run `otel-audit db init` if this is a new database"
+        )
+
+
+def _load_registry(
+    conn: psycopg.Connection, report: VerificationReport, chain_ids: list[str] | None
+) -> dict[str, str | None]:
+    """chain id -> genesis hash to start its links from (None when it cannot be trusted)."""
+    registry: dict[str, str | None] = {}
+    query = "SELECT chain_id::text, genesis, genesis_hash, emitter FROM audit_chains"
+    params: tuple[Any, ...] = ()
+    if chain_ids:
+        query += " WHERE chain_id = ANY(%s::uuid[])"
+        params = (chain_ids,)
+    for chain_id, genesis, stored_hash, emitter in conn.execute(query, params):
+        summary = report.chains[chain_id] = ChainSummary(chain_id, registered=True, emitter=emitter)
+        genesis = bytes(genesis)
+        computed = genesis_hash(genesis)
+        try:
+            doc = orjson.loads(genesis)
+        except orjson.JSONDecodeError:
+            doc = None
+        if computed != stored_hash or not isinstance(doc, dict) or doc.get("chain_id") != chain_id:
+            report.add(
+                Finding(
+                    Kind.GENESIS_MODIFIED,
+                    Severity.ERROR,
+                    chain_id,
+                    0,
+                    "the chain's registry entry (audit_chains) does not match its genesis hash or names another chain",
+                )
+            )
+            # Links from record 1 are checked against the hash the genesis bytes really have.
+        registry[chain_id] = computed
+        summary.extra["created"] = doc.get("created") if isinstance(doc, dict) else None
+    missing = _unregistered_chains(conn, registry, chain_ids)
+    for chain_id in missing:
+        report.chains[chain_id] = ChainSummary(chain_id, registered=False)
+        report.add(
+            Finding(
+                Kind.UNREGISTERED_CHAIN,
+                Severity.ERROR,
+                chain_id,
+                None,
+                "records of this chain exist but the chain is not in audit_chains (registry entry deleted, or "
+                "records forged under an invented chain id); its first link cannot be checked",
+            )
+        )
+        registry[chain_id] = None
+    return registry
+
+
+def _unregistered_chains(conn: psycopg.Connection, registry: dict[str, Any], chain_ids: list[str] | None) -> list[str]:
+    # A loose index scan over the unique (chain_id, seq) index: cheap however many rows.
+    rows = conn.execute(
+        """
+        WITH RECURSIVE c AS (
+            (SELECT chain_id FROM audit_logs ORDER BY chain_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT chain_id FROM audit_logs WHERE chain_id > c.chain_id ORDER BY chain_id LIMIT 1)
+            FROM c WHERE c.chain_id IS NOT NULL
+        )
+        SELECT chain_id::text FROM c WHERE chain_id IS NOT NULL
+        UNION
+        SELECT DISTINCT chain_id::text FROM audit_quarantine
+        """
+    ).fetchall()
+    found = [r[0] for r in rows]
+    if chain_ids:
+        found = [c for c in found if c in chain_ids]
+    return [c for c in found if c not in registry]
+
+
+def _load_quarantine(conn: psycopg.Connection, chain_ids: list[str] | None) -> dict[str, list[tuple[str, bytes]]]:
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for chain_id, stored_hash, canonical in conn.execute(
+        "SELECT chain_id::text, hash, canonical FROM audit_quarantine ORDER BY chain_id, seq"
+    ):
+        if chain_ids and chain_id not in chain_ids:
+            continue
+        out.setdefault(chain_id, []).append((stored_hash, bytes(canonical)))
+    return out
+
+
+def _estimate_rows(conn: psycopg.Connection, chain_ids: list[str] | None) -> int | None:
+    if chain_ids:
+        return None
+    row = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'audit_logs'::regclass").fetchone()
+    estimate = int(row[0]) if row and row[0] and row[0] > 0 else None
+    if estimate is None or estimate < 1_000_000:
+        return int(conn.execute("SELECT count(*) FROM audit_logs").fetchone()[0])  # type: ignore[index]
+    return estimate
+
+
+@contextmanager
+def _progress(total: int | None, enabled: bool | None) -> Iterator[Callable[[int], None]]:
+    if enabled is None:
+        enabled = sys.stderr.isatty() and (total is None or total > 200_000)
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="rec", unit_scale=True, desc="verifying", file=sys.stderr, leave=False)
+    try:
+        yield bar.update
+    finally:
+        bar.close()

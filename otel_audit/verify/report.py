@@ -1,0 +1,132 @@
+"""Verification results as explicit objects: findings, per-chain summaries, a report.
+
+A finding is precise (chain, sequence number, kind, what was expected and
+what was found) and never "best effort": anything that could not be checked
+is itself a finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = ["ChainSummary", "Finding", "Kind", "Severity", "VerificationReport"]
+
+
+class Severity(str, Enum):
+    ERROR = "error"  # integrity failure: verification fails
+    WARNING = "warning"  # needs attention, not proof of tampering (fails with --strict)
+    INFO = "info"  # for the record
+
+
+class Kind(str, Enum):
+    # Records
+    MODIFIED = "modified"  # stored bytes, hash or a column differ from what was sealed
+    MISSING = "missing"  # sequence numbers absent from the chain
+    INSERTED = "inserted"  # a row that is not part of the chain (duplicate, or does not link)
+    REORDERED = "reordered"  # a row stored under another sequence number or chain than it was sealed with
+    BROKEN_LINK = "broken_link"  # prev_hash does not match the previous record
+    MALFORMED = "malformed"  # stored bytes are not an otel-audit record document
+    # Chains
+    UNREGISTERED_CHAIN = "unregistered_chain"  # records of a chain missing from audit_chains
+    GENESIS_MODIFIED = "genesis_modified"  # the chain registry entry does not match its hash
+    # Informational
+    QUARANTINED = "quarantined"  # records PostgreSQL refused, kept in audit_quarantine
+    INVALID_RECORDS = "invalid_records"  # records stored flagged with validation problems
+    EMPTY_CHAIN = "empty_chain"  # a registered chain with no records
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: Kind
+    severity: Severity
+    chain_id: str | None
+    seq: int | None
+    detail: str
+    record_id: str | None = None
+    count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["severity"] = self.severity.value
+        return {k: v for k, v in data.items() if v is not None}
+
+    def __str__(self) -> str:
+        where = f"chain {self.chain_id}" if self.chain_id else "database"
+        if self.seq is not None:
+            where += f" seq {self.seq}"
+        return f"{self.severity.value.upper():7} {self.kind.value:18} {where}: {self.detail}"
+
+
+@dataclass
+class ChainSummary:
+    chain_id: str
+    registered: bool = False
+    emitter: dict[str, Any] | None = None
+    records: int = 0
+    quarantined: int = 0
+    invalid: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head_hash: str | None = None
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+    errors: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        data.update(extra)
+        return data
+
+
+@dataclass
+class VerificationReport:
+    findings: list[Finding] = field(default_factory=list)
+    chains: dict[str, ChainSummary] = field(default_factory=dict)
+    records: int = 0
+    duration_seconds: float = 0.0
+    checks: list[str] = field(default_factory=list)
+
+    def add(self, finding: Finding) -> None:
+        self.findings.append(finding)
+        if finding.chain_id and finding.severity is Severity.ERROR and finding.chain_id in self.chains:
+            self.chains[finding.chain_id].errors += 1
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def exit_code(self, *, strict: bool = False) -> int:
+        """0 intact, 1 integrity failure (or, with ``strict``, any warning)."""
+        if self.errors or (strict and self.warnings):
+            return 1
+        return 0
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.duration_seconds if self.duration_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "chains": [c.to_dict() for c in self.chains.values()],
+            "findings": [f.to_dict() for f in self.findings],
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "checks": self.checks,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "records_per_second": round(self.records_per_second),
+        }
