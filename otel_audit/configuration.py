@@ -78,8 +78,7 @@ class AuditHandle:
             if self._shut:
                 return True
             self._shut = True
-        committed = self.pipeline.flush(timeout)
-        self.processor.shutdown()
+        committed = self.processor.close(timeout)
         if self._owns_provider:
             self.logger_provider.shutdown()
         if self.handler is not None:
@@ -195,6 +194,11 @@ def configure(
         handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
         logging.getLogger().addHandler(handler)
     _ensure_level(level, audit_loggers)
+    own = logging.getLogger("otel_audit")
+    if own.level == logging.NOTSET:
+        # Lowering the root level for audit calls must not turn otel-audit's own
+        # INFO chatter into application logs; warnings and errors still flow.
+        own.setLevel(logging.WARNING)
     if metrics:
         from otel_audit.metrics import register_pipeline_metrics
 

@@ -125,10 +125,14 @@ class AuditLogRecordProcessor(LogRecordProcessor):
             self._emit_drop_marker()
 
     def shutdown(self) -> None:
+        self.close()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop accepting records, flush for up to ``timeout`` seconds, stop the sink."""
         if self._shutdown:
-            return
+            return True
         self._shutdown = True
-        self.pipeline.close()
+        return self.pipeline.close(timeout)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.pipeline.flush(timeout_millis / 1000.0)

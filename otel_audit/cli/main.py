@@ -100,5 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - `python -m otel_audit` is the supported form
+    from otel_audit.cli.main import main as _main  # the importable module, not this __main__ copy
+
+    sys.exit(_main())

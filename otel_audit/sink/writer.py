@@ -194,12 +194,21 @@ class PostgresSink:
         return self.wait_committed(own.spool.end, timeout)
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Flush, stop the thread, release the spool. Returns whether all was committed."""
+        """Flush (up to ``timeout``), stop the thread, release the spool.
+
+        Returns whether everything was committed. What was not stays in the
+        spool directory and is written by the next process that uses it.
+        """
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=max(1.0, timeout))
+            # The thread finishes its current attempt (bounded by the connect timeout).
+            self._thread.join(timeout=max(1.0, deadline - time.monotonic()) + 10.0)
+            if self._thread.is_alive():
+                _log.warning("otel-audit: the sink thread did not stop; leaving the spool mapped")
+                return False
         own = self._own
         if own is not None:
             done = own.committed >= own.spool.end
@@ -248,8 +257,8 @@ class PostgresSink:
                 self._sleep_backoff()
                 continue
             self._maybe_write_status()
-            own = self._own
-            if self._stopping and (own is None or own.committed >= own.spool.end):
+            if self._stopping:
+                # close() has waited for the flush it wanted; whatever is left stays spooled.
                 return
             if not progressed:
                 self._wake.wait(self.poll_interval)
@@ -268,6 +277,8 @@ class PostgresSink:
                     if self._stopping and source is not self._own:
                         break
             except _Transient as exc:
+                if self._stopping:
+                    return False
                 self._on_transient(exc)
                 return False
         self._update_gauges()
