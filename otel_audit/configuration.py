@@ -104,6 +104,7 @@ def configure(
     service_name: str | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
     spool_max_bytes: int | None = None,
+    spool_segment_bytes: int | None = None,
     spool_fsync: str | None = None,
     when_full: str | None = None,
     block_timeout: float | None = None,
@@ -116,6 +117,7 @@ def configure(
     install_handler: bool = True,
     level: int = logging.INFO,
     metrics: bool = True,
+    meter_provider: Any = None,
 ) -> AuditHandle:
     """Install the audit processor. Arguments override environment variables:
 
@@ -126,6 +128,7 @@ def configure(
     ``service_name``          ``OTEL_SERVICE_NAME``               the SDK's default
     ``spool_dir``             ``OTEL_AUDIT_SPOOL_DIR``            ~/.local/state/otel-audit/spool
     ``spool_max_bytes``       ``OTEL_AUDIT_SPOOL_MAX_BYTES``      1 GiB
+    ``spool_segment_bytes``   ``OTEL_AUDIT_SPOOL_SEGMENT_BYTES``  16 MiB
     ``spool_fsync``           ``OTEL_AUDIT_SPOOL_FSYNC``          ``interval``
     ``when_full``             ``OTEL_AUDIT_WHEN_FULL``            ``block``
     ``block_timeout``         ``OTEL_AUDIT_BLOCK_TIMEOUT``        5 seconds
@@ -136,6 +139,9 @@ def configure(
     ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
                               ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
     ========================  ==================================  =====================
+
+    ``metrics``/``meter_provider``: pipeline metrics (``otel_audit.*``) are
+    registered on ``meter_provider``, or the global MeterProvider.
 
     ``level``: audit calls at this level must reach OpenTelemetry. If the root
     logger's level would discard them, it is lowered to ``level`` and the root
@@ -153,6 +159,7 @@ def configure(
     spool = SpoolConfig(
         directory=Path(spool_dir) if spool_dir is not None else default_spool_dir(),
         max_bytes=_int_option(spool_max_bytes, "OTEL_AUDIT_SPOOL_MAX_BYTES", 1024**3),
+        segment_bytes=_int_option(spool_segment_bytes, "OTEL_AUDIT_SPOOL_SEGMENT_BYTES", 16 * 1024**2),
         fsync=spool_fsync or env.get("OTEL_AUDIT_SPOOL_FSYNC", "interval"),  # type: ignore[arg-type]
         when_full=when_full or env.get("OTEL_AUDIT_WHEN_FULL", "block"),  # type: ignore[arg-type]
         block_timeout=_float_option(block_timeout, "OTEL_AUDIT_BLOCK_TIMEOUT", 5.0),
@@ -202,7 +209,7 @@ def configure(
     if metrics:
         from otel_audit.metrics import register_pipeline_metrics
 
-        register_pipeline_metrics(processor)
+        register_pipeline_metrics(processor, meter_provider)
 
     handle = AuditHandle(processor, provider, owns_provider=owns_provider, handler=handler)
     atexit.register(handle.shutdown)

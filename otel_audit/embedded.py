@@ -53,10 +53,19 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
+    def is_running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
     def stop(self) -> None:
+        """Stop the server now (fast shutdown); a no-op when it is not running."""
         from pgserver._commands import pg_ctl
 
-        pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+        if not self.is_running():
+            return
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user)
+        # pgserver stops the server again at interpreter exit unless told it is gone.
+        if hasattr(self._server, "_postmaster_info"):
+            self._server._postmaster_info = None
 
     def start(self) -> None:
         """Restart after :meth:`stop` (the fault tests stop and start the server)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -41,8 +42,8 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def register_pipeline_metrics(processor: AuditLogRecordProcessor) -> None:
-    meter = metrics.get_meter("otel_audit")
+def register_pipeline_metrics(processor: AuditLogRecordProcessor, meter_provider: Any = None) -> None:
+    meter = metrics.get_meter("otel_audit", meter_provider=meter_provider)
     for name, (kind, unit, description, key) in METRICS.items():
         callback = _callback(processor, key)
         if kind == "counter":

@@ -79,6 +79,7 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         self._resource_fields: tuple[Any, Any, Any] = (None, None, None)
         self._drop_lock = threading.Lock()
         self._dropped_since: tuple[int, float, float] | None = None  # count, first, last
+        self._drop_logged = 0.0
         self._shutdown = False
         self._scope_cache: dict[str, bool] = {}
         if hasattr(os, "register_at_fork"):
@@ -240,7 +241,16 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         with self._drop_lock:
             count, first, _ = self._dropped_since or (0, now, now)
             self._dropped_since = (count + 1, first, now)
-        _log.error("otel-audit: audit record DROPPED (when_full=drop): %s", exc)
+            # Every loss is counted; the log says so at the first one and then every 10 s.
+            report = count == 0 or now - self._drop_logged >= 10.0
+            if report:
+                self._drop_logged = now
+        if report:
+            _log.error(
+                "otel-audit: audit records are being DROPPED (when_full=drop): %d so far in this streak; %s",
+                count + 1,
+                exc,
+            )
 
     def _emit_drop_marker(self) -> None:
         """Record in the chain itself that records were dropped, once space is back."""

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.stop:
         data_dir = args.data_dir or default_data_dir()
-        if not (data_dir / "PG_VERSION").exists():
-            print(f"no embedded demo server in {data_dir}")
+        if not (data_dir / "postmaster.pid").exists():
+            print(f"no embedded demo server is running in {data_dir}")
             return EXIT_OK
         EmbeddedPostgres(data_dir, keep_running=True).stop()
         print(f"stopped the embedded PostgreSQL in {data_dir}")

@@ -343,10 +343,12 @@ class PostgresSink:
         stats.last_commit_unix = time.time()
         stats.database_up = True
         self._retry_delay = self.retry_initial
+        # Free the spool space first: a caller woken by the notification may log
+        # straight away and must find the space it was waiting for.
+        source.spool.release_before(batch.end)
         with self._committed:
             source.committed = batch.end
             self._committed.notify_all()
-        source.spool.release_before(batch.end)
         if self.after_commit is not None and batch.checkpoints:
             try:
                 self.after_commit(batch.checkpoints)
