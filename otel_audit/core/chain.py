@@ -113,6 +113,7 @@ class Chain:
         self.genesis_hash = digest.hex()
         self._seq = 0
         self._head = self.genesis_hash
+        self.invalid = 0  # records sealed with validation problems
 
     def head(self) -> tuple[int, str]:
         """(sequence number, hash) of the newest sealed record (0, genesis hash at start)."""
@@ -141,6 +142,8 @@ class Chain:
             hex_digest = digest.hex()
             self._seq = seq
             self._head = hex_digest
+            if doc["problems"]:
+                self.invalid += 1
         return _new_sealed(SealedRecord, (record_id, self.chain_id, seq, prev, hex_digest, canonical, position))
 
 

@@ -54,14 +54,14 @@ _FIELD_SQL: dict[str, str] = {
 STAGE_TABLE = "otel_audit_stage"
 
 CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (ord integer NOT NULL, hash text NOT NULL, "
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} (ord integer NOT NULL, hash bytea NOT NULL, "
     "canonical bytea NOT NULL) ON COMMIT DELETE ROWS"
 )
 
 # OFFSET 0 keeps the planner from inlining the jsonb parse into each of the 32
 # column expressions (measured: 6k rows/s inlined, 35k rows/s with it).
 PROJECT_STAGE = (
-    "INSERT INTO audit_logs ({cols}) SELECT {exprs}, hash, canonical FROM "
+    "INSERT INTO audit_logs ({cols}) SELECT {exprs}, pg_catalog.encode(hash, 'hex'), canonical FROM "
     "(SELECT ord, hash, canonical, pg_catalog.convert_from(canonical, 'UTF8')::jsonb AS d "
     "FROM {stage} OFFSET 0) s ORDER BY ord ON CONFLICT (chain_id, seq) DO NOTHING"
 ).format(
@@ -75,7 +75,7 @@ CONFLICTING_STAGED = (
     "SELECT s.ord, a.hash FROM {stage} s JOIN audit_logs a "
     "ON a.chain_id = (pg_catalog.convert_from(s.canonical, 'UTF8')::jsonb->>'chain_id')::uuid "
     "AND a.seq = (pg_catalog.convert_from(s.canonical, 'UTF8')::jsonb->>'seq')::bigint "
-    "WHERE a.hash <> s.hash"
+    "WHERE a.hash <> pg_catalog.encode(s.hash, 'hex')"
 ).format(stage=STAGE_TABLE)
 
 CHAIN_COLUMNS: tuple[str, ...] = ("chain_id", "created_at", "emitter", "genesis", "genesis_hash")

@@ -103,7 +103,7 @@ class _Source:
 
 @dataclass
 class _Batch:
-    records: list[tuple[int, bytes, str]]  # (seq, canonical, hash)
+    records: list[tuple[bytes, bytes]]  # (canonical bytes, raw SHA-256 digest)
     chains: list[dict[str, Any]]  # INSERT_CHAINS parameters
     checkpoints: list[tuple[bytes, bytes]]
     end: SpoolPosition
@@ -279,6 +279,7 @@ class PostgresSink:
             except _Transient as exc:
                 if self._stopping:
                     return False
+                self._update_gauges()
                 self._on_transient(exc)
                 return False
         self._update_gauges()
@@ -315,17 +316,25 @@ class PostgresSink:
         return True
 
     def _decode(self, source: _Source, frames: list) -> _Batch:
-        records: list[tuple[int, bytes, str]] = []
+        """Sort a batch's frames by kind; skip records already stored.
+
+        Records sit in the spool in sequence order, so sequence numbers are only
+        parsed until the first one above what the database has, and for the
+        last record (the new high-water mark), not for every record.
+        """
+        records: list[tuple[bytes, bytes]] = []
         chains: list[dict[str, Any]] = []
         checkpoints: list[tuple[bytes, bytes]] = []
         max_seq = source.max_seq or 0
+        skipping = max_seq > 0
         for frame, _end in frames:
-            kind = frame.kind
+            kind = frame[0]
             if kind == KIND_RECORD:
-                seq = record_seq(frame.payload)
-                if seq <= max_seq:
-                    continue  # already stored by an earlier attempt
-                records.append((seq, frame.payload, frame.digest.hex()))
+                if skipping:
+                    if record_seq(frame[1]) <= max_seq:
+                        continue  # already stored by an earlier attempt
+                    skipping = False
+                records.append((frame[1], frame[2]))
             elif kind == KIND_GENESIS:
                 chains.append({"g": frame.payload, "h": frame.digest.hex()})
             elif kind == KIND_CHECKPOINT:
@@ -334,7 +343,7 @@ class PostgresSink:
 
     def _advance(self, source: _Source, batch: _Batch) -> None:
         if batch.records:
-            source.max_seq = batch.records[-1][0]
+            source.max_seq = record_seq(batch.records[-1][0])
             source.records_done += len(batch.records)
         stats = self.stats
         stats.committed += len(batch.records)
@@ -388,8 +397,10 @@ class PostgresSink:
                     raise _Transient(_describe(exc)) from exc
                 self._write_isolating(records, a, b, exc)
 
-    def _quarantine(self, record: tuple[int, bytes, str], reason: str) -> None:
-        seq, canonical, hash_hex = record
+    def _quarantine(self, record: tuple[bytes, bytes], reason: str) -> None:
+        canonical, digest = record
+        seq = record_seq(canonical)
+        hash_hex = digest.hex()
         chain_id = self._chain_of(canonical)
         conn = self._connection()
         try:
@@ -431,7 +442,7 @@ class PostgresSink:
             path,
         )
 
-    def _write_rows(self, records: list[tuple[int, bytes, str]], chains: list, checkpoints: list) -> None:
+    def _write_rows(self, records: list[tuple[bytes, bytes]], chains: list, checkpoints: list) -> None:
         """One transaction: chain registrations, records (staged, then projected), checkpoints."""
         conn = self._connection()
         conflicts: list[tuple[int, str]] = []
@@ -442,9 +453,9 @@ class PostgresSink:
                     cur.executemany(INSERT_CHAINS, chains)
                 if records:
                     with cur.copy(_COPY_STAGE) as copy:
-                        copy.set_types(["int4", "text", "bytea"])
-                        for ord_, (_seq, canonical, hash_hex) in enumerate(records):
-                            copy.write_row((ord_, hash_hex, canonical))
+                        copy.set_types(["int4", "bytea", "bytea"])
+                        for ord_, (canonical, digest) in enumerate(records):
+                            copy.write_row((ord_, digest, canonical))
                     cur.execute(PROJECT_STAGE)
                     if cur.rowcount != len(records):
                         # Some (chain, seq) were already stored: a replay (same hash,

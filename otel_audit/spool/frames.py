@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
 from otel_audit.core.record import CHECKPOINT_DOMAIN, GENESIS_DOMAIN, RECORD_DOMAIN
@@ -40,12 +40,16 @@ def domain_for(kind: int) -> bytes:
     return _DOMAINS[kind]
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     kind: int
     payload: bytes
     digest: bytes
     end: int  # offset just past this frame in its segment
+
+
+# tuple.__new__ skips the NamedTuple's Python-level constructor: the sink
+# decodes every frame on a thread that shares the GIL with the application.
+_new_frame = tuple.__new__
 
 
 def iter_frames(buffer: bytes | memoryview, start: int, stop: int, *, check: bool) -> Iterator[Frame]:
@@ -67,5 +71,5 @@ def iter_frames(buffer: bytes | memoryview, start: int, stop: int, *, check: boo
         payload = bytes(buffer[pos + header_size : end])
         if check and hashlib.sha256(_DOMAINS[kind] + payload).digest() != digest:
             return
-        yield Frame(kind, payload, digest, end)
+        yield _new_frame(Frame, (kind, payload, digest, end))
         pos = end

@@ -1,0 +1,96 @@
+"""(a) Cost of an audit ``logging`` call through the full pipeline, as a ratio to the same
+call through plain OpenTelemetry with a BatchLogRecordProcessor (target: <= 1.3).
+
+Both loggers use the instrumentation's LoggingHandler and a BatchLogRecordProcessor with a
+no-op exporter; the audit one also runs the otel-audit processor (validate, enrich, seal,
+spool, annotate) with its sink writing to a real PostgreSQL. Rounds alternate; medians.
+
+    python benchmarks/bench_hot_path.py [--calls 20000] [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+
+import otel_audit
+
+
+class NoopExporter(LogRecordExporter):
+    def export(self, batch):  # noqa: ANN001, ANN201
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 0) -> bool:
+        return True
+
+
+def make_logger(provider: LoggerProvider, name: str) -> logging.Logger:
+    logger = logging.Logger(name, level=logging.INFO)
+    logger.addHandler(LoggingHandler(logger_provider=provider))
+    return logger
+
+
+def timed(logger: logging.Logger, calls: int, extra: dict) -> float:
+    info = logger.info
+    start = time.perf_counter()
+    for _ in range(calls):
+        info("patient record viewed", extra=extra)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+
+    dsn = fresh_schema()
+    plain_provider = LoggerProvider(shutdown_on_exit=False)
+    plain_provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
+    plain = make_logger(plain_provider, "plain")
+
+    audit_provider = LoggerProvider(shutdown_on_exit=False)
+    audit = otel_audit.configure(
+        dsn, logger_provider=audit_provider, install_handler=False, metrics=False,
+        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
+    )
+    audit_provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
+    audited = make_logger(audit_provider, "audited")
+
+    # Warm up both paths (imports, caches, first segment).
+    timed(plain, 2000, AUDIT_EXTRA)
+    timed(audited, 2000, AUDIT_EXTRA)
+    audit.flush(60)
+
+    base, sealed, passthrough = [], [], []
+    for _ in range(args.rounds):
+        base.append(timed(plain, args.calls, AUDIT_EXTRA))
+        sealed.append(timed(audited, args.calls, AUDIT_EXTRA))
+        passthrough.append(timed(audited, args.calls, {"http.route": "/patients/{id}"}))
+        audit.flush(120)  # keep the spool from growing across rounds (outside the timing)
+    audit.shutdown()
+
+    b, s, p = median(base), median(sealed), median(passthrough)
+    report(
+        f"hot path: {args.rounds} alternating rounds of {args.calls} calls, {where()}",
+        [
+            ("plain OTel + BatchLogRecordProcessor", f"{b:6.2f} us/call (baseline)"),
+            ("with otel-audit, audit record", f"{s:6.2f} us/call   ratio {s / b:.2f}  (target <= 1.30)"),
+            ("with otel-audit, non-audit record", f"{p:6.2f} us/call   ratio {p / b:.2f}"),
+            ("sealing cost per audit call", f"{s - b:6.2f} us"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
