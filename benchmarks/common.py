@@ -75,11 +75,5 @@ def report(title: str, lines: list[tuple[str, str]]) -> None:
         print(f"  {key.ljust(width)}  {value}")
 
 
-AUDIT_EXTRA = {
-    "audit.action": "read",
-    "audit.actor.id": "user-123",
-    "audit.resource.type": "patient_record",
-    "audit.resource.id": "patient-456",
-    "audit.result": "success",
-    "client.address": "10.1.2.3",
-}
+# The same audit attributes the tests log (an actor reading a patient record).
+from tests.harness import VALID as AUDIT_EXTRA  # noqa: E402

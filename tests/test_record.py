@@ -9,14 +9,8 @@ import rfc8785
 
 from otel_audit.core.chain import Chain
 from otel_audit.core.record import MAX_INDEXED_CHARS, RECORD_FIELDS, RecordBuilder, encode_draft, record_seq
+from tests.harness import VALID
 
-VALID = {
-    "audit.action": "read",
-    "audit.actor.id": "user-123",
-    "audit.resource.type": "patient_record",
-    "audit.resource.id": "patient-456",
-    "audit.result": "success",
-}
 T = 1_795_000_000_123_456_789
 
 

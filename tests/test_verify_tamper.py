@@ -208,6 +208,28 @@ def test_clean_concurrent_threads_and_processes_give_no_findings(db: str, tmp_pa
     assert report.records == 4 * 4 * 300
     assert len(report.chains) == 4
     assert all(c.first_seq == 1 and c.last_seq == 1200 for c in report.chains.values())
+    # The seed's in-process last-hash forked under 4 threads (5,028 distinct prev_hash of 8,000 rows).
+    assert rows(db, "SELECT count(*), count(DISTINCT prev_hash) FROM audit_logs") == [(4800, 4800)]
+
+
+def test_asyncio_tasks_share_one_unforked_chain(db: str, spool_dir: Path) -> None:
+    import asyncio
+
+    app = App(db, spool_dir)
+
+    async def task(k: int) -> None:
+        for i in range(200):
+            app.log(**{"audit.resource.id": f"{k}-{i}"})
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(task(k) for k in range(10)))
+
+    asyncio.run(main())
+    assert app.close()
+    report = verify(db)
+    assert report.ok and not report.findings and report.records == 2000
 
 
 def test_the_seed_queries_run_unchanged(trail: str) -> None:
