@@ -79,6 +79,8 @@ class AuditHandle:
                 return True
             self._shut = True
         committed = self.processor.close(timeout)
+        _remove(self.logger_provider, self.processor)
+        _ACTIVE.pop(id(self.logger_provider), None)
         if self._owns_provider:
             self.logger_provider.shutdown()
         if self.handler is not None:
@@ -177,6 +179,11 @@ def configure(
     )
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)
+    if id(provider) in _ACTIVE:
+        raise AuditConfigurationError(
+            "otel_audit.configure() was already called for this LoggerProvider: every audit record would be "
+            "sealed twice. Use the handle the first call returned, or call its shutdown() first."
+        )
     resource_attrs = provider.resource.attributes
     pipeline = AuditPipeline(
         config,
@@ -212,8 +219,13 @@ def configure(
         register_pipeline_metrics(processor, meter_provider)
 
     handle = AuditHandle(processor, provider, owns_provider=owns_provider, handler=handler)
+    _ACTIVE[id(provider)] = handle
     atexit.register(handle.shutdown)
     return handle
+
+
+#: LoggerProvider id -> the handle configure() returned for it (one audit processor each).
+_ACTIVE: dict[int, AuditHandle] = {}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -255,6 +267,17 @@ def _add_first(provider: LoggerProvider, processor: LogRecordProcessor) -> None:
             "OTLP exports from those will not carry the audit seal"
         )
     provider.add_log_record_processor(processor)
+
+
+def _remove(provider: LoggerProvider, processor: LogRecordProcessor) -> None:
+    """Take a shut-down audit processor out of the provider (the counterpart of _add_first)."""
+    multi = getattr(provider, "_multi_log_record_processor", None)
+    lock = getattr(multi, "_lock", None)
+    if isinstance(getattr(multi, "_log_record_processors", None), tuple) and lock is not None:
+        with lock:
+            multi._log_record_processors = tuple(  # type: ignore[union-attr]
+                p for p in multi._log_record_processors if p is not processor  # type: ignore[union-attr]
+            )
 
 
 def _otlp_requested() -> bool:

@@ -122,3 +122,24 @@ def test_opentelemetry_instrument_wires_it_with_no_code_change(db: str, tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT action, actor_id, service_name FROM audit_logs") == [("refund", "clerk-7", "shop")]
+
+
+def test_configure_twice_is_refused_until_shutdown(db: str, tmp_path: Path) -> None:
+    code = """
+        import logging, sys, otel_audit
+        from otel_audit.errors import AuditConfigurationError
+        first = otel_audit.configure(dsn=sys.argv[1], spool_dir=sys.argv[2])
+        try:
+            otel_audit.configure(dsn=sys.argv[1], spool_dir=sys.argv[2])
+        except AuditConfigurationError as exc:
+            print("refused:", "already called" in str(exc))
+        first.shutdown()
+        second = otel_audit.configure(dsn=sys.argv[1], spool_dir=sys.argv[2])
+        logging.getLogger("x").warning("once", extra={"audit.action": "read", "audit.actor.id": "u",
+            "audit.resource.type": "t", "audit.resource.id": "1", "audit.result": "success"})
+        print("stats:", second.stats()["dropped"], second.shutdown())
+    """
+    result = run_python(code, {}, db, str(tmp_path / "spool"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["refused: True", "stats: 0 True"]
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(1,)]

@@ -144,7 +144,7 @@ class ChainSpool:
         self._base = 0
         self._spare: _Segment | None = None
         self._spare_lock = threading.Lock()
-        self._need_spare = threading.Event()
+        self._wakeup = threading.Event()
         self._write_off = 0
         self.end: SpoolPosition = 0
         self.synced_end: SpoolPosition = 0
@@ -241,7 +241,7 @@ class ChainSpool:
                                 self._discard(spare)
                             spare = self._allocate_segment(number)
                     self._activate(spare)
-                    self._need_spare.set()
+                    self._wakeup.set()
                     break
                 except OSError as exc:  # ENOSPC from fallocate: the disk, not the limit, is full
                     reason = f"cannot allocate a new spool segment in {self.path}: {exc}"
@@ -326,27 +326,39 @@ class ChainSpool:
     # ------------------------------------------------------------------ syncing
     def _maintenance_loop(self) -> None:
         mode = self.config.fsync
-        interval = {"interval": self.config.fsync_interval, "always": 0.002}.get(mode, 0.1)
+        interval = self.config.fsync_interval if mode == "interval" else 0.1
         while not self._closed:
-            self._need_spare.wait(interval)
-            self._need_spare.clear()
+            # In "always" mode a waiting caller wakes this loop at once: the msync
+            # latency, not a polling interval, is what each call waits for.
+            self._wakeup.wait(interval)
+            self._wakeup.clear()
             if mode != "never":
                 self.sync()
             self._prepare_spare()
 
     def sync(self) -> None:
-        """msync what has been appended so far (all segments still mapped)."""
+        """msync everything appended so far; only the pages written since the last sync."""
         end = self.end
-        if end == self.synced_end:
+        start = self.synced_end
+        if end == start:
             return
-        for segment in list(self._segments.values()):
+        first, last = start // self._seg_size, end // self._seg_size
+        for number, segment in list(self._segments.items()):
+            if number < first or number > last:
+                continue
+            lo = start - number * self._seg_size if number == first else 0
+            hi = end - number * self._seg_size if number == last else self._seg_size
+            lo -= lo % mmap.PAGESIZE
             with contextlib.suppress(ValueError):  # closed concurrently by release()
-                segment.mm.flush()
+                segment.mm.flush(lo, max(hi - lo, 1))
         with self._synced:
             self.synced_end = end
             self._synced.notify_all()
 
     def wait_synced(self, position: SpoolPosition, timeout: float) -> bool:
+        if self.synced_end >= position:
+            return True
+        self._wakeup.set()
         with self._synced:
             return self._synced.wait_for(lambda: self.synced_end >= position, timeout)
 
@@ -480,7 +492,7 @@ class ChainSpool:
         if self.owner and self.config.fsync != "never":
             self.sync()
         self._closed = True
-        self._need_spare.set()
+        self._wakeup.set()
         if self._sync_thread is not None:
             self._sync_thread.join(timeout=2)
         for segment in self._segments.values():
