@@ -79,45 +79,52 @@ class ChainWalker:
         self._quarantined: dict[int, _Entry] = {}
         self._last_pos_hash: tuple[int, str] | None = None
         self._break: tuple[_Entry, str] | None = None
+        self._fast_n = 0
+        self._fast_invalid = 0
+        self._fast_first: dict[str, Any] | None = None
+        self._fast_last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ input
     def feed(self, column_seq: int, stored_hash: str, canonical: bytes, columns: Sequence[Any] | None) -> None:
         """One stored row. ``columns`` are its values in :data:`FIELDS` order (None: not a table row)."""
         computed = _sha256(RECORD_DOMAIN + canonical).hexdigest()
-        try:
-            doc = _loads(canonical)
-        except orjson.JSONDecodeError:
-            doc = None
-        # Fast path: the intact record that comes next (nearly every row).
+        doc: Any = None
+        # Fast path: the intact record that comes next (nearly every row). Only
+        # counters are kept here; the summary is brought up to date by _sync_fast.
         if (
             computed == stored_hash
-            and doc.__class__ is dict
-            and (columns is None or list(map(doc.get, FIELDS)) == columns)
-            and doc.get("seq") == self._expected
-            and doc.get("prev_hash") == self._last_link
-            and self._break is None
-            and not self._pending
-            and doc.keys() <= _FIELD_SET
-            and doc.get("chain_id") == self.chain_id
+            and column_seq == self._expected
             and columns is not None
+            and not self._pending
+            and self._break is None
         ):
-            s = self.summary
-            self._last_link = computed
-            self._last_pos_hash = (column_seq, computed)
-            self._expected = column_seq + 1
-            self._last_entry = None
-            s.records += 1
-            if s.first_seq is None:
-                s.first_seq = column_seq
-                s.first_timestamp = doc.get("timestamp")
-            s.last_seq = column_seq
-            s.head_hash = computed
-            s.last_timestamp = doc.get("timestamp")
-            if doc["problems"]:
-                s.invalid += 1
-            if column_seq in self._quarantined:
-                self._drain()
-            return
+            try:
+                doc = _loads(canonical)
+            except orjson.JSONDecodeError:
+                doc = None
+            if (
+                doc.__class__ is dict
+                and list(map(doc.get, FIELDS)) == columns  # every column equals its sealed field
+                and doc["prev_hash"] == self._last_link
+                and doc.keys() <= _FIELD_SET
+            ):
+                self._last_link = computed
+                self._expected = column_seq + 1
+                self._fast_n += 1
+                self._fast_last = doc
+                if self._fast_first is None:
+                    self._fast_first = doc
+                if doc["problems"]:
+                    self._fast_invalid += 1
+                if self._quarantined:
+                    self._drain()
+                return
+        self._sync_fast()
+        if doc is None:
+            try:
+                doc = _loads(canonical)
+            except orjson.JSONDecodeError:
+                doc = None
         if doc.__class__ is not dict or not doc.keys() <= _FIELD_SET or doc.get("seq").__class__ is not int:
             self._add(Kind.MALFORMED, column_seq, "stored bytes are not an otel-audit record document")
             self._place(_Entry(column_seq, stored_hash, None, None, None, False, computed))
@@ -154,6 +161,7 @@ class ChainWalker:
 
     def add_quarantined(self, stored_hash: str, canonical: bytes) -> None:
         """A record PostgreSQL refused: it takes its place in the chain, no columns to check."""
+        self._sync_fast()
         computed = hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest()
         try:
             doc = orjson.loads(canonical)
@@ -259,7 +267,28 @@ class ChainWalker:
             Finding(Kind.MISSING, _E, self.chain_id, first, f"{where} of the chain are missing (deleted)", count=count)
         )
 
+    def _sync_fast(self) -> None:
+        """Fold what the fast path counted into the summary."""
+        n = self._fast_n
+        if not n:
+            return
+        s = self.summary
+        first, last = self._fast_first, self._fast_last
+        s.records += n
+        s.invalid += self._fast_invalid
+        if s.first_seq is None:
+            s.first_seq = first["seq"]
+            s.first_timestamp = first["timestamp"]
+        s.last_seq = last["seq"]
+        s.last_timestamp = last["timestamp"]
+        s.head_hash = self._last_link
+        self._last_pos_hash = (last["seq"], self._last_link)
+        self._last_entry = None
+        self._fast_n = self._fast_invalid = 0
+        self._fast_first = self._fast_last = None
+
     def finish(self) -> None:
+        self._sync_fast()
         while self._pending or self._quarantined:
             remaining = set(self._pending) | set(self._quarantined)
             nxt = min(remaining)
