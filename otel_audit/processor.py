@@ -108,16 +108,12 @@ class AuditLogRecordProcessor(LogRecordProcessor):
                 self._note_drop(exc)
                 return
             raise
-        except Exception:
-            self.pipeline.count_dropped()
-            _log.exception(
-                "otel-audit: internal error while sealing an audit record; the record was NOT stored "
-                "(attributes: %r). Please report this.",
-                dict(amap),
-            )
+        except Exception as exc:
             if self.strict:
                 raise
-            return
+            sealed = self._seal_fallback(log_record, amap, exc)
+            if sealed is None:
+                return
         _annotate(attributes, sealed)
         pending = _FAIL_CLOSED.get()
         if pending is not None:
@@ -234,6 +230,28 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         if self.strict and draft.problems:
             raise AuditRecordInvalid(draft.problems)
         return self.pipeline.seal(draft)
+
+    def _seal_fallback(self, log_record: ReadWriteLogRecord, amap: Any, exc: Exception) -> SealedRecord | None:
+        """An unexpected error while building the record: store what is known, as text.
+
+        The record is sealed with the attributes' text form and the error in
+        its problems, so the event is not lost to a bug in otel-audit; only if
+        even that fails is it counted as dropped.
+        """
+        _log.exception("otel-audit: internal error while sealing an audit record; storing it as text. Please report this.")
+        try:
+            text = repr(dict(amap))
+            draft = self._builder.build(
+                {"otel_audit.unsealable": text[:65536]},
+                time_unix_nano=log_record.log_record.timestamp or time.time_ns(),
+                body=str(log_record.log_record.body)[:65536],
+                problems=(f"internal error while sealing ({type(exc).__name__}: {exc}); attributes stored as text",),
+            )
+            return self.pipeline.seal(draft)
+        except Exception:
+            self.pipeline.count_dropped()
+            _log.exception("otel-audit: the audit record could not be stored at all (attributes: %r)", dict(amap))
+            return None
 
     def _note_drop(self, exc: SpoolFull) -> None:
         self.pipeline.count_dropped()

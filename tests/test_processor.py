@@ -148,3 +148,23 @@ def test_attribute_values_of_every_otel_type_survive(db: str, spool_dir: Path) -
     assert attrs["f"] == 0.1 and attrs["raw"] == "AQI=" and attrs["big"] == str(2**62)
     assert len(problems) == 2
     assert verify(db).ok
+
+
+def test_an_internal_error_still_stores_the_event_as_text(db: str, spool_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+    app = App(db, spool_dir)
+    calls = {"n": 0}
+    original = app.audit.processor._builder.build
+
+    def flaky(attributes, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return original(attributes, **kw)
+
+    monkeypatch.setattr(app.audit.processor._builder, "build", flaky)
+    app.log()
+    assert app.close()
+    ((problems, attrs),) = rows(db, "SELECT problems, attributes FROM audit_logs")
+    assert "RuntimeError: boom" in problems[0]
+    assert "patient-456" in attrs["otel_audit.unsealable"]
+    assert verify(db).ok
