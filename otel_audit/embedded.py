@@ -7,6 +7,7 @@ Not for production: it exists so that a laptop with no database can run
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,11 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path | str | None = None, *, keep_running: bool = False) -> None:
         try:
-            import pgserver
+            with warnings.catch_warnings():
+                # platformdirs warns that XDG_RUNTIME_DIR is unset (common in containers) and
+                # falls back to /tmp/runtime-<uid>, which is fine for pgserver's lock file.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+                import pgserver
         except ImportError as exc:
             raise AuditConfigurationError(
                 "the embedded PostgreSQL needs the 'embedded' extra: pip install 'otel-audit[embedded]' "
@@ -38,7 +43,9 @@ class EmbeddedPostgres:
             ) from exc
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server: Any = pgserver.get_server(self.data_dir, cleanup_mode=None if keep_running else "stop")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            self._server: Any = pgserver.get_server(self.data_dir, cleanup_mode=None if keep_running else "stop")
 
     def dsn(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database))
