@@ -108,6 +108,8 @@ class Anchoring:
         self.now = policy.now if policy.now is not None else time.time()
         self._chains: dict[str, _Chain] = {}
         self._strings: dict[str, str] = {}
+        #: (chain, key id, source) -> [(n, seq)] of checkpoints signed by keys that are not trusted
+        self._untrusted: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
         self.database_rows = 0
         self.witness_entries = 0
 
@@ -150,7 +152,7 @@ class Anchoring:
                         Kind.CHECKPOINT_MALFORMED, _E, cp.chain_id, cp.seq,
                         f"checkpoint {cp.n}: column {column} was changed (stored {value!r}, signed {signed[column]!r})",
                     )
-            if self._trusted(cp, "database"):
+            if self._trusted(cp, "database", "the database"):
                 if cp.n in chain.db:
                     continue  # a second row for one number: already reported as moved
                 chain.db[cp.n] = _slim(cp, "database", self._strings)
@@ -174,24 +176,22 @@ class Anchoring:
                 continue
             if wanted is not None and cp.chain_id not in wanted:
                 continue
-            if not self._trusted(cp, entry.location):
+            if not self._trusted(cp, entry.location, witness.description):
                 continue
             chain = self._chain(cp.chain_id)
             chain.witness_hashes.setdefault(cp.n, set()).add(cp.hash)
             chain.witness.setdefault(cp.n, _slim(cp, entry.location, self._strings))
 
-    def _trusted(self, cp: Checkpoint, origin: str) -> bool:
+    def _trusted(self, cp: Checkpoint, origin: str, source: str) -> bool:
         if self.trusted is None:
             return True
         status = cp.signature_status(self.trusted)
         if status is SignatureStatus.VALID:
             return True
         if status is SignatureStatus.UNTRUSTED_KEY:
-            self._add(
-                Kind.UNTRUSTED_KEY, _E, cp.chain_id, cp.seq,
-                f"{cp.describe()} in {origin} is signed by key {cp.key_id}, which is not among the trusted keys: "
-                "a forged checkpoint, or an emitter whose public key was not given (add it with --trusted-key)",
-            )
+            # Reported per chain, key and source in prepare(): one emitter with a key that was
+            # not given would otherwise bury the report under one finding per checkpoint.
+            self._untrusted.setdefault((cp.chain_id, cp.key_id, source), []).append((cp.n, cp.seq))
         else:
             key = self.trusted[cp.key_id]
             self._add(
@@ -211,6 +211,16 @@ class Anchoring:
                 "witness was compared: pass --trusted-key PATH.pub (and --witness DIR). Without them, deleting the "
                 "newest records together with their checkpoints, or rewriting a chain and its checkpoints, goes "
                 "unnoticed",
+            )
+        for (chain_id, key_id, source), found in self._untrusted.items():
+            found.sort()
+            numbers = ", ".join(str(n) for n, _ in found[:5]) + (", ..." if len(found) > 5 else "")
+            self._add(
+                Kind.UNTRUSTED_KEY, _E, chain_id, found[0][1],
+                f"{len(found)} checkpoint(s) of this chain in {source} (numbers {numbers}) are signed by key "
+                f"{key_id}, which is not among the trusted keys: forged checkpoints, or an emitter whose public key "
+                "was not given (add it with --trusted-key)",
+                count=len(found),
             )
         witnessed = bool(self.policy.witnesses)
         for chain_id, chain in self._chains.items():
@@ -361,7 +371,8 @@ class Anchoring:
             self._add(
                 Kind.CHAIN_DELETED, _E, chain_id, None,
                 f"the database has no registry entry and no records of this chain, but {last.describe()} proves it "
-                f"existed with {anchored} record(s){in_db}: the whole chain was deleted",
+                f"existed with {anchored} record(s){in_db}: the whole chain was deleted (or this witness also "
+                "serves another database: give each audit database a witness directory of its own)",
                 count=anchored,
             )
             return
