@@ -421,6 +421,26 @@ def test_clean_run_with_several_processes_idle_periods_and_a_restart(db: str, tm
     assert witnessed == rows(db, "SELECT count(*) FROM audit_checkpoints")[0][0]
 
 
+def test_a_forked_child_anchors_a_chain_of_its_own(db: str, spool_dir: Path, keys: Keys, witness_dir: Path) -> None:
+    app = anchored_app(db, spool_dir, keys, witness_dir)
+    app.log()
+    pid = os.fork()
+    if pid == 0:  # child: a new chain with its own checkpointer; exit without pytest's cleanup
+        code = 1
+        try:
+            app.log()
+            code = 0 if app.close() else 2
+        finally:
+            os._exit(code)
+    app.log()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert app.close()
+    report = check(db, [keys.public], witness_dir)
+    assert report.ok and not report.findings, [str(f) for f in report.findings]
+    assert sorted((c.records, c.extra["closed"]) for c in report.chains.values()) == [(1, True), (2, True)]
+
+
 # ---------------------------------------------------------------------- schema and roles
 @pytest.mark.parametrize(
     "statement",
