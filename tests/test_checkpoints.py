@@ -242,6 +242,20 @@ def test_deleting_a_checkpoint_is_detected(trail: str, keys: Keys, witness_dir: 
     assert "numbering has a gap" in without.errors[0].detail
 
 
+@pytest.mark.parametrize("how", ["DELETE FROM audit_checkpoints", "DROP TABLE audit_checkpoints"])
+def test_deleting_every_checkpoint_is_detected(trail: str, keys: Keys, witness_dir: Path, how: str) -> None:
+    tamper(trail, how)
+    dropped = [("checkpoint_missing", None)] if how.startswith("DROP") else []
+    with_witness = check(trail, [keys.public], witness_dir)
+    assert errors(with_witness) == sorted([*dropped, ("checkpoint_missing", None)], key=lambda x: (x[0], 0))
+    assert any("all 4 witnessed checkpoint(s)" in f.detail for f in with_witness.errors)
+    # Without a witness the chain is simply no longer anchored: missing integrity data fails.
+    without = check(trail, [keys.public])
+    assert errors(without) == sorted([*dropped, ("unanchored", None)])
+    if dropped:
+        assert "it was dropped" in check(trail, None).errors[0].detail  # even plain verify sees the dropped table
+
+
 def test_rolling_back_the_newest_checkpoints_is_detected(trail: str, keys: Keys, witness_dir: Path) -> None:
     tamper(trail, "DELETE FROM audit_checkpoints WHERE n >= 3")
     report = check(trail, [keys.public], witness_dir)

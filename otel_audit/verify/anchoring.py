@@ -256,7 +256,8 @@ class Anchoring:
         chain.evidence = dict(sorted(evidence.items()))
         if not witnessed:
             return
-        # Witnessed but absent from the database: deleted or rolled back.
+        # Witnessed but absent from the database: deleted or rolled back. (A chain with no
+        # checkpoint rows at all is judged in finish(), once we know whether the chain is there.)
         if chain.db_numbers:
             absent = sorted(n for n in chain.witness if n not in chain.db_numbers)
             top = max(chain.db_numbers)
@@ -376,6 +377,13 @@ class Anchoring:
                 count=anchored,
             )
             return
+        if not chain.db_numbers and chain.witness:
+            self._add(
+                Kind.CHECKPOINT_MISSING, _E, chain_id, None,
+                f"all {len(chain.witness)} witnessed checkpoint(s) of this chain (up to {last.describe()}) are "
+                "missing from the database: deleted",
+                count=len(chain.witness),
+            )
         summary.extra["checkpoints"] = len(evidence)
         summary.extra["anchored_seq"] = anchored
         summary.extra["closed"] = last.closed

@@ -27,6 +27,7 @@ import psycopg
 
 from otel_audit.core.chain import genesis_hash
 from otel_audit.core.keys import VerifyKey
+from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import AnchorPolicy, Anchoring
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
@@ -165,25 +166,41 @@ def _load_anchoring(
 ) -> Anchoring | None:
     checking = options.trusted_keys is not None or bool(options.witnesses)
     row = conn.execute("SELECT to_regclass('audit_checkpoints')").fetchone()
-    if not row or row[0] is None:
-        if checking:
-            raise LookupError(
-                "this database has no audit_checkpoints table (otel-audit schema older than version 2), so there "
-                "are no signed checkpoints to check: upgrade it with `otel-audit db init --dsn ...`, then run the "
-                "emitters with OTEL_AUDIT_SIGNING_KEY"
+    have_table = bool(row and row[0] is not None)
+    if not have_table:
+        version = current_version(conn)
+        if version < 2:
+            if checking:
+                raise LookupError(
+                    f"this database has otel-audit schema version {version}, without the audit_checkpoints table, "
+                    "so there are no signed checkpoints to check: upgrade it with `otel-audit db init --dsn ...`, "
+                    "then run the emitters with OTEL_AUDIT_SIGNING_KEY"
+                )
+            return None
+        report.add(
+            Finding(
+                Kind.CHECKPOINT_MISSING,
+                Severity.ERROR,
+                None,
+                None,
+                f"the audit_checkpoints table is missing although the schema is at version {version}: it was "
+                "dropped, and every stored checkpoint with it",
             )
-        return None
+        )
+        if not checking:
+            return None
     anchoring = Anchoring(
         AnchorPolicy(options.trusted_keys, tuple(options.witnesses), options.max_unanchored_age, options.now), report
     )
     where, params = "", None
     if options.chain_ids:
         where, params = "WHERE chain_id = ANY(%s::uuid[])", (options.chain_ids,)
-    with conn.cursor() as cur:
-        anchoring.load_database(
-            (r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), bytes(r[8]), r[9])
-            for r in cur.execute(_CHECKPOINT_ROWS.format(where=where), params)
-        )
+    if have_table:
+        with conn.cursor() as cur:
+            anchoring.load_database(
+                (r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), bytes(r[8]), r[9])
+                for r in cur.execute(_CHECKPOINT_ROWS.format(where=where), params)
+            )
     for witness in options.witnesses:
         anchoring.load_witness(witness, options.chain_ids)
     anchoring.prepare()
