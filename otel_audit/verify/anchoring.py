@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from otel_audit.core.checkpoint import Checkpoint, CheckpointFormatError, SignatureStatus, parse_checkpoint, parse_envelope
+from otel_audit.core.checkpoint import (
+    Checkpoint,
+    CheckpointFormatError,
+    SignatureStatus,
+    parse_checkpoint,
+    parse_envelope,
+)
 from otel_audit.core.keys import VerifyKey
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
 from otel_audit.witness import Witness

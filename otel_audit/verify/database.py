@@ -28,7 +28,7 @@ import psycopg
 from otel_audit.core.chain import genesis_hash
 from otel_audit.core.keys import VerifyKey
 from otel_audit.sink.schema import current_version
-from otel_audit.verify.anchoring import AnchorPolicy, Anchoring
+from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
 
