@@ -22,11 +22,14 @@ from opentelemetry import _logs
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
+from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
 from otel_audit.core.chain import SealedRecord
+from otel_audit.core.keys import SigningKey, load_signing_key
 from otel_audit.errors import AuditConfigurationError
 from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
 from otel_audit.processor import AuditLogRecordProcessor
 from otel_audit.spool.spool import SpoolConfig
+from otel_audit.witness import DirectoryWitness, Witness
 
 __all__ = ["AuditHandle", "configure"]
 
@@ -114,6 +117,11 @@ def configure(
     audit_loggers: Sequence[str] | None = None,
     event_prefix: str | None = None,
     max_record_bytes: int | None = None,
+    signing_key: str | os.PathLike[str] | SigningKey | None = None,
+    witness_dir: str | os.PathLike[str] | None = None,
+    witnesses: Sequence[Witness] = (),
+    checkpoint_records: int | None = None,
+    checkpoint_interval: float | None = None,
     otlp: bool | None = None,
     logger_provider: LoggerProvider | None = None,
     install_handler: bool = True,
@@ -138,12 +146,22 @@ def configure(
     ``audit_loggers``         ``OTEL_AUDIT_LOGGERS`` (commas)     none
     ``event_prefix``          ``OTEL_AUDIT_EVENT_PREFIX``         none
     ``max_record_bytes``      ``OTEL_AUDIT_MAX_RECORD_BYTES``     256 KiB
+    ``signing_key``           ``OTEL_AUDIT_SIGNING_KEY`` (path)   none: checkpoints off
+    ``witness_dir``           ``OTEL_AUDIT_WITNESS_DIR``          none
+    ``checkpoint_records``    ``OTEL_AUDIT_CHECKPOINT_RECORDS``   1000
+    ``checkpoint_interval``   ``OTEL_AUDIT_CHECKPOINT_INTERVAL``  10 seconds
     ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
                               ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
     ========================  ==================================  =====================
 
     ``metrics``/``meter_provider``: pipeline metrics (``otel_audit.*``) are
     registered on ``meter_provider``, or the global MeterProvider.
+
+    ``signing_key`` (a path to the PEM file ``otel-audit keygen`` wrote, or a
+    :class:`~otel_audit.core.keys.SigningKey`) turns on signed checkpoints:
+    every ``checkpoint_records`` records and every ``checkpoint_interval``
+    seconds, idle or not, plus a closing one at shutdown. ``witness_dir`` (and
+    any ``witnesses=`` objects) receive a copy of each committed checkpoint.
 
     ``level``: audit calls at this level must reach OpenTelemetry. If the root
     logger's level would discard them, it is lowered to ``level`` and the root
@@ -172,10 +190,27 @@ def configure(
         audit_loggers = [n.strip() for n in env.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
     if event_prefix is None:
         event_prefix = env.get("OTEL_AUDIT_EVENT_PREFIX") or None
+    key = _signing_key(signing_key)
+    all_witnesses = list(witnesses)
+    witness_dir = witness_dir if witness_dir is not None else (env.get("OTEL_AUDIT_WITNESS_DIR") or None)
+    if witness_dir is not None:
+        all_witnesses.insert(0, DirectoryWitness(witness_dir))
+    if all_witnesses and key is None:
+        _log.warning(
+            "otel-audit: a witness is configured but no signing key, so this process signs no checkpoints "
+            "(only checkpoints replayed from earlier processes' spools are witnessed). Set OTEL_AUDIT_SIGNING_KEY "
+            "(signing_key=) to the key written by `otel-audit keygen`"
+        )
     config = PipelineConfig(
         dsn=dsn,
         spool=spool,
         max_record_bytes=_int_option(max_record_bytes, "OTEL_AUDIT_MAX_RECORD_BYTES", 256 * 1024),
+        signing_key=key,
+        checkpoint_records=_int_option(checkpoint_records, "OTEL_AUDIT_CHECKPOINT_RECORDS", DEFAULT_CHECKPOINT_RECORDS),
+        checkpoint_interval=_float_option(
+            checkpoint_interval, "OTEL_AUDIT_CHECKPOINT_INTERVAL", DEFAULT_CHECKPOINT_INTERVAL
+        ),
+        witnesses=tuple(all_witnesses),
     )
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)
@@ -229,6 +264,15 @@ _ACTIVE: dict[int, AuditHandle] = {}
 
 
 # ---------------------------------------------------------------------- helpers
+def _signing_key(value: str | os.PathLike[str] | SigningKey | None) -> SigningKey | None:
+    if isinstance(value, SigningKey):
+        return value
+    path = value if value is not None else (os.environ.get("OTEL_AUDIT_SIGNING_KEY") or None)
+    if path is None:
+        return None
+    return load_signing_key(path)
+
+
 def _logger_provider(explicit: LoggerProvider | None, service_name: str | None) -> tuple[LoggerProvider, bool]:
     if explicit is not None:
         return explicit, False

@@ -7,6 +7,7 @@ __all__ = [
     "AuditError",
     "AuditNotCommitted",
     "AuditRecordInvalid",
+    "ChainClosed",
     "SpoolFull",
 ]
 
@@ -45,4 +46,12 @@ class AuditNotCommitted(AuditError):
 
     The record is safe in the local spool and will still be written; what failed
     is the promise that it was stored *before* the action went ahead.
+    """
+
+
+class ChainClosed(AuditError):
+    """The chain was closed (its closing checkpoint is written); it takes no more records.
+
+    A record logged after shutdown would follow the signed end of its chain. Log
+    it through a new pipeline (a new process or ``otel_audit.configure()``).
     """

@@ -31,6 +31,13 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "quarantined",
     ),
     "otel_audit.records.dropped": ("counter", "{record}", "Audit records lost (spool full with when_full=drop)", "dropped"),
+    "otel_audit.checkpoints": ("counter", "{checkpoint}", "Signed checkpoints written to the spool", "checkpoints"),
+    "otel_audit.witness.failures": (
+        "counter",
+        "{checkpoint}",
+        "Checkpoints a witness could not store (retried with the next checkpoint)",
+        "witness_failures",
+    ),
     "otel_audit.spool.bytes": ("gauge", "By", "Bytes in the spool not yet committed", "spool_bytes"),
     "otel_audit.spool.oldest_uncommitted_age": (
         "gauge",

@@ -5,6 +5,10 @@ pipeline per ingest worker). It knows neither OTel nor HTTP; it wires the
 sealing core to the durable spool and the PostgreSQL sink, and owns the
 lifecycle: start, flush, fail-closed waits, shutdown, and what a forked child
 must do (start a chain of its own).
+
+With a signing key it also owns the checkpointer thread (signed chain heads
+every N records and every T seconds, a closing one at shutdown) and, with
+witnesses, the thread that copies committed checkpoints to them.
 """
 
 from __future__ import annotations
@@ -12,18 +16,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, Checkpointer
 from otel_audit.core.chain import Chain, SealedRecord, emitter_metadata
 from otel_audit.core.ids import new_chain_id
+from otel_audit.core.keys import SigningKey
 from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError, SpoolFull
+from otel_audit.sink.checkpoints import decode_checkpoints
 from otel_audit.sink.writer import PostgresSink
 from otel_audit.spool.spool import SpoolConfig
 from otel_audit.stats import PipelineStats
+from otel_audit.witness import Witness, WitnessPublisher
 
 __all__ = ["AuditPipeline", "PipelineConfig", "default_spool_dir"]
 
@@ -47,8 +56,21 @@ class PipelineConfig:
     batch_records: int = 10_000
     adopt_orphans: bool = True
     application_name: str = "otel-audit-sink"
+    #: Signs checkpoints; ``None`` turns checkpoints off (verify --trusted-key then fails the chain).
+    signing_key: SigningKey | None = None
+    checkpoint_records: int = DEFAULT_CHECKPOINT_RECORDS
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    witnesses: tuple[Witness, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.checkpoint_records < 1:
+            raise AuditConfigurationError(
+                f"checkpoint_records must be at least 1, not {self.checkpoint_records} (default 1000)"
+            )
+        if not self.checkpoint_interval > 0:
+            raise AuditConfigurationError(
+                f"checkpoint_interval must be a positive number of seconds, not {self.checkpoint_interval} (default 10)"
+            )
         if not self.dsn:
             raise AuditConfigurationError(
                 "no PostgreSQL DSN: pass dsn= or set OTEL_AUDIT_DSN (e.g. postgresql://user@host/db)"
@@ -81,14 +103,20 @@ class AuditPipeline:
 
     def _build(self) -> None:
         self.stats = PipelineStats()
+        config = self.config
+        self.witness = WitnessPublisher(config.witnesses, self.stats) if config.witnesses else None
+        hooks = dict(self._sink_hooks)
+        user_after_commit = hooks.pop("after_commit", None)
+        if self.witness is not None or user_after_commit is not None:
+            hooks["after_commit"] = self._after_commit_hook(self.witness, user_after_commit)
         self.sink = PostgresSink(
-            self.config.dsn,
-            self.config.spool,
+            config.dsn,
+            config.spool,
             stats=self.stats,
-            batch_records=self.config.batch_records,
-            adopt_orphans=self.config.adopt_orphans,
-            application_name=self.config.application_name,
-            **self._sink_hooks,
+            batch_records=config.batch_records,
+            adopt_orphans=config.adopt_orphans,
+            application_name=config.application_name,
+            **hooks,
         )
         chain_id = new_chain_id()
         spool = self.sink.open_spool(chain_id)
@@ -99,9 +127,34 @@ class AuditPipeline:
             chain_id=chain_id,
             max_record_bytes=self.config.max_record_bytes,
         )
-        if self.config.spool.fsync != "always":
+        self.checkpointer: Checkpointer | None = None
+        if config.signing_key is not None:
+            self.checkpointer = Checkpointer(
+                self.chain,
+                config.signing_key,
+                every_records=config.checkpoint_records,
+                every_seconds=config.checkpoint_interval,
+                stats=self.stats,
+            )
+        if self.config.spool.fsync != "always" and self.checkpointer is None:
             self.seal = self.chain.seal  # type: ignore[method-assign]
         self.sink.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
+
+    @staticmethod
+    def _after_commit_hook(
+        witness: WitnessPublisher | None, user: Callable[[list[tuple[bytes, bytes]]], None] | None
+    ) -> Callable[[list[tuple[bytes, bytes]]], None]:
+        """Runs on the sink thread after a batch holding checkpoints committed: hand them to the witnesses."""
+
+        def after_commit(frames: list[tuple[bytes, bytes]]) -> None:
+            if witness is not None:
+                witness.submit(decode_checkpoints(frames))
+            if user is not None:
+                user(frames)
+
+        return after_commit
 
     @property
     def chain_id(self) -> str:
@@ -112,15 +165,20 @@ class AuditPipeline:
         """Seal and spool one record; durable against a process crash on return.
 
         Raises :class:`SpoolFull` if the spool cannot take it (nothing is sealed then).
-        With ``fsync="interval"`` or ``"never"`` this method is replaced by the
-        chain's own ``seal`` (see :meth:`_build`): one call less on the hot path.
+        Without a checkpointer and with ``fsync="interval"`` or ``"never"`` this
+        method is replaced by the chain's own ``seal`` (see :meth:`_build`): one
+        call less on the hot path.
         """
         sealed = self.chain.seal(draft)
-        if not self.spool.wait_synced(sealed.position, self.config.spool.block_timeout):
-            raise SpoolFull(
-                f"the spool could not be synced to disk within {self.config.spool.block_timeout:g}s; the "
-                "record is sealed but may not survive a power loss"
-            )
+        checkpointer = self.checkpointer
+        if checkpointer is not None and sealed.seq >= checkpointer.due_seq:
+            checkpointer.poke(sealed.seq, sealed.hash)
+        if self.config.spool.fsync == "always":
+            if not self.spool.wait_synced(sealed.position, self.config.spool.block_timeout):
+                raise SpoolFull(
+                    f"the spool could not be synced to disk within {self.config.spool.block_timeout:g}s; the "
+                    "record is sealed but may not survive a power loss"
+                )
         return sealed
 
     def count_dropped(self, n: int = 1) -> None:
@@ -140,18 +198,40 @@ class AuditPipeline:
         data = self.stats.snapshot()
         data["chain_id"] = self.chain_id
         data["spool_dir"] = str(self.spool.path)
+        checkpointer = self.checkpointer
+        last = checkpointer.last if checkpointer is not None else None
+        data["checkpoint_key_id"] = checkpointer.key.key_id if checkpointer is not None else None
+        data["last_checkpoint"] = (
+            {"n": last.n, "seq": last.seq, "time": last.time, "closed": last.closed} if last is not None else None
+        )
         return data
 
     # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float = 30.0) -> bool:
+        """Close the chain (closing checkpoint), commit everything, witness it, stop.
+
+        Returns whether everything was committed to PostgreSQL within ``timeout``.
+        """
         if self._closed:
             return True
         self._closed = True
+        deadline = time.monotonic() + timeout
+        if self.checkpointer is not None:
+            self.checkpointer.close(timeout=min(10.0, timeout))
+        else:
+            self.chain.close()
         self.stats.accepted = self.chain.head()[0]
-        return self.sink.close(timeout)
+        committed = self.sink.close(max(0.0, deadline - time.monotonic()))
+        if self.witness is not None:
+            self.witness.close(max(1.0, deadline - time.monotonic()))
+        return committed
 
     def restart_after_fork(self) -> None:
         """In a forked child: leave the parent's chain and spool alone, start a new chain."""
+        if self.checkpointer is not None:
+            self.checkpointer.abandon_after_fork()
+        if self.witness is not None:
+            self.witness.abandon_after_fork()
         self.sink.abandon_after_fork()
         self._counter_lock = threading.Lock()
         self._closed = False

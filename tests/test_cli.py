@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from otel_audit.cli.main import main
+from otel_audit.sink.schema import SCHEMA_VERSION
 from tests.harness import App
 
 pytestmark = pytest.mark.storage
@@ -33,7 +34,8 @@ def test_db_init_is_idempotent(empty_db: str) -> None:
     assert "applied migration 1" in first.stdout
     again = cli("db", "init", "--dsn", empty_db)
     assert again.returncode == 0 and "up to date" in again.stdout
-    assert cli("db", "version", "--dsn", empty_db).stdout.strip() == "1"
+    assert "applied migration 2" in first.stdout
+    assert cli("db", "version", "--dsn", empty_db).stdout.strip() == str(SCHEMA_VERSION)
 
 
 def test_verify_exit_codes(db: str, spool_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out: TextIO = sys.stdout) -> None:
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out: TextIO | None = None) -> None:
+    out = out if out is not None else sys.stdout  # looked up per call: sys.stdout may have been replaced
     if fmt == "json":
         print_json([dict(zip(columns, row, strict=True)) for row in rows], out)
     elif fmt == "csv":
@@ -45,7 +46,8 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out:
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
 
 
-def print_json(data: Any, out: TextIO = sys.stdout) -> None:
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    out = out if out is not None else sys.stdout
     out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=_default).decode() + "\n")
 
 

@@ -53,6 +53,10 @@ def _print(result: dict) -> None:
                 f"dropped {process.get('dropped')} quarantined {process.get('quarantined')} "
                 f"db_up {process.get('database_up')} spool_pending {process.get('spool_bytes')}B"
             )
+            if process.get("checkpoint_key_id") or process.get("checkpoints"):
+                line += f"  checkpoints {process.get('checkpoints')}"
+            if process.get("witness_failures"):
+                line += f"  WITNESS FAILURES {process['witness_failures']}"
             age = process.get("oldest_uncommitted_age_seconds")
             if age:
                 line += f" oldest_uncommitted {age:.1f}s"

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     return code if code else EXIT_OK
 
 
-def print_text(report: VerificationReport, out=sys.stdout) -> None:  # noqa: ANN001
+def print_text(report: VerificationReport, out=None) -> None:  # noqa: ANN001
+    out = out if out is not None else sys.stdout  # looked up per call: sys.stdout may have been replaced
     for finding in report.findings:
         print(str(finding), file=out)
     verdict = "INTACT" if report.ok else "INTEGRITY FAILURE"

@@ -11,6 +11,11 @@ The chain knows nothing of OTel or PostgreSQL. Sealed bytes go to a
 frames on disk is the order of sequence numbers, and a refused append (spool
 full) leaves no gap: the sequence number is only consumed once the frame is
 accepted.
+
+Checkpoint frames (signed chain heads) go through the same lock
+(:meth:`Chain.append_checkpoint`), so they take their place in the spool
+between records; :meth:`Chain.close` appends the closing checkpoint and
+refuses every record after it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from otel_audit.core.record import (
     encode_draft,
     format_timestamp,
 )
+from otel_audit.errors import ChainClosed
 
 __all__ = [
     "KIND_CHECKPOINT",
@@ -114,6 +120,7 @@ class Chain:
         self._seq = 0
         self._head = self.genesis_hash
         self.invalid = 0  # records sealed with validation problems
+        self._closed = False
 
     def head(self) -> tuple[int, str]:
         """(sequence number, hash) of the newest sealed record (0, genesis hash at start)."""
@@ -125,7 +132,12 @@ class Chain:
         doc["chain_id"] = self.chain_id
         with self._lock:
             seq = self._seq + 1
-            if seq > MAX_SEQUENCE:
+            if seq > MAX_SEQUENCE or self._closed:
+                if self._closed:
+                    raise ChainClosed(
+                        f"chain {self.chain_id} is closed (shut down); the record was not sealed. Log through "
+                        "a pipeline that is still open"
+                    )
                 raise OverflowError("chain exhausted its 2**48 sequence numbers; start a new chain")
             prev = self._head
             record_id = doc["id"] = f"{self._id_prefix}{seq:012x}"
@@ -145,6 +157,39 @@ class Chain:
             if doc["problems"]:
                 self.invalid += 1
         return _new_sealed(SealedRecord, (record_id, self.chain_id, seq, prev, hex_digest, canonical, position))
+
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append_checkpoint(self, payload: bytes, digest: bytes) -> Any:
+        """Spool a signed checkpoint frame between records (signing happens before, off the lock).
+
+        The frame may land after records sealed since its head was read; that
+        is fine, it names its own sequence number.
+        """
+        with self._lock:
+            if self._closed:
+                raise ChainClosed(f"chain {self.chain_id} is closed; no checkpoint follows the closing one")
+            return self._sink.append(KIND_CHECKPOINT, payload, digest)
+
+    def close(self, closing: Callable[[int, str], tuple[bytes, bytes]] | None = None) -> Any:
+        """Close the chain: no record is sealed after this.
+
+        ``closing(seq, head)`` builds the closing checkpoint frame (payload,
+        digest) *under the lock*, so no record can slip in between the head it
+        signs and its place in the spool. Returns the spool position of that
+        frame (``None`` without one, or when the chain was already closed).
+        """
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            if closing is None:
+                return None
+            payload, digest = closing(self._seq, self._head)
+            return self._sink.append(KIND_CHECKPOINT, payload, digest)
 
 
 def emitter_metadata(kind: str, **fields: Any) -> dict[str, Any]:

@@ -121,8 +121,33 @@ COMMENT ON TABLE audit_quarantine IS
     'Sealed records PostgreSQL refused to store in audit_logs, with the reason. Part of the chain; the verifier reads them.';
 """
 
+_V2 = """
+CREATE TABLE audit_checkpoints (
+    chain_id     uuid        NOT NULL,
+    n            bigint      NOT NULL,
+    seq          bigint      NOT NULL,
+    head         text        NOT NULL,
+    signed_at    timestamptz NOT NULL,
+    key_id       text        NOT NULL,
+    closed       boolean     NOT NULL,
+    body         bytea       NOT NULL,
+    signature    bytea       NOT NULL,
+    hash         text        NOT NULL,
+    inserted_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT audit_checkpoints_pkey PRIMARY KEY (chain_id, n),
+    CONSTRAINT audit_checkpoints_n_positive CHECK (n > 0 AND seq >= 0)
+);
+
+CREATE INDEX idx_audit_checkpoints_seq ON audit_checkpoints (chain_id, seq);
+
+COMMENT ON TABLE audit_checkpoints IS
+    'Signed chain heads (Ed25519 over the canonical body). Append-only; also copied to a witness outside PostgreSQL. '
+    'The verifier trusts only the public keys it is given, never anything stored here.';
+"""
+
 #: Every append-only otel-audit table (writers may insert into each).
-AUDIT_TABLES = ("audit_chains", "audit_logs", "audit_quarantine")
+AUDIT_TABLES = ("audit_chains", "audit_logs", "audit_quarantine", "audit_checkpoints")
+_V1_TABLES = ("audit_chains", "audit_logs", "audit_quarantine")
 
 
 def _append_only(table: str) -> str:
@@ -138,7 +163,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "audit_logs, audit_chains, audit_quarantine; append-only triggers",
-        _V1 + "".join(_append_only(t) for t in AUDIT_TABLES),
+        _V1 + "".join(_append_only(t) for t in _V1_TABLES),
+    ),
+    Migration(
+        2,
+        "audit_checkpoints (signed chain heads); append-only triggers",
+        _V2 + _append_only("audit_checkpoints"),
     ),
 )
 
@@ -208,6 +238,9 @@ def grant_writer(conn: psycopg.Connection, role: str) -> None:
         conn.execute(sql.SQL("GRANT SELECT (chain_id, seq) ON audit_logs TO {}").format(ident))
         conn.execute(sql.SQL("GRANT SELECT (chain_id, seq) ON audit_quarantine TO {}").format(ident))
         conn.execute(sql.SQL("GRANT SELECT (chain_id) ON audit_chains TO {}").format(ident))
+        if "audit_checkpoints" in _existing(conn, ("audit_checkpoints",)):
+            # ON CONFLICT (chain_id, n) DO NOTHING makes checkpoint replays idempotent; it reads the key only.
+            conn.execute(sql.SQL("GRANT SELECT (chain_id, n) ON audit_checkpoints TO {}").format(ident))
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(tables, ident))
 
 

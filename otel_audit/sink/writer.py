@@ -39,6 +39,7 @@ import psycopg
 
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
 from otel_audit.core.record import record_seq
+from otel_audit.sink.checkpoints import store_checkpoints
 from otel_audit.sink.rows import CONFLICTING_STAGED, CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE
 from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition, list_chain_dirs
 from otel_audit.stats import PipelineStats
@@ -142,7 +143,9 @@ class PostgresSink:
         self.adopt_orphans = adopt_orphans
         self.adopt_interval = adopt_interval
         self.application_name = application_name
-        self.checkpoint_handler = checkpoint_handler
+        # Checkpoint frames are always stored (a replayed spool may hold some even when
+        # this process signs none); a custom handler replaces the default one.
+        self.checkpoint_handler = checkpoint_handler or store_checkpoints
         self.after_commit = after_commit
         self._conn: psycopg.Connection | None = None
         self._own: _Source | None = None

@@ -14,13 +14,18 @@ Then rows are placed by the sequence number *inside their sealed bytes*, not
 the column (which an attacker can edit), and the chain is walked in that
 order: gaps are ``missing``, a second row for a position is ``inserted``, a
 ``prev_hash`` that does not match the previous record is ``broken_link``.
+
+Positions named in ``watch`` (the sequence numbers signed checkpoints cover)
+are remembered in :attr:`ChainWalker.observed` with the hash of the bytes the
+chain holds there and their timestamp, for the checkpoint checks that follow
+the walk. One set lookup per row: the fast path stays fast.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -68,8 +73,12 @@ class ChainWalker:
         summary: ChainSummary,
         *,
         genesis_hash: str | None,
+        watch: Collection[int] = frozenset(),
     ) -> None:
         self.chain_id = chain_id
+        self._watch = watch
+        #: seq -> (hash of the stored bytes at that position, their timestamp), for watched positions.
+        self.observed: dict[int, tuple[str, str | None]] = {}
         self.report = report
         self.summary = summary
         self._expected = 1
@@ -116,6 +125,8 @@ class ChainWalker:
                     self._fast_first = doc
                 if doc["problems"]:
                     self._fast_invalid += 1
+                if column_seq in self._watch:
+                    self.observed[column_seq] = (computed, doc["timestamp"])
                 if self._quarantined:
                     self._drain()
                 return
@@ -218,6 +229,8 @@ class ChainWalker:
         s.head_hash = entry.link_hash
         if entry.timestamp is not None:
             s.last_timestamp = entry.timestamp
+        if pos in self._watch:
+            self.observed[pos] = (entry.canonical_hash, entry.timestamp)
 
     def _flush_break(self, *, at_end: bool) -> None:
         if self._break is None:

@@ -6,13 +6,18 @@ flat whatever the table size. The queryable columns are shipped as one JSON
 array per row and compared, in Python, with the fields of the sealed bytes;
 the hashes are recomputed in Python too. The database is asked for data,
 never for a verdict.
+
+Signed checkpoints (``audit_checkpoints``) and witnesses are read before the
+walk, so that the walk can note the hashes at checkpointed positions; they
+are judged after it (:mod:`otel_audit.verify.anchoring`). Only the public keys
+in ``VerifyOptions.trusted_keys`` are trusted.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +26,9 @@ import orjson
 import psycopg
 
 from otel_audit.core.chain import genesis_hash
+from otel_audit.core.keys import VerifyKey
+from otel_audit.sink.schema import current_version
+from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
 
@@ -49,6 +57,19 @@ class VerifyOptions:
     chain_ids: list[str] | None = None  # only these chains (default: all)
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     extra_checks: list[Callable[[psycopg.Connection, VerificationReport], None]] = field(default_factory=list)
+    #: key id -> public key. None: checkpoint signatures are not checked (a warning says so when there are any);
+    #: a mapping (even empty): every chain must be anchored by a checkpoint one of these keys signed.
+    trusted_keys: Mapping[str, VerifyKey] | None = None
+    witnesses: Sequence[Any] = ()  # otel_audit.witness.Witness objects to compare the database with
+    max_unanchored_age: float | None = None  # seconds; older unanchored records fail verification
+    now: float | None = None  # judge ages as of this unix time (default: now)
+
+
+_CHECKPOINT_ROWS = (
+    "SELECT chain_id::text, n, seq, head, "
+    "pg_catalog.to_char(signed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+    "key_id, closed, body, signature, hash FROM audit_checkpoints {where} ORDER BY chain_id, n"
+)
 
 
 def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = None) -> VerificationReport:
@@ -63,6 +84,7 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
     _require_schema(conn)
     registry = _load_registry(conn, report, options.chain_ids)
     quarantine = _load_quarantine(conn, options.chain_ids)
+    anchoring = _load_anchoring(conn, options, report)
 
     where, params = "", None
     if options.chain_ids:
@@ -77,7 +99,11 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
             if summary is None:
                 summary = report.chains[chain_id] = ChainSummary(chain_id)
             walker = walkers[chain_id] = ChainWalker(
-                chain_id, report, summary, genesis_hash=registry.get(chain_id)
+                chain_id,
+                report,
+                summary,
+                genesis_hash=registry.get(chain_id),
+                watch=anchoring.watch(chain_id) if anchoring is not None else frozenset(),
             )
             for stored_hash, canonical in quarantine.pop(chain_id, []):
                 walker.add_quarantined(stored_hash, canonical)
@@ -119,10 +145,72 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
                     "signed checkpoints tell the two apart)",
                 )
             )
+    if anchoring is not None:
+        for chain_id in sorted(set(report.chains) | anchoring.chains()):
+            summary = report.chains.get(chain_id)
+            walker = walkers.get(chain_id)
+            anchoring.finish(
+                chain_id,
+                summary,
+                walker.observed if walker is not None else {},
+                registry.get(chain_id) if summary is not None and summary.registered else None,
+            )
     for check in options.extra_checks:
         check(conn, report)
     report.duration_seconds = time.monotonic() - started
     return report
+
+
+def _load_anchoring(
+    conn: psycopg.Connection, options: VerifyOptions, report: VerificationReport
+) -> Anchoring | None:
+    checking = options.trusted_keys is not None or bool(options.witnesses)
+    row = conn.execute("SELECT to_regclass('audit_checkpoints')").fetchone()
+    have_table = bool(row and row[0] is not None)
+    if not have_table:
+        version = current_version(conn)
+        if version < 2:
+            if checking:
+                raise LookupError(
+                    f"this database has otel-audit schema version {version}, without the audit_checkpoints table, "
+                    "so there are no signed checkpoints to check: upgrade it with `otel-audit db init --dsn ...`, "
+                    "then run the emitters with OTEL_AUDIT_SIGNING_KEY"
+                )
+            return None
+        report.add(
+            Finding(
+                Kind.CHECKPOINT_MISSING,
+                Severity.ERROR,
+                None,
+                None,
+                f"the audit_checkpoints table is missing although the schema is at version {version}: it was "
+                "dropped, and every stored checkpoint with it",
+            )
+        )
+        if not checking:
+            return None
+    anchoring = Anchoring(
+        AnchorPolicy(options.trusted_keys, tuple(options.witnesses), options.max_unanchored_age, options.now), report
+    )
+    where, params = "", None
+    if options.chain_ids:
+        where, params = "WHERE chain_id = ANY(%s::uuid[])", (options.chain_ids,)
+    if have_table:
+        with conn.cursor() as cur:
+            anchoring.load_database(
+                (r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), bytes(r[8]), r[9])
+                for r in cur.execute(_CHECKPOINT_ROWS.format(where=where), params)
+            )
+    for witness in options.witnesses:
+        anchoring.load_witness(witness, options.chain_ids)
+    anchoring.prepare()
+    if options.trusted_keys is not None:
+        report.checks.append(f"checkpoint signatures ({len(options.trusted_keys)} trusted key(s))")
+    elif anchoring.database_rows:
+        report.checks.append("checkpoints (signatures NOT checked)")
+    for witness in options.witnesses:
+        report.checks.append(witness.description)
+    return anchoring
 
 
 def _require_schema(conn: psycopg.Connection) -> None:

@@ -31,6 +31,21 @@ class Kind(str, Enum):
     # Chains
     UNREGISTERED_CHAIN = "unregistered_chain"  # records of a chain missing from audit_chains
     GENESIS_MODIFIED = "genesis_modified"  # the chain registry entry does not match its hash
+    # Anchoring: signed checkpoints and witnesses
+    TRUNCATED = "truncated"  # records at the end of a chain deleted: a trusted checkpoint covers more
+    REWRITTEN = "rewritten"  # the chain differs from a checkpointed head: edited and its hashes recomputed
+    CHAIN_DELETED = "chain_deleted"  # checkpoints prove a chain that has no registry entry and no records
+    CHECKPOINT_MISSING = "checkpoint_missing"  # a checkpoint is absent from the database (numbering gap, witness)
+    ROLLED_BACK = "rolled_back"  # the database's checkpoints of a chain end before the witness's
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"  # two different signed checkpoints under one number
+    CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"  # signed checkpoints that contradict each other
+    CHECKPOINT_MALFORMED = "checkpoint_malformed"  # not a checkpoint, or its columns differ from the signed body
+    BAD_SIGNATURE = "bad_signature"  # the signature does not verify under the trusted key it names
+    UNTRUSTED_KEY = "untrusted_key"  # signed by a key that is not among the trusted keys
+    UNANCHORED = "unanchored"  # records no trusted checkpoint covers (count, age), or a chain with none
+    UNCLOSED = "unclosed"  # a chain that stopped without its closing checkpoint (a crash)
+    NOT_WITNESSED = "not_witnessed"  # checkpoints in the database the witness lacks (witness failures)
+    CHECKPOINTS_UNCHECKED = "checkpoints_unchecked"  # checkpoints present, no trusted key given
     # Informational
     QUARANTINED = "quarantined"  # records PostgreSQL refused, kept in audit_quarantine
     INVALID_RECORDS = "invalid_records"  # records stored flagged with validation problems
