@@ -99,6 +99,7 @@ class AuditPipeline:
         self._sink_hooks = dict(sink_hooks or {})
         self._counter_lock = threading.Lock()
         self._closed = False
+        self._dormant = False
         self._build()
 
     def _build(self) -> None:
@@ -136,8 +137,10 @@ class AuditPipeline:
                 every_seconds=config.checkpoint_interval,
                 stats=self.stats,
             )
-        if self.config.spool.fsync != "always" and self.checkpointer is None:
-            self.seal = self.chain.seal  # type: ignore[method-assign]
+        # The hot path: without a checkpointer to poke and with no msync to wait
+        # for, sealing is exactly the chain's seal (one call less per record).
+        fast = self.config.spool.fsync != "always" and self.checkpointer is None
+        self.seal = self.chain.seal if fast else self._seal_checked  # type: ignore[method-assign]
         self.sink.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
@@ -164,11 +167,13 @@ class AuditPipeline:
     def seal(self, draft: Draft) -> SealedRecord:
         """Seal and spool one record; durable against a process crash on return.
 
-        Raises :class:`SpoolFull` if the spool cannot take it (nothing is sealed then).
-        Without a checkpointer and with ``fsync="interval"`` or ``"never"`` this
-        method is replaced by the chain's own ``seal`` (see :meth:`_build`): one
-        call less on the hot path.
+        Raises :class:`SpoolFull` if the spool cannot take it (nothing is sealed
+        then). :meth:`_build` replaces this method per instance with the fastest
+        correct variant: the chain's own ``seal``, or :meth:`_seal_checked`.
         """
+        return self._seal_checked(draft)
+
+    def _seal_checked(self, draft: Draft) -> SealedRecord:
         sealed = self.chain.seal(draft)
         checkpointer = self.checkpointer
         if checkpointer is not None and sealed.seq >= checkpointer.due_seq:
@@ -215,6 +220,8 @@ class AuditPipeline:
         if self._closed:
             return True
         self._closed = True
+        if self._dormant:
+            return True  # a forked child that never audited: nothing of its own to close
         deadline = time.monotonic() + timeout
         if self.checkpointer is not None:
             self.checkpointer.close(timeout=min(10.0, timeout))
@@ -227,12 +234,26 @@ class AuditPipeline:
         return committed
 
     def restart_after_fork(self) -> None:
-        """In a forked child: leave the parent's chain and spool alone, start a new chain."""
+        """In a forked child: leave the parent's chain, spool and connection alone.
+
+        The child's own chain starts with its first audit record, not at the
+        fork: a worker that never audits (a multiprocessing helper, a fork
+        followed by exec) leaves no empty chain, spool directory or connection.
+        """
         if self.checkpointer is not None:
             self.checkpointer.abandon_after_fork()
         if self.witness is not None:
             self.witness.abandon_after_fork()
         self.sink.abandon_after_fork()
         self._counter_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._dormant = True
         self._closed = False
-        self._build()
+        self.seal = self._seal_after_fork  # type: ignore[method-assign]
+
+    def _seal_after_fork(self, draft: Draft) -> SealedRecord:
+        with self._start_lock:
+            if self._dormant:
+                self._build()  # rebinds self.seal
+                self._dormant = False
+        return self.seal(draft)

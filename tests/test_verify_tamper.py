@@ -260,3 +260,22 @@ def test_fork_gives_the_child_a_chain_of_its_own(db: str, spool_dir: Path) -> No
     report = verify(db)
     assert report.ok and not report.errors
     assert sorted((c.records for c in report.chains.values())) == [1, 2]
+
+
+def test_a_forked_child_that_never_audits_leaves_no_chain(db: str, spool_dir: Path) -> None:
+    app = App(db, spool_dir)
+    app.log()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if app.close() else 2  # shuts down without ever sealing
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    app.log()
+    assert app.close()
+    assert rows(db, "SELECT count(*) FROM audit_chains") == [(1,)]
+    assert [p.name for p in spool_dir.iterdir() if p.is_dir()] == []
+    assert verify(db).ok
