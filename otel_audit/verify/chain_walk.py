@@ -116,7 +116,7 @@ class ChainWalker:
             if doc["problems"]:
                 s.invalid += 1
             if column_seq in self._quarantined:
-                self._drain()
+                self._conflict(self._quarantined.pop(column_seq), computed)
             return
         if doc.__class__ is not dict or not doc.keys() <= _FIELD_SET or doc.get("seq").__class__ is not int:
             self._add(Kind.MALFORMED, column_seq, "stored bytes are not an otel-audit record document")
@@ -192,6 +192,8 @@ class ChainWalker:
 
     def _accept(self, entry: _Entry) -> None:
         pos = entry.pos
+        if not entry.quarantined and pos in self._quarantined:
+            self._conflict(self._quarantined.pop(pos), entry.canonical_hash)
         self._flush_break(at_end=False)
         if self._last_link is not None and entry.prev is not None and entry.prev != self._last_link:
             # Classified once we know whether anything follows it.
@@ -245,8 +247,32 @@ class ChainWalker:
             entry.record_id,
         )
 
+    def _conflict(self, quarantined: _Entry, stored_hash: str | None) -> None:
+        """A quarantined record claims a position a stored row already holds.
+
+        The sink quarantines a record when a *different* one already occupies
+        its (chain, seq): a record submitted by someone other than the chain's
+        emitter (for example through the OTLP ingest). It is not part of the
+        chain; the links of the stored records decide which one is genuine (a
+        forged stored record breaks the next link, reported separately).
+        """
+        self.summary.quarantined -= 1  # not one of the chain's records
+        self.report.add(
+            Finding(
+                Kind.INSERTED,
+                Severity.WARNING,
+                self.chain_id,
+                quarantined.pos,
+                f"a different record (hash {quarantined.canonical_hash}) also claimed position {quarantined.pos} "
+                f"and was refused into audit_quarantine; the stored record"
+                + (f" (hash {stored_hash})" if stored_hash else "")
+                + " holds the position. Someone other than the chain's emitter submitted a record for it",
+                quarantined.record_id,
+            )
+        )
+
     def _skip_gap(self) -> None:
-        nxt = min(self._pending)
+        nxt = min(set(self._pending) | set(self._quarantined))
         self._missing(self._expected, nxt - 1)
         self._expected = nxt
         self._last_link = None
@@ -263,6 +289,13 @@ class ChainWalker:
         while self._pending or self._quarantined:
             remaining = set(self._pending) | set(self._quarantined)
             nxt = min(remaining)
+            if nxt < self._expected:  # a position already taken (cannot normally happen; never loop on it)
+                entry = self._pending.pop(nxt, None)
+                if entry is not None:
+                    self._duplicate(entry)
+                else:
+                    self._conflict(self._quarantined.pop(nxt), None)
+                continue
             if nxt > self._expected:
                 self._missing(self._expected, nxt - 1)
                 self._expected = nxt
