@@ -400,7 +400,9 @@ def test_database_down_is_refused_before_sealing_and_accepted_once_back(db: str,
                 break
         assert reply.status == 503 and int(reply.headers["retry-after"]) > 0
         assert "PostgreSQL is unreachable" in status_pb2.Status.FromString(reply.body).message
-        assert ingest.post(b"", path="/health", method="GET").status == 503
+        health = ingest.post(b"", path="/health", method="GET", token=None)
+        assert health.status == 503 and orjson.loads(health.body) == {"status": "unavailable",
+                                                                      "reason": "database_unreachable"}
         sealed_before = ingest.service.stats.sealed
         assert ingest.export(audit_request(3, tag="c")).status == 503
         assert ingest.service.stats.sealed == sealed_before  # refused, nothing sealed

@@ -349,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/health":
             ready, reason = self.ingest.service.health()
-            body = orjson.dumps({"status": "ok" if ready else "unavailable", "detail": reason})
+            body = orjson.dumps({"status": "ok" if ready else "unavailable", "reason": reason})
             self._send(200 if ready else 503, JSON, body, close=False)
         elif path == "/stats":
             try:
@@ -435,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
                 f"the request body did not arrive within {self.ingest.config.read_timeout:g}s ({type(exc).__name__}); "
                 "retry",
                 close=True,
-                headers={"Retry-After": str(self.ingest.config.retry_after_busy)},
+                headers={"Retry-After": str(self.ingest.config.retry_after_unavailable)},
             ) from None
         except BaseException:
             self.ingest.release(reserve)

@@ -221,9 +221,17 @@ class IngestService:
                 self._recent.forget(result.keys)
 
     def health(self) -> tuple[bool, str]:
-        """(ready, reason): whether a request with audit records would be accepted now."""
+        """(ready, reason): whether a request with audit records would be accepted now.
+
+        The reason is a fixed word (``ok``, ``shutting_down``, ``database_unreachable``,
+        ``backlog``): ``/health`` answers without authentication, so it reveals no error text.
+        """
+        if self._closing:
+            return False, "shutting_down"
         refusal = self._admission(count=False)
-        return (True, "ok") if refusal is None else (False, refusal.message)
+        if refusal is None:
+            return True, "ok"
+        return False, "backlog" if refusal.status == 429 else "database_unreachable"
 
     def snapshot(self) -> dict[str, Any]:
         data: dict[str, Any] = {"ingest": self.stats.snapshot(), "pipeline": self.pipeline.snapshot()}
@@ -282,7 +290,7 @@ class IngestService:
     def _plan(self, request: ExportLogsServiceRequest) -> _Plan:
         """Classify every record; build drafts and check seals (no side effects)."""
         plan = _Plan()
-        config = self.config
+        max_attributes = self.config.max_attributes
         recognizer = self._recognizer
         active = recognizer.active
         build = self._builder.build
@@ -302,15 +310,18 @@ class IngestService:
                 ).digest()
                 for record in scope_logs.log_records:
                     plan.records += 1
-                    keys = [kv.key for kv in record.attributes]
-                    if _CANONICAL in keys:
-                        self._plan_sealed(plan, record)
+                    # One pass converts the attributes; the audit path (nearly all of
+                    # what a collector routes here) needs them anyway.
+                    notes: list[str] = []
+                    attrs = attribute_map(record, max_attributes, notes)
+                    if _CANONICAL in attrs or (notes and _CANONICAL in {kv.key for kv in record.attributes}):
+                        self._plan_sealed(plan, record, attrs if not notes else None)
                         continue
                     problems: list[str] = []
                     default_action = None
-                    if has_seal(keys):
+                    if has_seal(attrs):
                         problems.append(_UNCHECKABLE_SEAL)
-                    elif _ACTION not in keys:
+                    elif _ACTION not in attrs:
                         if not active:
                             continue
                         default_action = recognizer.default_action(scope_name, record.event_name or None)
@@ -321,7 +332,7 @@ class IngestService:
                             f"OpenTelemetry attribute limits dropped {record.dropped_attributes_count} attribute(s) "
                             "before sealing"
                         )
-                    attrs = attribute_map(record, config.max_attributes, problems)
+                    problems.extend(notes)
                     draft = build(
                         attrs,
                         **builder_context(record, arrival),
@@ -343,8 +354,9 @@ class IngestService:
                     plan.own.append((key.digest(), draft))
         return plan
 
-    def _plan_sealed(self, plan: _Plan, record: Any) -> None:
-        attrs = attribute_map(record, max(self.config.max_attributes, len(record.attributes)), [])
+    def _plan_sealed(self, plan: _Plan, record: Any, attrs: dict[str, Any] | None) -> None:
+        if attrs is None:  # the attribute limit applied: a seal is read from all of them
+            attrs = attribute_map(record, len(record.attributes), [])
         try:
             plan.relay.append(read_seal(attrs, max_record_bytes=self.pipeline.config.max_record_bytes))
         except SealRejected as exc:
