@@ -14,7 +14,6 @@ import orjson
 import psycopg
 import pytest
 from google.rpc import status_pb2
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
