@@ -9,6 +9,10 @@ must do (start a chain of its own).
 With a signing key it also owns the checkpointer thread (signed chain heads
 every N records and every T seconds, a closing one at shutdown) and, with
 witnesses, the thread that copies committed checkpoints to them.
+
+The ingest also *relays* records that arrived already sealed by another
+emitter: they go, unchanged, into a second spool of the same sink and are
+stored under their original chain (:meth:`AuditPipeline.relay`).
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, Checkpointer
-from otel_audit.core.chain import Chain, SealedRecord, emitter_metadata
+from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord, emitter_metadata, genesis_hash
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.keys import SigningKey
 from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError, SpoolFull
 from otel_audit.sink.checkpoints import decode_checkpoints
 from otel_audit.sink.writer import PostgresSink
-from otel_audit.spool.spool import SpoolConfig
+from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition
 from otel_audit.stats import PipelineStats
 from otel_audit.witness import Witness, WitnessPublisher
 
@@ -98,11 +102,13 @@ class AuditPipeline:
         self._emitter_kind = emitter_kind
         self._sink_hooks = dict(sink_hooks or {})
         self._counter_lock = threading.Lock()
+        self._relay_lock = threading.Lock()
         self._closed = False
         self._dormant = False
         self._build()
 
     def _build(self) -> None:
+        self._relay_spool: ChainSpool | None = None
         self.stats = PipelineStats()
         config = self.config
         self.witness = WitnessPublisher(config.witnesses, self.stats) if config.witnesses else None
@@ -186,6 +192,30 @@ class AuditPipeline:
                 )
         return sealed
 
+    def relay(self, canonical: bytes, digest: bytes, *, genesis: bytes | None = None) -> SpoolPosition:
+        """Spool a record sealed by another emitter; it is stored under its own chain.
+
+        The caller (the OTLP ingest) has checked that ``digest`` is the SHA-256
+        of the record (with its domain tag) and that ``genesis``, if given, is
+        the genesis of the record's chain. Durable against a process crash on
+        return, like :meth:`seal`; returns the position to wait for with
+        :meth:`wait_position`. Raises :class:`SpoolFull` if the spool cannot
+        take it.
+        """
+        with self._relay_lock:
+            spool = self._relay_spool
+            if spool is None:
+                spool = self._relay_spool = self.sink.open_relay_spool()
+            if genesis is not None:
+                spool.append(KIND_GENESIS, genesis, bytes.fromhex(genesis_hash(genesis)))
+            position = spool.append(KIND_RECORD, canonical, digest)
+            self.stats.relayed += 1
+        if self.config.spool.fsync == "always" and not spool.wait_synced(position, self.config.spool.block_timeout):
+            raise SpoolFull(
+                f"the relay spool could not be synced to disk within {self.config.spool.block_timeout:g}s"
+            )
+        return position
+
     def count_dropped(self, n: int = 1) -> None:
         with self._counter_lock:
             self.stats.dropped += n
@@ -193,6 +223,19 @@ class AuditPipeline:
     # ------------------------------------------------------------------ waiting
     def wait_committed(self, sealed: SealedRecord, timeout: float) -> bool:
         return self.sink.wait_committed(sealed.position, timeout)
+
+    def wait_position(self, position: SpoolPosition, timeout: float, *, relay: bool = False) -> bool:
+        """Block until everything up to ``position`` of the own (or the relay) spool is committed."""
+        return self.sink.wait_committed(position, timeout, relay=relay)
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes sealed or relayed by this pipeline and not yet committed."""
+        own = self.spool.end - self.sink.committed_position
+        relay = self._relay_spool
+        if relay is not None:
+            own += relay.end - self.sink.relay_committed_position
+        return max(0, own)
 
     def flush(self, timeout: float = 30.0) -> bool:
         return self.sink.flush(timeout)

@@ -28,6 +28,7 @@ from opentelemetry.sdk._logs import LogRecordProcessor, ReadWriteLogRecord
 
 from otel_audit.core import attributes as A
 from otel_audit.core.chain import SealedRecord
+from otel_audit.core.recognize import Recognizer
 from otel_audit.core.record import HASH_ALGORITHM, RecordBuilder
 from otel_audit.errors import AuditNotCommitted, AuditRecordInvalid, SpoolFull
 from otel_audit.pipeline import AuditPipeline
@@ -72,8 +73,9 @@ class AuditLogRecordProcessor(LogRecordProcessor):
     ) -> None:
         self.pipeline = pipeline
         self.strict = strict
-        self.audit_loggers = tuple(audit_loggers)
-        self.event_prefix = event_prefix or None
+        self._recognizer = Recognizer(audit_loggers, event_prefix)
+        self.audit_loggers = self._recognizer.audit_loggers
+        self.event_prefix = self._recognizer.event_prefix
         self._builder = RecordBuilder()
         self._resource: Any = None
         self._resource_fields: tuple[Any, Any, Any] = (None, None, None)
@@ -81,7 +83,6 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         self._dropped_since: tuple[int, float, float] | None = None  # count, first, last
         self._drop_logged = 0.0
         self._shutdown = False
-        self._scope_cache: dict[str, bool] = {}
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -114,7 +115,7 @@ class AuditLogRecordProcessor(LogRecordProcessor):
             sealed = self._seal_fallback(log_record, amap, exc)
             if sealed is None:
                 return
-        _annotate(attributes, sealed)
+        _annotate(attributes, sealed, self.pipeline.chain.genesis if sealed.seq == 1 else None)
         pending = _FAIL_CLOSED.get()
         if pending is not None:
             pending.append(sealed)
@@ -165,22 +166,16 @@ class AuditLogRecordProcessor(LogRecordProcessor):
 
     # ------------------------------------------------------------------ internals
     def _recognize_other(self, log_record: ReadWriteLogRecord) -> str | None:
-        """Audit by logger name or event name; returns the default action or None."""
-        prefix = self.event_prefix
-        if prefix is not None:
-            event_name = log_record.log_record.event_name
-            if event_name and event_name.startswith(prefix):
-                return event_name[len(prefix) :] or event_name
-        if self.audit_loggers:
-            scope = log_record.instrumentation_scope
-            name = scope.name if scope is not None else ""
-            known = self._scope_cache.get(name)
-            if known is None:
-                known = any(name == n or name.startswith(n + ".") for n in self.audit_loggers)
-                self._scope_cache[name] = known
-            if known:
-                return ""
-        return None
+        """Audit by logger name or event name; returns the default action or None.
+
+        The rules live in :class:`~otel_audit.core.recognize.Recognizer`, which the
+        OTLP ingest applies to records from other languages.
+        """
+        recognizer = self._recognizer
+        if not recognizer.active:
+            return None
+        scope = log_record.instrumentation_scope
+        return recognizer.default_action(scope.name if scope is not None else None, log_record.log_record.event_name)
 
     def _seal(self, log_record: ReadWriteLogRecord, amap: Any, default_action: str | None) -> SealedRecord:
         record = log_record.log_record
@@ -315,13 +310,20 @@ def _iso(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
-def _annotate(attributes: Any, sealed: SealedRecord) -> None:
+def _annotate(attributes: Any, sealed: SealedRecord, genesis: bytes | None = None) -> None:
     """Write the seal onto the OTel record's attributes.
 
+    Besides the six seal attributes, the record carries its canonical bytes
+    (``audit.record.canonical``) and, for record 1 of a chain, the chain's
+    genesis (``audit.chain.genesis``): an OTLP ingest (``otel-audit serve``)
+    cannot re-derive the exact hashed bytes from the exported record (baggage
+    and the host-name fallback are not in OTLP), so it stores these under the
+    original chain, after checking them against the seal.
+
     ``BoundedAttributes.__setitem__`` costs ~0.7 µs per key (validation, a lock,
-    eviction bookkeeping); six of them would eat most of the sealing budget.
+    eviction bookkeeping); eight of them would eat most of the sealing budget.
     The values are known-clean scalars, so they go straight into the underlying
-    dict; the seal must never be evicted by attribute limits anyway.
+    dict; the seal must never be evicted or truncated by attribute limits anyway.
     """
     values = {
         A.RECORD_ID: sealed.record_id,
@@ -330,7 +332,10 @@ def _annotate(attributes: Any, sealed: SealedRecord) -> None:
         A.SEQUENCE_PREV_HASH: sealed.prev_hash,
         A.INTEGRITY_ALGORITHM: HASH_ALGORITHM,
         A.INTEGRITY_VALUE: sealed.hash,
+        A.RECORD_CANONICAL: sealed.canonical.decode("utf-8"),
     }
+    if genesis is not None:
+        values[A.CHAIN_GENESIS] = genesis.decode("utf-8")
     inner = getattr(attributes, "_dict", None)
     if inner is not None:
         # No other thread can see this record yet (later processors run after us

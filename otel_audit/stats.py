@@ -17,6 +17,7 @@ __all__ = ["PipelineStats"]
 @dataclass
 class PipelineStats:
     accepted: int = 0  # audit records sealed and spooled
+    relayed: int = 0  # records sealed by other emitters, spooled by the OTLP ingest for storage
     invalid: int = 0  # of which flagged invalid (still stored)
     dropped: int = 0  # refused because the spool was full (when_full="drop"), or lost to an internal error
     committed: int = 0  # written to PostgreSQL by this process (own and adopted chains)

@@ -168,3 +168,20 @@ def test_an_internal_error_still_stores_the_event_as_text(db: str, spool_dir: Pa
     assert "RuntimeError: boom" in problems[0]
     assert "patient-456" in attrs["otel_audit.unsealable"]
     assert verify(db).ok
+
+
+def test_exported_records_carry_their_canonical_bytes_and_record_one_the_genesis(db: str, spool_dir: Path) -> None:
+    """What the OTLP ingest needs to store a record it did not seal: the exact hashed bytes."""
+    app = App(db, spool_dir)
+    app.log()
+    app.log()
+    assert app.close()
+    first, second = (r.log_record.attributes for r in app.exporter.get_finished_logs())
+    for attrs in (first, second):
+        canonical = attrs["audit.record.canonical"].encode()
+        assert record_hash(canonical) == attrs["audit.integrity.value"]
+        assert orjson.loads(canonical)["seq"] == attrs["audit.sequence.number"]
+    ((genesis, genesis_hash),) = rows(db, "SELECT genesis, genesis_hash FROM audit_chains")
+    assert first["audit.chain.genesis"].encode() == bytes(genesis)
+    assert first["audit.sequence.prev_hash"] == genesis_hash
+    assert "audit.chain.genesis" not in second

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("checkpoints", "ingest"):
         try:
             module = __import__(f"otel_audit.cli.{name}", fromlist=["register"])
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if exc.name != f"otel_audit.cli.{name}":
+                raise  # the command exists but a dependency is missing: say which, not "invalid choice"
             continue
         module.register(sub)
     return parser

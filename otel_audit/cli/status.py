@@ -45,7 +45,8 @@ def _print(result: dict) -> None:
           f"{spool['orphaned_chains']} waiting for replay, {spool['quarantine_files']} quarantine file(s)")
     for chain in spool["chains"]:
         state = "live" if chain["owner_alive"] else "ORPHANED"
-        line = f"  {chain['chain_id']}  pid {chain.get('pid')}  {state}  {chain['bytes']:,} bytes"
+        kind = "  relay (sealed elsewhere, via the OTLP ingest)" if chain.get("relay") else ""
+        line = f"  {chain['chain_id']}  pid {chain.get('pid')}  {state}{kind}  {chain['bytes']:,} bytes"
         process = chain.get("process")
         if process:
             line += (

@@ -38,6 +38,15 @@ SEAL_ATTRIBUTES = (
     INTEGRITY_VALUE,
 )
 
+# --- carried alongside the seal so the OTLP ingest can store a record it did not seal ---
+#: The exact canonical JSON text that was hashed (``audit.integrity.value`` is
+#: SHA-256 over the record domain tag and these bytes, UTF-8). Attached to every
+#: sealed record; an ingest stores these bytes under the original chain.
+RECORD_CANONICAL = "audit.record.canonical"
+#: The chain's genesis document (canonical JSON text), attached to record 1 of a
+#: chain only, so that an ingest can register a chain it has never seen.
+CHAIN_GENESIS = "audit.chain.genesis"
+
 # --- resource attributes used for enrichment --------------------------------------
 SERVICE_NAME = "service.name"
 SERVICE_INSTANCE_ID = "service.instance.id"

@@ -184,13 +184,13 @@ class RecordBuilder:
     """Builds record documents from attributes and context (no OTel, no I/O).
 
     The processor and the ingest service both use it, so a record looks the
-    same whichever way it arrived. Not thread-safe only in a harmless way: the
-    cached timestamp prefix is recomputed if two threads race on it.
+    same whichever way it arrived. Thread-safe: the only state is a cache of
+    the formatted second, replaced as one tuple (two threads racing on it at
+    worst both format the same second).
     """
 
     def __init__(self) -> None:
-        self._ts_second = -1
-        self._ts_prefix = ""
+        self._ts: tuple[int, str] = (-1, "")
 
     def build(
         self,
@@ -247,13 +247,16 @@ class RecordBuilder:
                 rest[key] = norm.value(value, key)
 
         seconds, nanos = divmod(time_unix_nano, 1_000_000_000)
-        if seconds != self._ts_second:
-            self._ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-            self._ts_second = seconds
+        ts_second, ts_prefix = self._ts
+        if seconds != ts_second:
+            # One tuple, one assignment: a second attribute updated separately could
+            # pair one thread's second with another thread's text.
+            ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            self._ts = (seconds, ts_prefix)
         # Null fields are omitted from the document (see RECORD_FIELDS).
         doc: dict[str, Any] = {
             "v": RECORD_FORMAT,
-            "timestamp": f"{self._ts_prefix}.{nanos // 1000:06d}Z",
+            "timestamp": f"{ts_prefix}.{nanos // 1000:06d}Z",
             "actor_type": "user",
             "attributes": rest,
             "problems": problem_list,

@@ -224,10 +224,12 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
 def grant_writer(conn: psycopg.Connection, role: str) -> None:
     """Let ``role`` insert audit data and nothing else.
 
-    Besides INSERT it may read ``(chain_id, seq)`` of audit_logs and
-    audit_quarantine: after a lost COMMIT acknowledgement the sink asks which
-    sequence numbers already arrived, so that replays stay idempotent. It can
-    read no audit content.
+    Besides INSERT it may read ``(chain_id, seq, hash)`` of audit_logs and
+    audit_quarantine: after a lost COMMIT acknowledgement, or when a record
+    reaches the database by two paths (its emitter's sink and the OTLP ingest),
+    the sink asks which records already arrived, and tells a replay (same hash:
+    nothing to do) from a different record at the same position (quarantined).
+    It can read no audit content.
     """
     schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
     ident = sql.Identifier(role)
@@ -235,8 +237,8 @@ def grant_writer(conn: psycopg.Connection, role: str) -> None:
     with conn.transaction():
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), ident))
         conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(tables, ident))
-        conn.execute(sql.SQL("GRANT SELECT (chain_id, seq) ON audit_logs TO {}").format(ident))
-        conn.execute(sql.SQL("GRANT SELECT (chain_id, seq) ON audit_quarantine TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT SELECT (chain_id, seq, hash) ON audit_logs TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT SELECT (chain_id, seq, hash) ON audit_quarantine TO {}").format(ident))
         conn.execute(sql.SQL("GRANT SELECT (chain_id) ON audit_chains TO {}").format(ident))
         if "audit_checkpoints" in _existing(conn, ("audit_checkpoints",)):
             # ON CONFLICT (chain_id, n) DO NOTHING makes checkpoint replays idempotent; it reads the key only.

@@ -4,7 +4,15 @@ Each pass reads what accumulated in a spool since the last commit and writes
 it in one transaction with ``COPY`` (group commit: the slower the database,
 the larger the batch). A batch is committed before its spool space is
 released, so a crash anywhere leaves the records in the spool; the replay
-skips sequence numbers PostgreSQL already has, so nothing is written twice.
+skips records PostgreSQL already has (same chain, sequence number and hash),
+and every insert is ``ON CONFLICT (chain_id, seq) DO NOTHING``, so nothing is
+written twice.
+
+Besides the spool of its own chain, a sink can drain a *relay* spool: records
+sealed by other emitters (of any number of chains) that the OTLP ingest
+received with their seal and verified. They are stored under their original
+chain; a record that is already there (its emitter's own sink was faster) is a
+no-op, a *different* record at the same position is quarantined.
 
 Failures are sorted into two kinds:
 
@@ -38,6 +46,7 @@ import orjson
 import psycopg
 
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
+from otel_audit.core.ids import new_chain_id
 from otel_audit.core.record import record_seq
 from otel_audit.sink.checkpoints import store_checkpoints
 from otel_audit.sink.rows import CONFLICTING_STAGED, CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE
@@ -49,11 +58,13 @@ __all__ = ["PostgresSink", "connect", "target_fingerprint"]
 _log = logging.getLogger("otel_audit.sink")
 
 _COPY_STAGE = f"COPY {STAGE_TABLE} (ord, hash, canonical) FROM STDIN (FORMAT BINARY)"
-_MAX_SEQ = """
-SELECT greatest(
-    (SELECT max(seq) FROM audit_logs WHERE chain_id = %(c)s),
-    (SELECT max(seq) FROM audit_quarantine WHERE chain_id = %(c)s),
-    0)
+# What is already stored in a range of one chain. Exact (seq, hash) pairs, not
+# max(seq): rows of a chain can also arrive through the OTLP ingest, out of
+# order, so "everything below the highest stored seq is there" does not hold.
+_STORED = """
+SELECT seq, hash FROM audit_logs WHERE chain_id = %(c)s AND seq BETWEEN %(lo)s AND %(hi)s
+UNION ALL
+SELECT seq, hash FROM audit_quarantine WHERE chain_id = %(c)s AND seq BETWEEN %(lo)s AND %(hi)s
 """
 
 #: SQLSTATE classes that blame the records rather than the server.
@@ -97,7 +108,10 @@ class _Transient(Exception):
 class _Source:
     spool: ChainSpool
     committed: SpoolPosition
-    max_seq: int | None  # highest sequence number known to be stored (None: ask the database)
+    # False: part of the next batch may already be stored (an earlier process, a
+    # lost COMMIT acknowledgement): ask the database before writing it.
+    in_sync: bool
+    relay: bool = False  # holds records of other emitters' chains (see the module docstring)
     records_done: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -149,6 +163,7 @@ class PostgresSink:
         self.after_commit = after_commit
         self._conn: psycopg.Connection | None = None
         self._own: _Source | None = None
+        self._relay: _Source | None = None
         self._sources: list[_Source] = []
         self._wake = threading.Event()
         self._committed = threading.Condition(threading.Lock())
@@ -161,8 +176,18 @@ class PostgresSink:
     # ------------------------------------------------------------------ lifecycle
     def open_spool(self, chain_id: str) -> ChainSpool:
         spool = ChainSpool.create(self.spool_config, chain_id, self.target)
-        self._own = _Source(spool, spool.start(), max_seq=0)
+        self._own = _Source(spool, spool.start(), in_sync=True)
         self._sources.insert(0, self._own)
+        return spool
+
+    def open_relay_spool(self) -> ChainSpool:
+        """A spool for records sealed elsewhere (the OTLP ingest); drained like the own one."""
+        if self._relay is not None:
+            return self._relay.spool
+        spool = ChainSpool.create(self.spool_config, new_chain_id(), self.target, relay=True)
+        self._relay = _Source(spool, spool.start(), in_sync=True, relay=True)
+        self._sources.insert(1 if self._own is not None else 0, self._relay)
+        self._wake.set()
         return spool
 
     def start(self) -> None:
@@ -176,25 +201,32 @@ class PostgresSink:
     def committed_position(self) -> SpoolPosition:
         return self._own.committed if self._own else 0
 
-    def wait_committed(self, position: SpoolPosition, timeout: float) -> bool:
-        """Block until everything up to ``position`` of the own spool is in PostgreSQL."""
-        own = self._own
-        if own is None:
+    @property
+    def relay_committed_position(self) -> SpoolPosition:
+        return self._relay.committed if self._relay else 0
+
+    def wait_committed(self, position: SpoolPosition, timeout: float, *, relay: bool = False) -> bool:
+        """Block until everything up to ``position`` of the own (or the relay) spool is in PostgreSQL."""
+        source = self._relay if relay else self._own
+        if source is None:
             return False
-        if own.committed >= position:
+        if source.committed >= position:
             return True
         self._wake.set()
         with self._committed:
-            return self._committed.wait_for(lambda: own.committed >= position or self._dead(), timeout) and (
-                own.committed >= position
+            return self._committed.wait_for(lambda: source.committed >= position or self._dead(), timeout) and (
+                source.committed >= position
             )
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Return once everything appended so far is committed (``False`` on timeout)."""
-        own = self._own
-        if own is None:
-            return True
-        return self.wait_committed(own.spool.end, timeout)
+        deadline = time.monotonic() + timeout
+        own, relay = self._own, self._relay
+        if own is not None and not self.wait_committed(own.spool.end, timeout):
+            return False
+        if relay is not None:
+            return self.wait_committed(relay.spool.end, max(0.0, deadline - time.monotonic()), relay=True)
+        return True
 
     def close(self, timeout: float = 30.0) -> bool:
         """Flush (up to ``timeout``), stop the thread, release the spool.
@@ -212,19 +244,21 @@ class PostgresSink:
             if self._thread.is_alive():
                 _log.warning("otel-audit: the sink thread did not stop; leaving the spool mapped")
                 return False
-        own = self._own
-        if own is not None:
-            done = own.committed >= own.spool.end
-            own.spool.close(remove=done)
+        own, relay = self._own, self._relay
+        for source in (own, relay):
+            if source is None:
+                continue
+            done = source.committed >= source.spool.end
+            source.spool.close(remove=done)
             if not done:
                 _log.warning(
                     "otel-audit: %d bytes of audit records were not yet written to PostgreSQL at shutdown; "
                     "they are safe in %s and will be written by the next process using this spool directory",
-                    own.spool.end - own.committed,
-                    own.spool.path,
+                    source.spool.end - source.committed,
+                    source.spool.path,
                 )
         for source in self._sources:
-            if source is not own:
+            if source is not own and source is not relay:
                 source.spool.close()
         if self._conn is not None:
             with contextlib.suppress(Exception):
@@ -244,6 +278,7 @@ class PostgresSink:
             source.spool.abandon_after_fork()
         self._sources = []
         self._own = None
+        self._relay = None
         self._stopping = True
 
     def _dead(self) -> bool:
@@ -297,7 +332,8 @@ class PostgresSink:
             if spool is None:
                 continue
             _log.info("otel-audit: replaying the spool of an earlier process: %s", path)
-            self._sources.append(_Source(spool, spool.start(), max_seq=None, extra={"adopted": True}))
+            relay = bool(spool.meta.get("relay"))
+            self._sources.append(_Source(spool, spool.start(), in_sync=False, relay=relay, extra={"adopted": True}))
 
     # ------------------------------------------------------------------ one batch
     def _drain(self, source: _Source) -> bool:
@@ -306,37 +342,29 @@ class PostgresSink:
             if not source.spool.owner:
                 self._finish_adopted(source)
             return False
-        if source.max_seq is None:
-            source.max_seq = self._stored_max_seq(source.spool.chain_id)
-        batch = self._decode(source, frames)
+        batch = self._decode(frames)
+        if batch.records and not source.in_sync and not source.relay:
+            # An earlier attempt (or process) may have stored part of it; the
+            # inserts are idempotent anyway, this keeps replays cheap and quiet.
+            batch.records = self._not_stored(source.spool.chain_id, batch.records)
         if batch.records or batch.chains or batch.checkpoints:
             try:
                 self._write(source, batch)
             except _Transient:
-                source.max_seq = None  # part of the batch may be stored; ask before retrying
+                source.in_sync = False  # part of the batch may be stored; ask before retrying
                 raise
         self._advance(source, batch)
         return True
 
-    def _decode(self, source: _Source, frames: list) -> _Batch:
-        """Sort a batch's frames by kind; skip records already stored.
-
-        Records sit in the spool in sequence order, so sequence numbers are only
-        parsed until the first one above what the database has, and for the
-        last record (the new high-water mark), not for every record.
-        """
+    def _decode(self, frames: list) -> _Batch:
+        """Sort a batch's frames by kind. Nothing is parsed per record here: the
+        sink shares the GIL with the application's logging threads."""
         records: list[tuple[bytes, bytes]] = []
         chains: list[dict[str, Any]] = []
         checkpoints: list[tuple[bytes, bytes]] = []
-        max_seq = source.max_seq or 0
-        skipping = max_seq > 0
         for frame, _end in frames:
             kind = frame[0]
             if kind == KIND_RECORD:
-                if skipping:
-                    if record_seq(frame[1]) <= max_seq:
-                        continue  # already stored by an earlier attempt
-                    skipping = False
                 records.append((frame[1], frame[2]))
             elif kind == KIND_GENESIS:
                 chains.append({"g": frame.payload, "h": frame.digest.hex()})
@@ -345,8 +373,8 @@ class PostgresSink:
         return _Batch(records, chains, checkpoints, frames[-1][1])
 
     def _advance(self, source: _Source, batch: _Batch) -> None:
+        source.in_sync = True
         if batch.records:
-            source.max_seq = record_seq(batch.records[-1][0])
             source.records_done += len(batch.records)
         stats = self.stats
         stats.committed += len(batch.records)
@@ -481,15 +509,23 @@ class PostgresSink:
                 "audit_logs: it was not written by this chain's emitter",
             )
 
-    def _stored_max_seq(self, chain_id: str) -> int:
+    def _not_stored(self, chain_id: str, records: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``records`` of one chain minus those stored already with the same hash.
+
+        A *different* record at one of their positions is kept in the result:
+        writing it then quarantines it, so it is not lost.
+        """
         conn = self._connection()
+        seqs = [record_seq(canonical) for canonical, _ in records]
         try:
-            row = conn.execute(_MAX_SEQ, {"c": chain_id}).fetchone()
+            stored = set(conn.execute(_STORED, {"c": chain_id, "lo": min(seqs), "hi": max(seqs)}).fetchall())
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) or conn.broken:
                 self._drop_connection()
             raise _Transient(_describe(exc)) from exc
-        return int(row[0]) if row else 0
+        if not stored:
+            return records
+        return [r for seq, r in zip(seqs, records, strict=True) if (seq, r[1].hex()) not in stored]
 
     def _finish_adopted(self, source: _Source) -> None:
         _log.info(
@@ -514,7 +550,7 @@ class PostgresSink:
         _log.info("otel-audit: connected to PostgreSQL")
         # After a reconnect nothing is known about what the last COMMIT did.
         for source in self._sources:
-            source.max_seq = None
+            source.in_sync = False
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -545,12 +581,11 @@ class PostgresSink:
 
     # ------------------------------------------------------------------ gauges & status
     def _update_gauges(self) -> None:
-        own = self._own
         pending = 0
         for source in self._sources:
             pending += source.spool.pending_bytes(source.committed)
         self.stats.spool_bytes = pending
-        if own is not None and own.committed >= own.spool.end and len(self._sources) == 1:
+        if all(s.spool.owner and s.committed >= s.spool.end for s in self._sources):
             self.stats.oldest_uncommitted_unix = None
         elif self.stats.oldest_uncommitted_unix is None:
             self.stats.oldest_uncommitted_unix = self._oldest_pending_time()

@@ -152,7 +152,14 @@ class ChainSpool:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, config: SpoolConfig, chain_id: str, target: str) -> ChainSpool:
+    def create(cls, config: SpoolConfig, chain_id: str, target: str, *, relay: bool = False) -> ChainSpool:
+        """A new spool directory owned by this process.
+
+        ``relay=True``: a spool of records sealed by *other* emitters (the OTLP
+        ingest's), possibly of many chains; ``chain_id`` then only names the
+        directory. Marked in ``meta.json`` so that a process adopting it after a
+        crash treats it as such.
+        """
         root = Path(config.directory)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -166,6 +173,8 @@ class ChainSpool:
             ) from exc
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         meta = {"chain_id": chain_id, "target": target, "pid": os.getpid(), "created": time.time()}
+        if relay:
+            meta["relay"] = True
         _write_json_atomic(path / "meta.json", meta)
         _fsync_dir(path)
         _fsync_dir(root)

@@ -127,8 +127,8 @@ class ChainWalker:
                     self._fast_invalid += 1
                 if column_seq in self._watch:
                     self.observed[column_seq] = (computed, doc["timestamp"])
-                if self._quarantined:
-                    self._drain()
+                if self._quarantined and column_seq in self._quarantined:
+                    self._conflict(self._quarantined.pop(column_seq), computed)
                 return
         self._sync_fast()
         if doc is None:
@@ -188,6 +188,10 @@ class ChainWalker:
     # ------------------------------------------------------------------ walking
     def _place(self, entry: _Entry) -> None:
         pos = entry.pos
+        # Positions skipped by the stored rows may be held by quarantined records
+        # (refused by PostgreSQL): they take their place in the chain here.
+        while pos > self._expected and self._expected in self._quarantined and not self._pending:
+            self._accept(self._quarantined.pop(self._expected))
         if pos == self._expected:
             self._accept(entry)
             self._drain()
@@ -202,15 +206,22 @@ class ChainWalker:
         if len(self._pending) > _REORDER_WINDOW:
             self._skip_gap()
 
-    def _drain(self) -> None:
+    def _drain(self, *, quarantined: bool = False) -> None:
+        """Accept held rows that are now next. Quarantined records only when asked
+        (at the end, or when giving up on a gap): until then a stored row for the
+        same position may still follow (see _place)."""
         while True:
-            entry = self._pending.pop(self._expected, None) or self._quarantined.pop(self._expected, None)
+            entry = self._pending.pop(self._expected, None)
+            if entry is None and quarantined:
+                entry = self._quarantined.pop(self._expected, None)
             if entry is None:
                 return
             self._accept(entry)
 
     def _accept(self, entry: _Entry) -> None:
         pos = entry.pos
+        if not entry.quarantined and pos in self._quarantined:
+            self._conflict(self._quarantined.pop(pos), entry.canonical_hash)
         self._flush_break(at_end=False)
         if self._last_link is not None and entry.prev is not None and entry.prev != self._last_link:
             # Classified once we know whether anything follows it.
@@ -266,12 +277,36 @@ class ChainWalker:
             entry.record_id,
         )
 
+    def _conflict(self, quarantined: _Entry, stored_hash: str | None) -> None:
+        """A quarantined record claims a position a stored row already holds.
+
+        The sink quarantines a record when a *different* one already occupies
+        its (chain, seq): a record submitted by someone other than the chain's
+        emitter (for example through the OTLP ingest). It is not part of the
+        chain; the links of the stored records decide which one is genuine (a
+        forged stored record breaks the next link, reported separately).
+        """
+        self.summary.quarantined -= 1  # not one of the chain's records
+        self.report.add(
+            Finding(
+                Kind.INSERTED,
+                Severity.WARNING,
+                self.chain_id,
+                quarantined.pos,
+                f"a different record (hash {quarantined.canonical_hash}) also claimed position {quarantined.pos} "
+                f"and was refused into audit_quarantine; the stored record"
+                + (f" (hash {stored_hash})" if stored_hash else "")
+                + " holds the position. Someone other than the chain's emitter submitted a record for it",
+                quarantined.record_id,
+            )
+        )
+
     def _skip_gap(self) -> None:
-        nxt = min(self._pending)
+        nxt = min(set(self._pending) | set(self._quarantined))
         self._missing(self._expected, nxt - 1)
         self._expected = nxt
         self._last_link = None
-        self._drain()
+        self._drain(quarantined=True)
 
     def _missing(self, first: int, last: int) -> None:
         count = last - first + 1
@@ -305,11 +340,18 @@ class ChainWalker:
         while self._pending or self._quarantined:
             remaining = set(self._pending) | set(self._quarantined)
             nxt = min(remaining)
+            if nxt < self._expected:  # a position already taken (cannot normally happen; never loop on it)
+                entry = self._pending.pop(nxt, None)
+                if entry is not None:
+                    self._duplicate(entry)
+                else:
+                    self._conflict(self._quarantined.pop(nxt), None)
+                continue
             if nxt > self._expected:
                 self._missing(self._expected, nxt - 1)
                 self._expected = nxt
                 self._last_link = None
-            self._drain()
+            self._drain(quarantined=True)
         self._flush_break(at_end=True)
         if self.summary.quarantined:
             self.report.add(

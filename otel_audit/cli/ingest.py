@@ -1,0 +1,178 @@
+"""``otel-audit serve``: the OTLP/HTTP ingest for audit records from any language."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+
+from otel_audit.cli.main import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, resolve_dsn
+from otel_audit.ingest import IngestConfig, IngestServer, IngestService, TokenSet, tls_context
+from otel_audit.ingest.auth import TOKENS_ENV
+from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
+from otel_audit.sink.schema import SCHEMA_VERSION, current_version
+from otel_audit.spool.spool import SpoolConfig
+
+_log = logging.getLogger("otel_audit.ingest")
+
+_DEFAULTS = IngestConfig()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="receive audit records over OTLP/HTTP (from any language, through the collector)",
+        description="An OTLP/HTTP logs receiver (POST /v1/logs; protobuf or JSON; gzip). Audit-tagged records "
+        "are sealed into this process's own chain, records sealed by an otel-audit processor are stored under "
+        "their original chain, other records are acknowledged and ignored. A request is answered 200 only once "
+        "its audit records are committed to PostgreSQL; 429/503 with Retry-After tell the sender to retry. "
+        f"Bearer tokens come from --token-file (one per line) and ${TOKENS_ENV} (comma-separated).",
+    )
+    add_dsn(parser)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--port", type=int, default=4318, help="port (default: 4318, the OTLP/HTTP convention)")
+    parser.add_argument("--token-file", type=Path, metavar="FILE", help="accepted bearer tokens, one per line")
+    parser.add_argument(
+        "--insecure-no-auth", action="store_true", help="accept requests without a token (testing only; logged)"
+    )
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument(
+        "--spool-dir", type=Path, help="local spool directory (default: $OTEL_AUDIT_SPOOL_DIR or ~/.local/state/...)"
+    )
+    parser.add_argument(
+        "--audit-logger", action="append", metavar="SCOPE", default=None,
+        help="instrumentation scope (logger) whose records are audit records, with its children; repeatable "
+        "(default: $OTEL_AUDIT_LOGGERS, comma-separated)",
+    )
+    parser.add_argument(
+        "--event-prefix", metavar="PREFIX", default=None,
+        help="records whose event name starts with PREFIX are audit records (default: $OTEL_AUDIT_EVENT_PREFIX)",
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes,
+                        help="largest request body, compressed and decompressed (default: %(default)s)")
+    limits.add_argument("--max-records", type=int, default=_DEFAULTS.max_records,
+                        help="most log records in one request (default: %(default)s)")
+    limits.add_argument("--max-attributes", type=int, default=_DEFAULTS.max_attributes,
+                        help="most top-level attributes kept per record (default: %(default)s)")
+    limits.add_argument("--max-record-bytes", type=int, default=None,
+                        help="largest sealed record (default: $OTEL_AUDIT_MAX_RECORD_BYTES or 262144)")
+    limits.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
+                        help="concurrent connections (default: %(default)s)")
+    limits.add_argument("--max-inflight-bytes", type=int, default=_DEFAULTS.max_inflight_bytes,
+                        help="request bytes held at once before answering 429 (default: %(default)s)")
+    limits.add_argument("--commit-timeout", type=float, default=_DEFAULTS.commit_timeout,
+                        help="seconds to wait for PostgreSQL before answering 503 (default: %(default)s)")
+    limits.add_argument("--max-backlog-bytes", type=int, default=_DEFAULTS.max_backlog_bytes,
+                        help="uncommitted bytes before answering 429 (default: %(default)s)")
+    limits.add_argument("--dedup-capacity", type=int, default=_DEFAULTS.dedup_capacity,
+                        help="records remembered for retries of requests not yet answered 200 (default: %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    dsn = resolve_dsn(args)
+    tokens = _tokens(args)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: give both (PEM files) or neither")
+    ssl_context = tls_context(str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None
+    env_loggers = [n.strip() for n in os.environ.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
+    config = IngestConfig(
+        max_body_bytes=args.max_body_bytes,
+        max_records=args.max_records,
+        max_attributes=args.max_attributes,
+        max_connections=args.max_connections,
+        max_inflight_bytes=max(args.max_inflight_bytes, args.max_body_bytes),
+        commit_timeout=args.commit_timeout,
+        max_backlog_bytes=args.max_backlog_bytes,
+        audit_loggers=tuple(args.audit_logger if args.audit_logger is not None else env_loggers),
+        event_prefix=args.event_prefix or os.environ.get("OTEL_AUDIT_EVENT_PREFIX") or None,
+        dedup_capacity=args.dedup_capacity,
+    )
+    max_record_bytes = args.max_record_bytes or int(os.environ.get("OTEL_AUDIT_MAX_RECORD_BYTES") or 256 * 1024)
+    _check_schema(dsn)
+
+    # The sink thread gives the GIL up on every write to PostgreSQL; with request
+    # threads busy sealing, getting it back takes up to the switch interval (5 ms by
+    # default) each time, and PostgreSQL idles meanwhile. 1 ms measured ~20% more
+    # records/s (benchmarks/bench_ingest.py). Process-wide, hence here and not in the library.
+    sys.setswitchinterval(0.001)
+    spool = SpoolConfig(directory=args.spool_dir or default_spool_dir(), block_timeout=1.0)
+    pipeline = AuditPipeline(
+        PipelineConfig(dsn=dsn, spool=spool, max_record_bytes=max_record_bytes, application_name="otel-audit-ingest"),
+        emitter={"service_name": "otel-audit-ingest", "host_name": socket.gethostname(),
+                 "listen": f"{args.host}:{args.port}"},
+        emitter_kind="ingest",
+    )
+    try:
+        server = IngestServer(IngestService(pipeline, config), tokens, host=args.host, port=args.port,
+                              ssl_context=ssl_context)
+    except OSError as exc:
+        pipeline.close(5.0)
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}; choose another --port or --host") from exc
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    print(
+        f"otel-audit serve: listening on {server.url} (chain {pipeline.chain_id}; "
+        f"{'no authentication' if tokens is None else f'{len(tokens)} token(s)'}; spool {spool.directory})",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop.wait()
+    print("otel-audit serve: stopping; finishing requests in progress", file=sys.stderr, flush=True)
+    if server.shutdown(timeout=30.0):
+        return EXIT_OK
+    print(
+        f"otel-audit serve: some sealed records were not committed before stopping; they are safe in "
+        f"{spool.directory} and are written by the next otel-audit process using it",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR
+
+
+def _tokens(args: argparse.Namespace) -> TokenSet | None:
+    configured = args.token_file is not None or bool(os.environ.get(TOKENS_ENV, "").strip())
+    if args.insecure_no_auth:
+        if configured:
+            raise UsageError(
+                f"--insecure-no-auth contradicts the configured tokens (--token-file / {TOKENS_ENV}); drop one"
+            )
+        return None
+    tokens = TokenSet.from_environment(args.token_file)
+    if not len(tokens):
+        raise UsageError(
+            f"no ingest tokens: pass --token-file FILE (one token per line) or set {TOKENS_ENV}=token1,token2 "
+            "(generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`); "
+            "--insecure-no-auth disables authentication for tests"
+        )
+    return tokens
+
+
+def _check_schema(dsn: str) -> None:
+    """Refuse to start against a database without the otel-audit tables; tolerate one that is down."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5, application_name="otel-audit-ingest") as conn:
+            version = current_version(conn)
+    except psycopg.OperationalError as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _log.warning(
+            "otel-audit serve: PostgreSQL is not reachable (%s); starting anyway, audit records are refused "
+            "with 503 until it is", text,
+        )
+        return
+    if version < SCHEMA_VERSION:
+        raise UsageError(
+            f"the database has otel-audit schema version {version}, this otel-audit needs {SCHEMA_VERSION}: "
+            "run `otel-audit db init --dsn ...` first"
+        )
