@@ -1,7 +1,7 @@
 """Soak: log through a database outage (default 60 s) and report records lost (must be 0),
 peak memory, and how fast the backlog drains when the database returns.
 
-The outage is a TCP proxy cutting every connection (tests/netproxy.py). The baseline for
+The outage is a TCP proxy cutting every connection (tests/pgproxy.py). The baseline for
 the drain rate is the rate at which records were logged, measured in the same run.
 
     python benchmarks/bench_soak.py [--outage 60] [--rate 2000]
@@ -22,7 +22,7 @@ import psycopg
 from benchmarks.common import AUDIT_EXTRA, fresh_schema, report, where
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
-from tests.netproxy import TcpProxy
+from tests.pgproxy import PgProxy
 
 import otel_audit
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dsn = fresh_schema()
-    proxy = TcpProxy(dsn)
+    proxy = PgProxy(dsn)
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
         proxy.dsn, logger_provider=provider, install_handler=False, metrics=False,
@@ -81,14 +81,14 @@ def main() -> None:
     for t in threads:
         t.start()
     time.sleep(args.before)
-    proxy.down()
+    proxy.cut()
     outage_start = time.monotonic()
     time.sleep(args.outage)
     stats = audit.stats()
     backlog_bytes = stats["spool_bytes"]
     backlog_records = logged[0] - stats["committed"]
     target = audit.pipeline.spool.end
-    proxy.up()
+    proxy.restore()
     recovered = time.monotonic()
     caught_up = audit.pipeline.sink.wait_committed(target, timeout=600)
     drain_seconds = time.monotonic() - recovered

@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from otel_audit.errors import SpoolFull
 from otel_audit.sink.schema import migrate
 from tests.harness import App, rows, verify
-from tests.netproxy import TcpProxy
+from tests.pgproxy import PgProxy
 
 pytestmark = [pytest.mark.storage, pytest.mark.slow]
 
@@ -34,8 +34,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def proxy(db: str) -> Iterator[TcpProxy]:
-    p = TcpProxy(db)
+def proxy(db: str) -> Iterator[PgProxy]:
+    p = PgProxy(db)
     yield p
     p.close()
 
@@ -74,10 +74,10 @@ def assert_exactly_once(dsn: str, expected: int) -> None:
     assert report.ok and not report.errors, [str(f) for f in report.findings]
 
 
-def test_network_outage_during_sustained_load(proxy: TcpProxy, db: str, spool_dir: Path) -> None:
+def test_network_outage_during_sustained_load(proxy: PgProxy, db: str, spool_dir: Path) -> None:
     app = App(proxy.dsn, spool_dir)
-    outage = threading.Timer(1.0, proxy.down)
-    recovery = threading.Timer(3.0, proxy.up)
+    outage = threading.Timer(1.0, proxy.cut)
+    recovery = threading.Timer(3.0, proxy.restore)
     outage.start()
     recovery.start()
     logged, errors = sustained_load(app, 4.0)
@@ -118,8 +118,8 @@ def test_server_stopped_and_restarted_during_sustained_load(private_pg, tmp_path
     assert_exactly_once(dsn, logged)
 
 
-def test_sigkill_while_the_database_is_down_then_replay(proxy: TcpProxy, db: str, tmp_path: Path) -> None:
-    proxy.down()
+def test_sigkill_while_the_database_is_down_then_replay(proxy: PgProxy, db: str, tmp_path: Path) -> None:
+    proxy.cut()
     spool = tmp_path / "spool"
     script = textwrap.dedent(
         """
@@ -141,7 +141,7 @@ def test_sigkill_while_the_database_is_down_then_replay(proxy: TcpProxy, db: str
     assert proc.returncode == -signal.SIGKILL and proc.stdout.strip() == "5000"
     assert rows(db, "SELECT count(*) FROM audit_logs") == [(0,)]
 
-    proxy.up()
+    proxy.restore()
     app = App(proxy.dsn, spool)  # a restarted process on the same spool replays the dead one's records
     deadline = time.monotonic() + 90
     while rows(db, "SELECT count(*) FROM audit_logs")[0][0] < 5000 and time.monotonic() < deadline:
@@ -151,8 +151,8 @@ def test_sigkill_while_the_database_is_down_then_replay(proxy: TcpProxy, db: str
     assert app.audit.stats()["replayed"] == 5000
 
 
-def test_full_spool_blocks_then_fails_the_call_and_loses_nothing(proxy: TcpProxy, db: str, spool_dir: Path) -> None:
-    proxy.down()
+def test_full_spool_blocks_then_fails_the_call_and_loses_nothing(proxy: PgProxy, db: str, spool_dir: Path) -> None:
+    proxy.cut()
     app = App(proxy.dsn, spool_dir, spool_max_bytes=2 * MiB, spool_segment_bytes=MiB, block_timeout=0.5)
     accepted = 0
     started = time.monotonic()
@@ -161,22 +161,22 @@ def test_full_spool_blocks_then_fails_the_call_and_loses_nothing(proxy: TcpProxy
             app.log(**{"audit.resource.id": f"r-{accepted}", "pad": "x" * 500})
             accepted += 1
     assert accepted > 1000
-    proxy.up()
+    proxy.restore()
     assert app.audit.flush(timeout=60)
     app.log(**{"audit.resource.id": "after"})  # space is back: logging works again
     assert app.close()
     assert_exactly_once(db, accepted + 1)
 
 
-def test_drop_policy_counts_logs_and_marks_the_chain(proxy: TcpProxy, db: str, spool_dir: Path) -> None:
-    proxy.down()
+def test_drop_policy_counts_logs_and_marks_the_chain(proxy: PgProxy, db: str, spool_dir: Path) -> None:
+    proxy.cut()
     app = App(proxy.dsn, spool_dir, spool_max_bytes=2 * MiB, spool_segment_bytes=MiB, when_full="drop")
     calls = 4000
     for i in range(calls):
         app.log(**{"audit.resource.id": f"r-{i}", "pad": "x" * 500})  # never raises
     stats = app.audit.stats()
     assert stats["dropped"] > 0 and stats["accepted"] + stats["dropped"] == calls
-    proxy.up()
+    proxy.restore()
     assert app.audit.flush(timeout=60)
     app.log(**{"audit.resource.id": "after"})  # first record after space returns: the marker follows it
     assert app.close()
