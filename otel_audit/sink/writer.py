@@ -137,6 +137,7 @@ class PostgresSink:
         batch_records: int = 10_000,
         batch_bytes: int = 32 * 1024 * 1024,
         poll_interval: float = 0.05,
+        linger: float = 0.0,
         retry_initial: float = 0.1,
         retry_max: float = 10.0,
         adopt_orphans: bool = True,
@@ -152,6 +153,7 @@ class PostgresSink:
         self.batch_records = batch_records
         self.batch_bytes = batch_bytes
         self.poll_interval = poll_interval
+        self.linger = linger
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.adopt_orphans = adopt_orphans
@@ -298,9 +300,10 @@ class PostgresSink:
             if self._stopping:
                 # close() has waited for the flush it wanted; whatever is left stays spooled.
                 return
-            if not progressed:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
+            # ``linger`` (default 0) makes the sink wait between batches for
+            # larger ones; flush and fail-closed waiters wake it at once.
+            self._wake.wait(self.linger if progressed else self.poll_interval)
+            self._wake.clear()
 
     def _pass(self) -> bool:
         now = time.monotonic()

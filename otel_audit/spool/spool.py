@@ -434,11 +434,12 @@ class ChainSpool:
             with contextlib.suppress(FileNotFoundError):
                 segment.path.unlink()
             freed = True
-        for old in self._segment_numbers():
-            if old < number:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.path / f"{old:08d}.seg").unlink()
-                freed = True
+        if not self.owner:  # an adopted spool may hold segments never mapped here
+            for old in self._segment_numbers():
+                if old < number:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.path / f"{old:08d}.seg").unlink()
+                    freed = True
         if number > self._released_before:
             self._released_before = number
         if freed:
