@@ -85,6 +85,8 @@ def main() -> None:
     outage_start = time.monotonic()
     time.sleep(args.outage)
     stats = audit.stats()
+    rss_at_recovery = rss_mib()
+    peak_during_outage = peak[0]
     backlog_bytes = stats["spool_bytes"]
     backlog_records = logged[0] - stats["committed"]
     target = audit.pipeline.spool.end
@@ -109,7 +111,8 @@ def main() -> None:
             ("records stored", f"{stored:,} ({distinct:,} distinct)"),
             ("records lost", f"{lost}  (must be 0)"),
             ("spool backlog at recovery", f"{backlog_bytes / 1e6:.1f} MB, {backlog_records:,} records"),
-            ("peak RSS", f"{peak[0]:.0f} MiB (start {start_rss:.0f} MiB)"),
+            ("RSS", f"start {start_rss:.0f} MiB, end of outage {rss_at_recovery:.0f} MiB (peak "
+                    f"{peak_during_outage:.0f}), peak while draining and after {peak[0]:.0f} MiB"),
             ("backlog drained", f"{caught_up} in {drain_seconds:.1f}s: {drain_rate:,.0f} records/s while still "
                                 f"logging {args.rate:,}/s (ratio {drain_rate / args.rate:.1f}x the logging rate)"),
             ("all committed at the end", f"{drained}"),

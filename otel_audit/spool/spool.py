@@ -249,8 +249,15 @@ class ChainSpool:
                             if spare is not None:
                                 self._discard(spare)
                             spare = self._allocate_segment(number)
+                    full = self._active
                     self._activate(spare)
                     self._wakeup.set()
+                    if full is not None:
+                        # Drop the full segment's pages from this process's mapping: they
+                        # stay in the page cache (dirty ones are still written back and
+                        # msynced), but a long outage no longer shows up as resident memory.
+                        with contextlib.suppress(OSError, ValueError, AttributeError):
+                            full.mm.madvise(mmap.MADV_DONTNEED)
                     break
                 except OSError as exc:  # ENOSPC from fallocate: the disk, not the limit, is full
                     reason = f"cannot allocate a new spool segment in {self.path}: {exc}"
