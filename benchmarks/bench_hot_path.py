@@ -15,6 +15,11 @@ import logging
 import tempfile
 import time
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
+
 from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
