@@ -27,7 +27,6 @@ PostgreSQL 16 (pgserver) in a temporary directory. Prints, never asserts.
 from __future__ import annotations
 
 import argparse
-import atexit
 import http.client
 import logging
 import multiprocessing
@@ -44,54 +43,20 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from otel_audit.sink.schema import migrate  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 RECORDS_PER_REQUEST = 512
-AUDIT = {
-    "audit.action": "read",
-    "audit.actor.id": "user-123",
-    "audit.resource.type": "patient_record",
-    "audit.resource.id": "patient-456",
-    "audit.result": "success",
-    "client.address": "10.1.2.3",
-}
-
-_server = None
-
 
 # ---------------------------------------------------------------------- database
-def admin_dsn() -> str:
-    global _server
-    dsn = os.environ.get("OTEL_AUDIT_BENCH_DSN")
-    if dsn:
-        return dsn
-    if _server is None:
-        from otel_audit.embedded import EmbeddedPostgres
-
-        tmp = Path(tempfile.mkdtemp(prefix="otel-audit-bench-"))
-        os.chmod(tmp, 0o755)
-        _server = EmbeddedPostgres(tmp / "data")
-        atexit.register(lambda: (_server.stop(), shutil.rmtree(tmp, ignore_errors=True)))
-    return _server.dsn()
-
-
-def fresh_schema() -> str:
-    base = admin_dsn()
-    schema = "bench_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    dsn = make_conninfo(base, options=f"-c search_path={schema}")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        migrate(conn)
-    return dsn
+# A fresh schema on OTEL_AUDIT_BENCH_DSN or an embedded PostgreSQL, and the audit
+# attributes every benchmark logs: shared with the other benchmarks.
+from benchmarks.common import AUDIT_EXTRA as AUDIT  # noqa: E402
+from benchmarks.common import fresh_schema  # noqa: E402
 
 
 def count_rows(dsn: str) -> int:

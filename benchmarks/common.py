@@ -76,4 +76,4 @@ def report(title: str, lines: list[tuple[str, str]]) -> None:
 
 
 # The same audit attributes the tests log (an actor reading a patient record).
-from tests.harness import VALID as AUDIT_EXTRA  # noqa: E402
+from tests.harness import VALID as AUDIT_EXTRA  # noqa: E402, F401 (re-exported)

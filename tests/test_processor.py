@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from opentelemetry import baggage, context, trace
+from opentelemetry import baggage, context
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_audit.core.record import record_hash

@@ -122,7 +122,6 @@ class Normalizer:
         """A field that must be text: other types are converted and noted."""
         if type(value) is str or value is None:
             return value
-            return None
         self.problems.append(f"{path}: expected text, got {type(value).__name__}; stored as its text form")
         normalized = self.value(value, path)
         if isinstance(normalized, str):
