@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -237,7 +237,7 @@ def configure(
         _add_otlp_exporter(provider)
 
     handler = None
-    if install_handler and not _has_otel_handler(provider):
+    if install_handler and not _has_otel_handler():
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
 
         handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
@@ -358,15 +358,14 @@ def _add_otlp_exporter(provider: LoggerProvider) -> None:
     provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
 
 
-def _has_otel_handler(provider: LoggerProvider) -> bool:
-    for handler in _all_root_handlers():
-        if type(handler).__name__ == "LoggingHandler" and type(handler).__module__.startswith("opentelemetry"):
-            return True
-    return False
+def _is_otel_handler(handler: logging.Handler) -> bool:
+    """An OpenTelemetry LoggingHandler (the instrumentation's or the SDK's deprecated one)."""
+    kind = type(handler)
+    return kind.__name__ == "LoggingHandler" and kind.__module__.startswith("opentelemetry")
 
 
-def _all_root_handlers() -> Iterator[logging.Handler]:
-    yield from logging.getLogger().handlers
+def _has_otel_handler() -> bool:
+    return any(_is_otel_handler(h) for h in logging.getLogger().handlers)
 
 
 def _ensure_level(level: int, audit_loggers: Sequence[str]) -> None:
@@ -374,9 +373,7 @@ def _ensure_level(level: int, audit_loggers: Sequence[str]) -> None:
     if root.getEffectiveLevel() > level:
         old = root.getEffectiveLevel()
         for handler in root.handlers:
-            if handler.level == logging.NOTSET and not (
-                type(handler).__name__ == "LoggingHandler" and type(handler).__module__.startswith("opentelemetry")
-            ):
+            if handler.level == logging.NOTSET and not _is_otel_handler(handler):
                 handler.setLevel(old)
         root.setLevel(level)
     for name in audit_loggers:

@@ -185,12 +185,17 @@ class AuditPipeline:
         if checkpointer is not None and sealed.seq >= checkpointer.due_seq:
             checkpointer.poke(sealed.seq, sealed.hash)
         if self.config.spool.fsync == "always":
-            if not self.spool.wait_synced(sealed.position, self.config.spool.block_timeout):
-                raise SpoolFull(
-                    f"the spool could not be synced to disk within {self.config.spool.block_timeout:g}s; the "
-                    "record is sealed but may not survive a power loss"
-                )
+            self._require_synced(self.spool, sealed.position)
         return sealed
+
+    def _require_synced(self, spool: ChainSpool, position: SpoolPosition) -> None:
+        """``fsync="always"``: return only once the msync covering ``position`` is done."""
+        timeout = self.config.spool.block_timeout
+        if not spool.wait_synced(position, timeout):
+            raise SpoolFull(
+                f"the spool {spool.path} could not be synced to disk within {timeout:g}s; the record is "
+                "spooled but may not survive a power loss. Check the disk, or use spool_fsync='interval'."
+            )
 
     def relay(self, canonical: bytes, digest: bytes, *, genesis: bytes | None = None) -> SpoolPosition:
         """Spool a record sealed by another emitter; it is stored under its own chain.
@@ -210,10 +215,8 @@ class AuditPipeline:
                 spool.append(KIND_GENESIS, genesis, bytes.fromhex(genesis_hash(genesis)))
             position = spool.append(KIND_RECORD, canonical, digest)
             self.stats.relayed += 1
-        if self.config.spool.fsync == "always" and not spool.wait_synced(position, self.config.spool.block_timeout):
-            raise SpoolFull(
-                f"the relay spool could not be synced to disk within {self.config.spool.block_timeout:g}s"
-            )
+        if self.config.spool.fsync == "always":
+            self._require_synced(spool, position)
         return position
 
     def count_dropped(self, n: int = 1) -> None:
@@ -222,7 +225,7 @@ class AuditPipeline:
 
     # ------------------------------------------------------------------ waiting
     def wait_committed(self, sealed: SealedRecord, timeout: float) -> bool:
-        return self.sink.wait_committed(sealed.position, timeout)
+        return self.wait_position(sealed.position, timeout)
 
     def wait_position(self, position: SpoolPosition, timeout: float, *, relay: bool = False) -> bool:
         """Block until everything up to ``position`` of the own (or the relay) spool is committed."""

@@ -157,6 +157,9 @@ def format_timestamp(unix_nano: int) -> str:
     hashed text and the stored column then hold the same instant exactly.
     """
     global _ts_cache
+    # The formatted second is cached as one tuple, replaced in one assignment:
+    # two attributes updated separately could pair one thread's second with
+    # another thread's text.
     seconds, rest = divmod(unix_nano, 1_000_000_000)
     cached_second, prefix = _ts_cache
     if cached_second != seconds:
@@ -184,13 +187,8 @@ class RecordBuilder:
     """Builds record documents from attributes and context (no OTel, no I/O).
 
     The processor and the ingest service both use it, so a record looks the
-    same whichever way it arrived. Thread-safe: the only state is a cache of
-    the formatted second, replaced as one tuple (two threads racing on it at
-    worst both format the same second).
+    same whichever way it arrived. Stateless, hence thread-safe.
     """
-
-    def __init__(self) -> None:
-        self._ts: tuple[int, str] = (-1, "")
 
     def build(
         self,
@@ -246,17 +244,10 @@ class RecordBuilder:
                 norm = norm or Normalizer(problem_list)
                 rest[key] = norm.value(value, key)
 
-        seconds, nanos = divmod(time_unix_nano, 1_000_000_000)
-        ts_second, ts_prefix = self._ts
-        if seconds != ts_second:
-            # One tuple, one assignment: a second attribute updated separately could
-            # pair one thread's second with another thread's text.
-            ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-            self._ts = (seconds, ts_prefix)
         # Null fields are omitted from the document (see RECORD_FIELDS).
         doc: dict[str, Any] = {
             "v": RECORD_FORMAT,
-            "timestamp": f"{ts_prefix}.{nanos // 1000:06d}Z",
+            "timestamp": format_timestamp(time_unix_nano),
             "actor_type": "user",
             "attributes": rest,
             "problems": problem_list,

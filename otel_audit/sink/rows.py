@@ -15,7 +15,6 @@ from __future__ import annotations
 from otel_audit.core.record import RECORD_FIELDS
 
 __all__ = [
-    "CHAIN_COLUMNS",
     "CONFLICTING_STAGED",
     "CREATE_STAGE",
     "INSERT_CHAINS",
@@ -77,8 +76,6 @@ CONFLICTING_STAGED = (
     "AND a.seq = (pg_catalog.convert_from(s.canonical, 'UTF8')::jsonb->>'seq')::bigint "
     "WHERE a.hash <> pg_catalog.encode(s.hash, 'hex')"
 ).format(stage=STAGE_TABLE)
-
-CHAIN_COLUMNS: tuple[str, ...] = ("chain_id", "created_at", "emitter", "genesis", "genesis_hash")
 
 INSERT_CHAINS = (
     "INSERT INTO audit_chains (chain_id, created_at, emitter, genesis, genesis_hash) "

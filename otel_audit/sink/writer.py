@@ -196,9 +196,6 @@ class PostgresSink:
         self._thread = threading.Thread(target=self._run, name="otel-audit-sink", daemon=True)
         self._thread.start()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     @property
     def committed_position(self) -> SpoolPosition:
         return self._own.committed if self._own else 0

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
 from otel_audit.core.record import CHECKPOINT_DOMAIN, GENESIS_DOMAIN, RECORD_DOMAIN
 
-__all__ = ["FRAME_HEADER", "MAGIC", "Frame", "domain_for", "iter_frames"]
+__all__ = ["FRAME_HEADER", "MAGIC", "Frame", "iter_frames"]
 
 MAGIC = b"OTAUDSP1"
 FRAME_HEADER = struct.Struct("<BI32s")
@@ -34,10 +34,6 @@ _DOMAINS = {
     KIND_GENESIS: GENESIS_DOMAIN,
     KIND_CHECKPOINT: CHECKPOINT_DOMAIN,
 }
-
-
-def domain_for(kind: int) -> bytes:
-    return _DOMAINS[kind]
 
 
 class Frame(NamedTuple):
