@@ -1,4 +1,4 @@
-"""``otel-audit keygen``, ``prove``, ``verify-proof``, and the anchoring flags of ``verify``.
+"""``otel-audit keygen``, ``prove`` and ``verify-proof`` (``verify``'s anchoring flags are in verify.py).
 
 Exit codes: ``keygen`` and ``prove`` 0 done, 1 the database's chain fails
 its own checks (``prove``), 2 usage, configuration or connection error (also
@@ -14,78 +14,18 @@ from pathlib import Path
 
 import orjson
 
-from otel_audit.cli import verify as verify_cli
 from otel_audit.cli.main import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json
 from otel_audit.core.keys import generate_signing_key, load_trusted_keys, write_keypair
 from otel_audit.core.proof import verify_proof
 from otel_audit.errors import AuditConfigurationError
-from otel_audit.query import parse_duration
-from otel_audit.verify import VerifyOptions
 from otel_audit.verify.prove import NotAnchoredError, ProofUnavailable, prove_record
-from otel_audit.witness import DirectoryWitness
 
 __all__ = ["register"]
 
 
-# ---------------------------------------------------------------------- verify flags
-class _VerifyAnchoring:
-    """Adds --trusted-key, --witness and --max-unanchored-age to ``otel-audit verify``."""
-
-    marker = "_otel_audit_anchoring_args"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        if getattr(parser, self.marker, False):
-            return
-        setattr(parser, self.marker, True)
-        group = parser.add_argument_group(
-            "signed checkpoints",
-            "Trust only these public keys and witnesses, never keys or verdicts stored in the database.",
-        )
-        group.add_argument(
-            "--trusted-key", action="append", default=[], metavar="PATH.pub",
-            help="public key whose checkpoints are trusted (repeatable, for rotated keys). With it, every chain "
-            "must be anchored by a checkpoint one of these keys signed",
-        )
-        group.add_argument(
-            "--witness", action="append", default=[], metavar="DIR",
-            help="witness directory to compare the database with (repeatable; needs --trusted-key)",
-        )
-        group.add_argument(
-            "--max-unanchored-age", default=None, metavar="DURATION",
-            help="fail when records after a chain's newest checkpoint are older than this (e.g. 60s, 5m); "
-            "default: report them without failing",
-        )
-
-    def configure(self, args: argparse.Namespace, options: VerifyOptions) -> None:
-        keys = getattr(args, "trusted_key", None) or []
-        witnesses = getattr(args, "witness", None) or []
-        if witnesses and not keys:
-            raise UsageError(
-                "--witness needs --trusted-key: without trusted keys nothing read from the witness can be "
-                "authenticated. Pass the emitters' public keys (the .pub files from `otel-audit keygen`)"
-            )
-        if keys:
-            options.trusted_keys = load_trusted_keys(keys)
-        options.witnesses = [DirectoryWitness(path, create=False) for path in witnesses]
-        if args.max_unanchored_age is not None:
-            try:
-                options.max_unanchored_age = parse_duration(args.max_unanchored_age).total_seconds()
-            except ValueError as exc:
-                raise UsageError(f"--max-unanchored-age: {exc}") from None
-
-
-_EXTENSION = _VerifyAnchoring()
-if not any(isinstance(e, _VerifyAnchoring) for e in verify_cli.EXTENSIONS):
-    verify_cli.EXTENSIONS.append(_EXTENSION)
-
-
 # ---------------------------------------------------------------------- commands
 def register(sub: argparse._SubParsersAction) -> None:
-    verify_parser = sub.choices.get("verify")
-    if verify_parser is not None:  # registered before this module was imported
-        _EXTENSION.add_arguments(verify_parser)
-
     keygen = sub.add_parser(
         "keygen",
         help="create an Ed25519 key pair for signing checkpoints",

@@ -51,7 +51,7 @@ def connect(args: argparse.Namespace, *, autocommit: bool = True) -> psycopg.Con
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from otel_audit.cli import db, demo, query, status, verify
+    from otel_audit.cli import checkpoints, db, demo, ingest, query, status, verify
 
     parser = argparse.ArgumentParser(
         prog="otel-audit",
@@ -60,15 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otel-audit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (db, verify, query, demo, status):
-        module.register(sub)
-    for name in ("checkpoints", "ingest"):
-        try:
-            module = __import__(f"otel_audit.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"otel_audit.cli.{name}":
-                raise  # the command exists but a dependency is missing: say which, not "invalid choice"
-            continue
+    for module in (db, verify, query, demo, status, checkpoints, ingest):
         module.register(sub)
     return parser
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from otel_audit.cli.main import EXIT_OK, add_dsn, connect
+from otel_audit.cli.main import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json
+from otel_audit.core.keys import load_trusted_keys
+from otel_audit.query import parse_duration
 from otel_audit.verify import VerificationReport, VerifyOptions, verify_database
 from otel_audit.verify.report import Severity
-
-#: Extension point: later layers (signed checkpoints) add arguments and checks.
-EXTENSIONS: list = []
+from otel_audit.witness import DirectoryWitness
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +27,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--chain", action="append", metavar="CHAIN_ID", help="only this chain (repeatable)")
     parser.add_argument("--strict", action="store_true", help="also fail (exit 1) on warnings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-    for extension in EXTENSIONS:
-        extension.add_arguments(parser)
+    _add_anchoring_arguments(parser)
     parser.set_defaults(handler=run)
+
+
+def _add_anchoring_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "signed checkpoints",
+        "Trust only these public keys and witnesses, never keys or verdicts stored in the database.",
+    )
+    group.add_argument(
+        "--trusted-key", action="append", default=[], metavar="PATH.pub",
+        help="public key whose checkpoints are trusted (repeatable, for rotated keys). With it, every chain "
+        "must be anchored by a checkpoint one of these keys signed",
+    )
+    group.add_argument(
+        "--witness", action="append", default=[], metavar="DIR",
+        help="witness directory to compare the database with (repeatable; needs --trusted-key)",
+    )
+    group.add_argument(
+        "--max-unanchored-age", default=None, metavar="DURATION",
+        help="fail when records after a chain's newest checkpoint are older than this (e.g. 60s, 5m); "
+        "default: report them without failing",
+    )
+
+
+def _configure_anchoring(args: argparse.Namespace, options: VerifyOptions) -> None:
+    if args.witness and not args.trusted_key:
+        raise UsageError(
+            "--witness needs --trusted-key: without trusted keys nothing read from the witness can be "
+            "authenticated. Pass the emitters' public keys (the .pub files from `otel-audit keygen`)"
+        )
+    if args.trusted_key:
+        options.trusted_keys = load_trusted_keys(args.trusted_key)
+    options.witnesses = [DirectoryWitness(path, create=False) for path in args.witness]
+    if args.max_unanchored_age is not None:
+        try:
+            options.max_unanchored_age = parse_duration(args.max_unanchored_age).total_seconds()
+        except ValueError as exc:
+            raise UsageError(f"--max-unanchored-age: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     options = VerifyOptions(chain_ids=args.chain, progress=False if args.no_progress else None)
-    for extension in EXTENSIONS:
-        extension.configure(args, options)
+    _configure_anchoring(args, options)
     with connect(args) as conn:
         report = verify_database(conn, options)
     if args.json:
