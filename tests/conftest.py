@@ -122,3 +122,20 @@ def _isolate_otel_globals(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def dsn_database(dsn: str) -> str:
     return conninfo_to_dict(dsn).get("dbname", "")
+
+
+@pytest.fixture(params=["sequential", "parallel"])
+def verify_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test's verifications both in one process and split into tiny ranges over 2 workers.
+
+    Small trails are normally verified in-process, one range per chain; the
+    parallel mode makes every chain a run of 4-record ranges checked by worker
+    processes, so range boundaries fall everywhere a test tampers.
+    """
+    if request.param == "parallel":
+        from otel_audit.verify import database, parallel
+
+        monkeypatch.setattr(database, "PARALLEL_FROM", 0)
+        monkeypatch.setattr(database, "default_workers", lambda: 2)
+        monkeypatch.setattr(parallel, "MIN_RANGE", 4)
+    return request.param

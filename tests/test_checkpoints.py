@@ -36,7 +36,7 @@ from otel_audit.verify.report import Kind, Severity
 from otel_audit.witness import DirectoryWitness
 from tests.harness import App, rows
 
-pytestmark = pytest.mark.storage
+pytestmark = [pytest.mark.storage, pytest.mark.usefixtures("verify_mode")]
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400.0

@@ -23,7 +23,7 @@ from otel_audit.core.record import RECORD_DOMAIN
 from otel_audit.verify.report import Kind
 from tests.harness import App, rows, verify
 
-pytestmark = pytest.mark.storage
+pytestmark = [pytest.mark.storage, pytest.mark.usefixtures("verify_mode")]
 
 N = 30
 

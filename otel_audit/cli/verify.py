@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--chain", action="append", metavar="CHAIN_ID", help="only this chain (repeatable)")
     parser.add_argument("--strict", action="store_true", help="also fail (exit 1) on warnings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="processes that check chains in parallel (default: one per CPU, up to 8, from 50,000 records; "
+        "1: this process only)",
+    )
     _add_anchoring_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -69,7 +74,9 @@ def _configure_anchoring(args: argparse.Namespace, options: VerifyOptions) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    options = VerifyOptions(chain_ids=args.chain, progress=False if args.no_progress else None)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    options = VerifyOptions(chain_ids=args.chain, progress=False if args.no_progress else None, workers=args.workers)
     _configure_anchoring(args, options)
     with connect(args) as conn:
         report = verify_database(conn, options)

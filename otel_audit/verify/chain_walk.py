@@ -170,6 +170,27 @@ class ChainWalker:
             self.summary.invalid += 1
         self._place(_Entry(pos, computed, doc.get("prev_hash"), doc.get("id"), timestamp, columns is None, computed))
 
+    def adopt(
+        self,
+        records: int,
+        invalid: int,
+        first_timestamp: str | None,
+        last_seq: int,
+        head_hash: str,
+        last_timestamp: str | None,
+        observed: dict[int, tuple[str, str | None]],
+    ) -> None:
+        """Take records 1..``last_seq``, proved intact elsewhere (the parallel fast pass), as if fed here.
+
+        Only for a walker nothing has been fed to yet.
+        """
+        assert self._expected == 1 and not self._fast_n and self.summary.records == 0
+        self._fast_n, self._fast_invalid = records, invalid
+        self._fast_first = {"seq": 1, "timestamp": first_timestamp}
+        self._fast_last = {"seq": last_seq, "timestamp": last_timestamp}
+        self._last_link, self._expected = head_hash, last_seq + 1
+        self.observed.update(observed)
+
     def add_quarantined(self, stored_hash: str, canonical: bytes) -> None:
         """A record PostgreSQL refused: it takes its place in the chain, no columns to check."""
         self._sync_fast()

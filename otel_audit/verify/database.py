@@ -1,11 +1,13 @@
 """Verify the audit trail stored in PostgreSQL.
 
-Reads, never writes. Everything is streamed with one binary ``COPY ... TO
-STDOUT`` ordered by ``(chain_id, seq)`` (the unique index), so memory stays
-flat whatever the table size. The queryable columns are shipped as one JSON
-array per row and compared, in Python, with the fields of the sealed bytes;
-the hashes are recomputed in Python too. The database is asked for data,
-never for a verdict.
+Reads, never writes, in one REPEATABLE READ transaction. Two passes, both
+streamed with binary ``COPY ... TO STDOUT`` so memory stays flat whatever the
+table size: the fast pass (:mod:`otel_audit.verify.parallel`) proves clean
+chains range by range in worker processes; every chain it cannot prove is
+walked in full here, ordered by ``(chain_id, seq)``, its queryable columns
+shipped as one JSON array per row and compared field by field with the sealed
+bytes by :class:`~otel_audit.verify.chain_walk.ChainWalker`. Hashes are
+recomputed in Python. The database is asked for data, never for a verdict.
 
 Signed checkpoints (``audit_checkpoints``) and witnesses are read before the
 walk, so that the walk can note the hashes at checkpointed positions; they
@@ -24,12 +26,16 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import IsolationLevel
+from psycopg.pq import TransactionStatus
 
 from otel_audit.core.chain import genesis_hash
 from otel_audit.core.keys import VerifyKey
 from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
+from otel_audit.verify.parallel import chain_heights, default_workers, join_ranges, plan, run_tasks
+from otel_audit.verify.ranges import RangeResult
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
 
 __all__ = ["VerifyOptions", "verify_database"]
@@ -63,6 +69,12 @@ class VerifyOptions:
     witnesses: Sequence[Any] = ()  # otel_audit.witness.Witness objects to compare the database with
     max_unanchored_age: float | None = None  # seconds; older unanchored records fail verification
     now: float | None = None  # judge ages as of this unix time (default: now)
+    #: processes for the fast pass (None: one per CPU, up to 8, from PARALLEL_FROM records; 1: this process only)
+    workers: int | None = None
+
+
+#: Fewer records than this are verified in this process: starting workers would cost more than it saves.
+PARALLEL_FROM = 50_000
 
 
 _CHECKPOINT_ROWS = (
@@ -81,14 +93,18 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
     options = options or VerifyOptions()
     report = VerificationReport(checks=["record hashes", "columns against sealed bytes", "sequence", "links", "registry"])
     started = time.monotonic()
+    with _one_snapshot(conn):
+        _verify(conn, options, report)
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _verify(conn: psycopg.Connection, options: VerifyOptions, report: VerificationReport) -> None:
     _require_schema(conn)
     registry = _load_registry(conn, report, options.chain_ids)
     quarantine = _load_quarantine(conn, options.chain_ids)
     anchoring = _load_anchoring(conn, options, report)
 
-    where, params = "", None
-    if options.chain_ids:
-        where, params = "WHERE chain_id = ANY(%s::uuid[])", (options.chain_ids,)
     total = _estimate_rows(conn, options.chain_ids)
     walkers: dict[str, ChainWalker] = {}
 
@@ -103,32 +119,35 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
                 report,
                 summary,
                 genesis_hash=registry.get(chain_id),
-                watch=anchoring.watch(chain_id) if anchoring is not None else frozenset(),
+                watch=watch(chain_id),
             )
             for stored_hash, canonical in quarantine.pop(chain_id, []):
                 walker.add_quarantined(stored_hash, canonical)
         return walker
 
-    current: ChainWalker | None = None
-    current_id = None
-    loads = orjson.loads
-    with _progress(total, options.progress) as tick, conn.cursor() as cur:
-        query = _STREAM.format(cols=_COLUMNS_JSON, where=where)
-        with cur.copy(cur.mogrify(query, params) if params else query) as copy:
-            copy.set_types(["text", "int8", "text", "bytea", "text"])
-            n = 0
-            for chain_id, seq, stored_hash, canonical, columns in copy.rows():
-                if chain_id != current_id:
-                    if current is not None:
-                        current.finish()
-                    current_id, current = chain_id, walker_for(chain_id)
-                current.feed(seq, stored_hash, canonical, loads(columns))  # type: ignore[union-attr]
-                n += 1
-                if n & 0x3FFF == 0:
-                    tick(0x4000)
-            tick(n & 0x3FFF)
-    if current is not None:
-        current.finish()
+    def watch(chain_id: str) -> frozenset[int]:
+        return anchoring.watch(chain_id) if anchoring is not None else frozenset()
+
+    with _progress(total, options.progress) as tick:
+        # Fast pass over clean chains (in parallel), then the full walk of the rest.
+        heights = chain_heights(conn, [c for c in report.chains if c not in quarantine])
+        workers = options.workers or (default_workers() if sum(heights.values()) >= PARALLEL_FROM else 1)
+        dirty = [c for c in report.chains if c in quarantine]
+        results: dict[str, list[RangeResult]] = {}
+        for result in run_tasks(conn, plan(heights, workers, watch), workers):
+            results.setdefault(result.chain_id, []).append(result)
+            tick(result.rows)
+        for chain_id, chain_results in sorted(results.items()):
+            clean = join_ranges(chain_results, registry.get(chain_id))
+            if clean is None:
+                dirty.append(chain_id)
+                continue
+            walker = walker_for(chain_id)
+            walker.adopt(clean.records, clean.invalid, clean.first_timestamp, clean.last_seq, clean.last_hash,
+                         clean.last_timestamp, clean.observed)
+            walker.finish()
+        if dirty:
+            _walk(conn, dirty, walker_for, tick)
     report.records = sum(s.records for s in report.chains.values())
     # Chains with quarantined records only, and registered chains with no rows.
     for chain_id in list(quarantine):
@@ -157,8 +176,58 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
             )
     for check in options.extra_checks:
         check(conn, report)
-    report.duration_seconds = time.monotonic() - started
-    return report
+
+
+@contextmanager
+def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    """Verify in one REPEATABLE READ, READ ONLY transaction: every query, and every worker process,
+    sees the same rows, however many are committed meanwhile. A transaction the caller already
+    has open is used as it is."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        yield
+        return
+    if conn.autocommit:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            if not conn.closed:
+                conn.execute("ROLLBACK")
+        return
+    saved = conn.isolation_level, conn.read_only
+    conn.isolation_level, conn.read_only = IsolationLevel.REPEATABLE_READ, True
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.rollback()
+            conn.isolation_level, conn.read_only = saved
+
+
+def _walk(
+    conn: psycopg.Connection, chain_ids: list[str], walker_for: Callable[[str], ChainWalker], tick: Callable[[int], None]
+) -> None:
+    """The full walk of these chains: every row through :class:`ChainWalker`, which classifies every finding."""
+    current: ChainWalker | None = None
+    current_id = None
+    loads = orjson.loads
+    with conn.cursor() as cur:
+        query = _STREAM.format(cols=_COLUMNS_JSON, where="WHERE chain_id = ANY(%s::uuid[])")
+        with cur.copy(query, (chain_ids,)) as copy:
+            copy.set_types(["text", "int8", "text", "bytea", "text"])
+            n = 0
+            for chain_id, seq, stored_hash, canonical, columns in copy.rows():
+                if chain_id != current_id:
+                    if current is not None:
+                        current.finish()
+                    current_id, current = chain_id, walker_for(chain_id)
+                current.feed(seq, stored_hash, canonical, loads(columns))  # type: ignore[union-attr]
+                n += 1
+                if n & 0x3FFF == 0:
+                    tick(0x4000)
+            tick(n & 0x3FFF)
+    if current is not None:
+        current.finish()
 
 
 def _load_anchoring(

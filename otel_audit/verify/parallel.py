@@ -1,0 +1,172 @@
+"""Run the fast pass (:mod:`otel_audit.verify.ranges`) over every chain, in worker processes.
+
+Verification is bound by CPU on both ends (PostgreSQL rendering rows, Python
+hashing and comparing them), so it is split into ``(chain, seq range)`` tasks
+checked by several processes, each with its own PostgreSQL backend.
+
+Every worker reads in the *same* snapshot as the verifier's own connection
+(``pg_export_snapshot`` / ``SET TRANSACTION SNAPSHOT``, as ``pg_dump --jobs``
+does), so rows committed while verification runs are seen by all of them or by
+none. The ranges of a chain are then joined: each range's first record must
+be the one after the previous range's last and link to its hash, the first
+range must start at seq 1 and link to the chain's genesis. A chain is
+accepted only when all its ranges are clean and join; every other chain is
+walked again in full by the caller.
+
+Workers are forked when the process has a single thread (the CLI); otherwise
+they are spawned, because forking a threaded process can copy a lock held
+by another thread.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, RangeResult, RangeTask, check_range
+
+__all__ = ["CleanChain", "chain_heights", "default_workers", "join_ranges", "plan", "run_tasks"]
+
+#: Ranges smaller than this are not worth a task of their own.
+MIN_RANGE = 20_000
+#: Tasks per worker: enough to even out ranges of different cost.
+TASKS_PER_WORKER = 4
+
+
+def default_workers() -> int:
+    """One per CPU this process may run on (a container's limit, not the host's count), up to 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def chain_heights(conn: psycopg.Connection, chain_ids: Iterable[str]) -> dict[str, int]:
+    """chain id -> highest seq column, for the chains that have rows (one index probe per chain).
+
+    Only a hint for splitting: see :func:`plan`.
+    """
+    ids = list(chain_ids)
+    if not ids:
+        return {}
+    rows = conn.execute(
+        "SELECT x.c::text, (SELECT max(seq) FROM audit_logs WHERE chain_id = x.c) "
+        "FROM pg_catalog.unnest(%s::uuid[]) AS x(c)",
+        (ids,),
+    ).fetchall()
+    return {chain_id: top for chain_id, top in rows if top is not None}
+
+
+def plan(heights: Mapping[str, int], workers: int, watch: Callable[[str], frozenset[int]]) -> list[RangeTask]:
+    """Split the chains at fixed seq boundaries into about ``TASKS_PER_WORKER`` tasks per worker.
+
+    The first range of a chain is open below and the last open above, so every
+    row is in exactly one range whatever its seq column says; and the number of
+    ranges per chain is capped, so a forged huge seq cannot explode the plan.
+    """
+    total = sum(max(top, 1) for top in heights.values())
+    size = max(MIN_RANGE, -(-total // (workers * TASKS_PER_WORKER)))
+    cap = workers * TASKS_PER_WORKER
+    tasks = []
+    for chain_id, top in heights.items():
+        pieces = 1 if workers == 1 else min(cap, max(1, -(-top // size)))
+        step = -(-max(top, 1) // pieces)
+        chain_watch = watch(chain_id)
+        for k in range(pieces):
+            lo = SEQ_MIN if k == 0 else k * step + 1
+            hi = SEQ_MAX if k == pieces - 1 else (k + 1) * step
+            tasks.append(
+                RangeTask(chain_id, k, lo, hi, 1 if k == 0 else lo, frozenset(s for s in chain_watch if lo <= s <= hi))
+            )
+    # Largest chains first, so that the last tasks to finish are short ones.
+    tasks.sort(key=lambda t: -heights[t.chain_id])
+    return tasks
+
+
+@dataclass
+class CleanChain:
+    """A chain proved intact by its ranges: what the full walk would have summarised."""
+
+    records: int
+    invalid: int
+    first_timestamp: str | None
+    last_seq: int
+    last_hash: str
+    last_timestamp: str | None
+    observed: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+
+
+def join_ranges(results: list[RangeResult], genesis_hash: str | None) -> CleanChain | None:
+    """The chain's summary when its ranges are all clean and join into one chain from genesis; else None."""
+    if genesis_hash is None or not all(r.clean for r in results):
+        return None
+    link, expected = genesis_hash, 1
+    records = invalid = 0
+    first_timestamp = last_timestamp = None
+    observed: dict[int, tuple[str, str | None]] = {}
+    for r in sorted(results, key=lambda r: r.index):
+        if r.last_seq is None:  # an empty range: the next one must still start where this one would have
+            continue
+        if r.first_seq != expected or r.first_prev != link:
+            return None
+        if records == 0:
+            first_timestamp = r.first_timestamp
+        records += r.rows
+        invalid += r.invalid
+        observed.update(r.observed)
+        link, expected, last_timestamp = r.last_hash, r.last_seq + 1, r.last_timestamp
+    if records == 0:
+        return None
+    return CleanChain(records, invalid, first_timestamp, expected - 1, link, last_timestamp, observed)
+
+
+def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask], workers: int) -> Iterator[RangeResult]:
+    """Results of ``tasks`` in completion order; in this process when ``workers`` is 1.
+
+    ``conn`` must be in a transaction (its snapshot is the one every worker reads).
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield check_range(conn, task)
+        return
+    snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+    method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with context.Pool(min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)) as pool:
+        yield from pool.imap_unordered(_worker_check, tasks)
+
+
+def _conninfo(conn: psycopg.Connection) -> str:
+    """Everything needed to open another connection like ``conn`` (password included, unlike ``conn.info.dsn``)."""
+    options: Mapping[str, str] = {
+        o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None
+    }
+    return make_conninfo("", **options)
+
+
+_worker_conn: psycopg.Connection | None = None
+_worker_error: Exception | None = None
+
+
+def _worker_start(conninfo: str, snapshot: str) -> None:
+    # Never raise here: a Pool replaces a worker whose initializer fails, forever.
+    # The error is raised by the worker's first task instead, and reaches the caller.
+    global _worker_conn, _worker_error
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        _worker_conn = conn
+    except Exception as exc:  # noqa: BLE001 (re-raised in _worker_check)
+        _worker_error = exc
+
+
+def _worker_check(task: RangeTask) -> RangeResult:
+    if _worker_conn is None:
+        raise _worker_error or RuntimeError("verification worker has no connection")
+    return check_range(_worker_conn, task)
