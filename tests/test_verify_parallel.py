@@ -8,6 +8,7 @@ when they form one chain from genesis; and all workers read one snapshot.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,8 +18,7 @@ from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
 from otel_audit.cli.main import main
-from otel_audit.verify import VerifyOptions, verify_database
-from otel_audit.verify import parallel
+from otel_audit.verify import VerifyOptions, parallel, verify_database
 from otel_audit.verify.parallel import chain_heights, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, RangeResult
 from tests.harness import App, rows
@@ -101,7 +101,7 @@ def test_the_plan_covers_every_seq_and_caps_forged_heights() -> None:
     a = [t for t in tasks if t.chain_id == "a"]
     assert len(a) == 2 * parallel.TASKS_PER_WORKER  # a forged huge seq does not explode the plan
     assert a[0].lo == SEQ_MIN and a[-1].hi == SEQ_MAX
-    assert all(x.hi + 1 == y.lo for x, y in zip(a, a[1:]))
+    assert all(x.hi + 1 == y.lo for x, y in itertools.pairwise(a))
     (b,) = [t for t in tasks if t.chain_id == "b"]
     assert (b.lo, b.hi, b.first) == (SEQ_MIN, SEQ_MAX, 1)
 
