@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,31 @@ __all__ = ["PostgresSink", "connect", "target_fingerprint"]
 _log = logging.getLogger("otel_audit.sink")
 
 _COPY_STAGE = f"COPY {STAGE_TABLE} (ord, hash, canonical) FROM STDIN (FORMAT BINARY)"
+# PostgreSQL's binary COPY format: signature, flags, header extension length; per row the
+# field count and each field as length + bytes; a field count of -1 ends the data.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_STAGE_ROW_HEAD = struct.Struct("!hiiI")  # 3 fields; ord: length 4, value; hash: length (32)
+_FIELD_LENGTH = struct.Struct("!I")
+
+
+def stage_copy_data(records: list[tuple[bytes, bytes]]) -> bytes:
+    """The stage rows ``(ord, hash, canonical)`` of ``records`` as one binary COPY stream.
+
+    Built here rather than with ``Copy.write_row``, which dumps every value through
+    psycopg's adapters: this runs on the sink thread, which shares the GIL with the
+    application's logging threads, and costs a third as much per record.
+    """
+    parts = [_COPY_HEADER]
+    append = parts.append
+    row_head, field_length = _STAGE_ROW_HEAD.pack, _FIELD_LENGTH.pack
+    for ord_, (canonical, digest) in enumerate(records):
+        append(row_head(3, 4, ord_, len(digest)))
+        append(digest)
+        append(field_length(len(canonical)))
+        append(canonical)
+    append(_COPY_TRAILER)
+    return b"".join(parts)
 # What is already stored in a range of one chain. Exact (seq, hash) pairs, not
 # max(seq): rows of a chain can also arrive through the OTLP ingest, out of
 # order, so "everything below the highest stored seq is there" does not hold.
@@ -484,9 +510,7 @@ class PostgresSink:
                     cur.executemany(INSERT_CHAINS, chains)
                 if records:
                     with cur.copy(_COPY_STAGE) as copy:
-                        copy.set_types(["int4", "bytea", "bytea"])
-                        for ord_, (canonical, digest) in enumerate(records):
-                            copy.write_row((ord_, digest, canonical))
+                        copy.write(stage_copy_data(records))
                     cur.execute(PROJECT_STAGE)
                     if cur.rowcount != len(records):
                         # Some (chain, seq) were already stored: a replay (same hash,
