@@ -279,3 +279,19 @@ def test_a_forked_child_that_never_audits_leaves_no_chain(db: str, spool_dir: Pa
     assert rows(db, "SELECT count(*) FROM audit_chains") == [(1,)]
     assert [p.name for p in spool_dir.iterdir() if p.is_dir()] == []
     assert verify(db).ok
+
+
+def test_rows_with_a_null_sequence_number_or_chain_id_are_detected(trail: str) -> None:
+    tamper(
+        trail,
+        "ALTER TABLE audit_logs ALTER COLUMN seq DROP NOT NULL, ALTER COLUMN chain_id DROP NOT NULL",
+        "UPDATE audit_logs SET seq = NULL WHERE seq = 5",
+        "CREATE TEMP TABLE forged AS SELECT * FROM audit_logs WHERE seq = 7",
+        "UPDATE forged SET chain_id = NULL, id = gen_random_uuid()",
+        "INSERT INTO audit_logs SELECT * FROM forged",
+    )
+    findings = verify(trail).errors
+    assert sorted((f.kind.value, f.seq, f.chain_id is None) for f in findings) == [
+        ("inserted", None, True),  # the row without a chain
+        ("reordered", None, False),  # the row whose seq was cleared: still in its place by its sealed seq
+    ], [str(f) for f in findings]

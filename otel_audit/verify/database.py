@@ -130,9 +130,10 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
 
     with _progress(total, options.progress) as tick:
         # Fast pass over clean chains (in parallel), then the full walk of the rest.
-        heights = chain_heights(conn, [c for c in report.chains if c not in quarantine])
+        null_seq = _chains_with_null_seq(conn, list(report.chains))
+        heights = chain_heights(conn, [c for c in report.chains if c not in quarantine and c not in null_seq])
         workers = options.workers or (default_workers() if sum(heights.values()) >= PARALLEL_FROM else 1)
-        dirty = [c for c in report.chains if c in quarantine]
+        dirty = [c for c in report.chains if c in quarantine or c in null_seq]
         results: dict[str, list[RangeResult]] = {}
         for result in run_tasks(conn, plan(heights, workers, watch), workers):
             results.setdefault(result.chain_id, []).append(result)
@@ -149,6 +150,8 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
         if dirty:
             _walk(conn, dirty, walker_for, tick)
     report.records = sum(s.records for s in report.chains.values())
+    if not options.chain_ids:
+        _report_rows_without_chain(conn, report)
     # Chains with quarantined records only, and registered chains with no rows.
     for chain_id in list(quarantine):
         walker_for(chain_id).finish()
@@ -202,6 +205,38 @@ def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
         if not conn.closed:
             conn.rollback()
             conn.isolation_level, conn.read_only = saved
+
+
+def _chains_with_null_seq(conn: psycopg.Connection, chain_ids: list[str]) -> set[str]:
+    """Chains with rows whose seq is NULL: no sequence range holds them, so the full walk must.
+
+    Possible only after a superuser dropped the NOT NULL constraint; one index probe per chain.
+    """
+    if not chain_ids:
+        return set()
+    rows = conn.execute(
+        "SELECT x.c::text FROM pg_catalog.unnest(%s::uuid[]) AS x(c) "
+        "WHERE EXISTS (SELECT 1 FROM audit_logs WHERE chain_id = x.c AND seq IS NULL)",
+        (chain_ids,),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _report_rows_without_chain(conn: psycopg.Connection, report: VerificationReport) -> None:
+    row = conn.execute("SELECT count(*) FROM audit_logs WHERE chain_id IS NULL").fetchone()
+    count = int(row[0]) if row else 0
+    if count:
+        report.add(
+            Finding(
+                Kind.INSERTED,
+                Severity.ERROR,
+                None,
+                None,
+                f"{count} row(s) of audit_logs have no chain id, so belong to no chain: they were inserted after "
+                "the NOT NULL constraint on chain_id was removed",
+                count=count,
+            )
+        )
 
 
 def _walk(
