@@ -125,17 +125,31 @@ def dsn_database(dsn: str) -> str:
 
 
 @pytest.fixture(params=["sequential", "parallel"])
-def verify_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def verify_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run a test's verifications both in one process and split into tiny ranges over 2 workers.
 
     Small trails are normally verified in-process, one range per chain; the
     parallel mode makes every chain a run of 4-record ranges checked by worker
-    processes, so range boundaries fall everywhere a test tampers.
+    processes, so range boundaries fall everywhere a test tampers. It fails if
+    no verification of the test actually used the workers.
     """
-    if request.param == "parallel":
-        from otel_audit.verify import database, parallel
+    if request.param == "sequential":
+        yield request.param
+        return
+    from otel_audit.verify import database, parallel
 
-        monkeypatch.setattr(database, "PARALLEL_FROM", 0)
-        monkeypatch.setattr(database, "default_workers", lambda: 2)
-        monkeypatch.setattr(parallel, "MIN_RANGE", 4)
-    return request.param
+    used: list[int] = []
+    run_tasks = database.run_tasks
+
+    def counting_run_tasks(conn, tasks, workers, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        used.append(workers)
+        return run_tasks(conn, tasks, workers, **kwargs)
+
+    monkeypatch.setattr(database, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(database, "default_workers", lambda: 2)
+    monkeypatch.setattr(database, "run_tasks", counting_run_tasks)
+    monkeypatch.setattr(parallel, "MIN_RANGE", 4)
+    yield request.param
+    assert not used or max(used) == 2, (
+        f"parallel mode verified with {used} worker(s): a thread left running made verification stay in-process"
+    )

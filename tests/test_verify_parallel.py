@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from pathlib import Path
 
 import psycopg
@@ -159,3 +160,16 @@ def test_a_worker_that_cannot_connect_fails_the_verification_with_the_database_e
     monkeypatch.setattr(parallel, "_conninfo", lambda conn: "host=127.0.0.1 port=1 connect_timeout=2")
     with psycopg.connect(db) as conn, pytest.raises(psycopg.OperationalError):
         verify_database(conn, VerifyOptions(workers=2))
+
+
+@pytest.mark.storage
+def test_the_progress_bar_starts_no_thread(
+    db: str, spool_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _trail(db, spool_dir, chains=2, records=10)
+    threads = threading.active_count()
+    with psycopg.connect(db) as conn:
+        report = verify_database(conn, VerifyOptions(workers=2, progress=True))
+    assert report.ok and report.records == 22
+    assert threading.active_count() == threads  # a monitor thread would make forking workers unsafe
+    assert "verifying:" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from otel_audit.core.keys import VerifyKey
 from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
-from otel_audit.verify.parallel import chain_heights, default_workers, join_ranges, plan, run_tasks
+from otel_audit.verify.parallel import can_fork, chain_heights, default_workers, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import RangeResult
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
 
@@ -69,7 +69,8 @@ class VerifyOptions:
     witnesses: Sequence[Any] = ()  # otel_audit.witness.Witness objects to compare the database with
     max_unanchored_age: float | None = None  # seconds; older unanchored records fail verification
     now: float | None = None  # judge ages as of this unix time (default: now)
-    #: processes for the fast pass (None: one per CPU, up to 8, from PARALLEL_FROM records; 1: this process only)
+    #: processes for the fast pass. None: one per CPU (up to 8) from PARALLEL_FROM records when the calling
+    #: process runs no other thread, else 1. 1: this process only. More: forked, or spawned if threads run.
     workers: int | None = None
 
 
@@ -106,6 +107,7 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     anchoring = _load_anchoring(conn, options, report)
 
     total = _estimate_rows(conn, options.chain_ids)
+    fork = can_fork()
     walkers: dict[str, ChainWalker] = {}
 
     def walker_for(chain_id: str) -> ChainWalker:
@@ -132,10 +134,10 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
         # Fast pass over clean chains (in parallel), then the full walk of the rest.
         null_seq = _chains_with_null_seq(conn, list(report.chains))
         heights = chain_heights(conn, [c for c in report.chains if c not in quarantine and c not in null_seq])
-        workers = options.workers or (default_workers() if sum(heights.values()) >= PARALLEL_FROM else 1)
+        workers = options.workers or (default_workers() if fork and sum(heights.values()) >= PARALLEL_FROM else 1)
         dirty = [c for c in report.chains if c in quarantine or c in null_seq]
         results: dict[str, list[RangeResult]] = {}
-        for result in run_tasks(conn, plan(heights, workers, watch), workers):
+        for result in run_tasks(conn, plan(heights, workers, watch), workers, fork=fork):
             results.setdefault(result.chain_id, []).append(result)
             tick(result.rows)
         for chain_id, chain_results in sorted(results.items()):
@@ -425,7 +427,10 @@ def _progress(total: int | None, enabled: bool | None) -> Iterator[Callable[[int
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="rec", unit_scale=True, desc="verifying", file=sys.stderr, leave=False)
+    class Bar(tqdm):  # type: ignore[misc]
+        monitor_interval = 0  # no monitor thread: worker processes are forked after the bar starts
+
+    bar = Bar(total=total, unit="rec", unit_scale=True, desc="verifying", file=sys.stderr, leave=False)
     try:
         yield bar.update
     finally:

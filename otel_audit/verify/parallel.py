@@ -13,9 +13,11 @@ range must start at seq 1 and link to the chain's genesis. A chain is
 accepted only when all its ranges are clean and join; every other chain is
 walked again in full by the caller.
 
-Workers are forked when the process has a single thread (the CLI); otherwise
-they are spawned, because forking a threaded process can copy a lock held
-by another thread.
+Workers are forked when the process has a single thread (the CLI). In a
+threaded process the automatic choice is one worker: forking could copy a lock
+another thread holds, and spawning imports the caller's ``__main__`` module
+again, a surprise an application calling the API should not get unasked. Asked
+for several workers explicitly, a threaded process spawns them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 
 from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, RangeResult, RangeTask, check_range
 
-__all__ = ["CleanChain", "chain_heights", "default_workers", "join_ranges", "plan", "run_tasks"]
+__all__ = ["CleanChain", "can_fork", "chain_heights", "default_workers", "join_ranges", "plan", "run_tasks"]
 
 #: Ranges smaller than this are not worth a task of their own.
 MIN_RANGE = 20_000
@@ -125,18 +127,26 @@ def join_ranges(results: list[RangeResult], genesis_hash: str | None) -> CleanCh
     return CleanChain(records, invalid, first_timestamp, expected - 1, link, last_timestamp, observed)
 
 
-def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask], workers: int) -> Iterator[RangeResult]:
+def can_fork() -> bool:
+    """Forking is safe only while this process runs a single thread (another thread may hold a lock
+    the child would inherit held). Ask before starting any thread of one's own, a progress bar's too."""
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+
+
+def run_tasks(
+    conn: psycopg.Connection, tasks: list[RangeTask], workers: int, *, fork: bool | None = None
+) -> Iterator[RangeResult]:
     """Results of ``tasks`` in completion order; in this process when ``workers`` is 1.
 
     ``conn`` must be in a transaction (its snapshot is the one every worker reads).
+    ``fork``: start workers by forking (default: :func:`can_fork`); else they are spawned.
     """
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield check_range(conn, task)
         return
     snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-    method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
+    context = multiprocessing.get_context("fork" if (can_fork() if fork is None else fork) else "spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)) as pool:
         yield from pool.imap_unordered(_worker_check, tasks)
 
