@@ -295,3 +295,10 @@ def test_rows_with_a_null_sequence_number_or_chain_id_are_detected(trail: str) -
         ("inserted", None, True),  # the row without a chain
         ("reordered", None, False),  # the row whose seq was cleared: still in its place by its sealed seq
     ], [str(f) for f in findings]
+
+
+def test_a_number_orjson_cannot_read_in_a_json_column_is_a_finding_not_a_crash(trail: str) -> None:
+    tamper(trail, """UPDATE audit_logs SET attributes = '{"n": 123456789012345678901234567890}' WHERE seq = 4""")
+    findings = verify(trail).errors
+    assert [(f.kind, f.seq) for f in findings] == [(Kind.MODIFIED, 4)]
+    assert "column attributes was changed" in findings[0].detail

@@ -17,6 +17,7 @@ in ``VerifyOptions.trusted_keys`` are trusted.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -209,6 +210,14 @@ def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
             conn.isolation_level, conn.read_only = saved
 
 
+def _load_columns(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson reads integers up to 64 bits; a jsonb column may hold any number (a superuser's edit).
+        return json.loads(text)
+
+
 def _chains_with_null_seq(conn: psycopg.Connection, chain_ids: list[str]) -> set[str]:
     """Chains with rows whose seq is NULL: no sequence range holds them, so the full walk must.
 
@@ -247,7 +256,7 @@ def _walk(
     """The full walk of these chains: every row through :class:`ChainWalker`, which classifies every finding."""
     current: ChainWalker | None = None
     current_id = None
-    loads = orjson.loads
+    loads = _load_columns
     with conn.cursor() as cur:
         query = _STREAM.format(cols=_COLUMNS_JSON, where="WHERE chain_id = ANY(%s::uuid[])")
         with cur.copy(query, (chain_ids,)) as copy:
