@@ -173,3 +173,13 @@ def test_the_progress_bar_starts_no_thread(
     assert report.ok and report.records == 22
     assert threading.active_count() == threads  # a monitor thread would make forking workers unsafe
     assert "verifying:" in capsys.readouterr().err
+
+
+@pytest.mark.storage
+def test_a_server_that_cannot_export_the_snapshot_gets_a_clear_error(db: str, spool_dir: Path) -> None:
+    _trail(db, spool_dir, chains=2, records=3)
+    with psycopg.connect(db) as conn:
+        conn.execute("SELECT 1")
+        conn.execute("SAVEPOINT inside")  # snapshots cannot be exported from a subtransaction
+        with pytest.raises(LookupError, match="--workers 1"):
+            verify_database(conn, VerifyOptions(workers=2))

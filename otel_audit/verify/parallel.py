@@ -145,7 +145,13 @@ def run_tasks(
         for task in tasks:
             yield check_range(conn, task)
         return
-    snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+    try:
+        snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+    except psycopg.Error as exc:
+        raise LookupError(
+            f"this server cannot share the verification snapshot with worker processes ({exc}); "
+            "verify in one process instead (otel-audit verify --workers 1, or VerifyOptions(workers=1))"
+        ) from exc
     context = multiprocessing.get_context("fork" if (can_fork() if fork is None else fork) else "spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)) as pool:
         yield from pool.imap_unordered(_worker_check, tasks)
