@@ -44,7 +44,8 @@ class PgProxy:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._closed = False
-        threading.Thread(target=self._accept_loop, daemon=True, name="pgproxy").start()
+        self._threads = [threading.Thread(target=self._accept_loop, daemon=True, name="pgproxy")]
+        self._threads[0].start()
 
     # ------------------------------------------------------------------ control
     def cut(self) -> None:
@@ -69,11 +70,16 @@ class PgProxy:
         self._flowing.set()
 
     def close(self) -> None:
+        """Stop forwarding and end every proxy thread (a blocked accept() wakes only on shutdown())."""
         self._closed = True
         self.resume()
         self.cut()
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     # ------------------------------------------------------------------ plumbing
     def _accept_loop(self) -> None:
@@ -97,7 +103,9 @@ class PgProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            pump = threading.Thread(target=self._pump, args=(client, upstream), daemon=True, name="pgproxy-pump")
+            self._threads.append(pump)
+            pump.start()
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}

@@ -108,7 +108,6 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     anchoring = _load_anchoring(conn, options, report)
 
     total = _estimate_rows(conn, options.chain_ids)
-    fork = can_fork()
     walkers: dict[str, ChainWalker] = {}
 
     def walker_for(chain_id: str) -> ChainWalker:
@@ -135,10 +134,11 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
         # Fast pass over clean chains (in parallel), then the full walk of the rest.
         null_seq = _chains_with_null_seq(conn, list(report.chains))
         heights = chain_heights(conn, [c for c in report.chains if c not in quarantine and c not in null_seq])
-        workers = options.workers or (default_workers() if fork and sum(heights.values()) >= PARALLEL_FROM else 1)
+        big = sum(heights.values()) >= PARALLEL_FROM
+        workers = options.workers or (default_workers() if big and can_fork() else 1)
         dirty = [c for c in report.chains if c in quarantine or c in null_seq]
         results: dict[str, list[RangeResult]] = {}
-        for result in run_tasks(conn, plan(heights, workers, watch), workers, fork=fork):
+        for result in run_tasks(conn, plan(heights, workers, watch), workers):
             results.setdefault(result.chain_id, []).append(result)
             tick(result.rows)
         for chain_id, chain_results in sorted(results.items()):

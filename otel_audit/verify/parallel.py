@@ -128,18 +128,16 @@ def join_ranges(results: list[RangeResult], genesis_hash: str | None) -> CleanCh
 
 
 def can_fork() -> bool:
-    """Forking is safe only while this process runs a single thread (another thread may hold a lock
-    the child would inherit held). Ask before starting any thread of one's own, a progress bar's too."""
+    """Forking is safe only while this process runs a single thread: another thread may hold a lock
+    the child would inherit held."""
     return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
-def run_tasks(
-    conn: psycopg.Connection, tasks: list[RangeTask], workers: int, *, fork: bool | None = None
-) -> Iterator[RangeResult]:
+def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask], workers: int) -> Iterator[RangeResult]:
     """Results of ``tasks`` in completion order; in this process when ``workers`` is 1.
 
     ``conn`` must be in a transaction (its snapshot is the one every worker reads).
-    ``fork``: start workers by forking (default: :func:`can_fork`); else they are spawned.
+    Workers are forked when :func:`can_fork`, else spawned.
     """
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
@@ -152,7 +150,7 @@ def run_tasks(
             f"this server cannot share the verification snapshot with worker processes ({exc}); "
             "verify in one process instead (otel-audit verify --workers 1, or VerifyOptions(workers=1))"
         ) from exc
-    context = multiprocessing.get_context("fork" if (can_fork() if fork is None else fork) else "spawn")
+    context = multiprocessing.get_context("fork" if can_fork() else "spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)) as pool:
         yield from pool.imap_unordered(_worker_check, tasks)
 
