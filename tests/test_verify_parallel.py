@@ -21,7 +21,7 @@ from psycopg.pq import TransactionStatus
 from otel_audit.cli.main import main
 from otel_audit.verify import VerifyOptions, parallel, verify_database
 from otel_audit.verify.parallel import chain_heights, join_ranges, plan, run_tasks
-from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, RangeResult
+from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, ChainGroup, RangeResult, RangeTask
 from tests.harness import App, rows
 
 GENESIS = "g" * 64
@@ -98,13 +98,41 @@ def test_ranges_join_only_into_one_chain_from_genesis() -> None:
 
 
 def test_the_plan_covers_every_seq_and_caps_forged_heights() -> None:
-    tasks = plan({"a": 10**15, "b": 3}, 2, lambda chain_id: frozenset())
-    a = [t for t in tasks if t.chain_id == "a"]
+    tasks = plan({"a": 10**15, "b": 3}, 2, lambda chain_id: frozenset({2}))
+    a = [t for t in tasks if isinstance(t, RangeTask)]
+    assert {t.chain_id for t in a} == {"a"}
     assert len(a) == 2 * parallel.TASKS_PER_WORKER  # a forged huge seq does not explode the plan
     assert a[0].lo == SEQ_MIN and a[-1].hi == SEQ_MAX
     assert all(x.hi + 1 == y.lo for x, y in itertools.pairwise(a))
-    (b,) = [t for t in tasks if t.chain_id == "b"]
-    assert (b.lo, b.hi, b.first) == (SEQ_MIN, SEQ_MAX, 1)
+    assert a[0].watch == {2} and not any(t.watch for t in a[1:])
+    (b,) = [t for t in tasks if isinstance(t, ChainGroup)]
+    assert b == ChainGroup(("b",), {"b": frozenset({2})})
+
+
+def test_small_chains_are_grouped_and_one_worker_gets_one_group() -> None:
+    heights = {f"c{i}": 10 for i in range(7)}
+    assert plan(heights, 1, lambda c: frozenset()) == [ChainGroup(tuple(sorted(heights)), {})]
+    groups = plan({**heights, "big": 100_000}, 2, lambda c: frozenset())
+    assert sum(isinstance(t, RangeTask) for t in groups) == 5  # 100,007 records / 8 tasks: ranges of 20,000
+    (group,) = [t for t in groups if isinstance(t, ChainGroup)]
+    assert sorted(group.chain_ids) == sorted(heights)
+
+
+@pytest.mark.storage
+def test_a_dirty_chain_in_a_group_does_not_stop_the_next_one(db: str, spool_dir: Path) -> None:
+    chain_ids = _trail(db, spool_dir, chains=3, records=5)
+    middle = chain_ids[1]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM audit_logs WHERE chain_id = %s AND seq = 3", (middle,))
+    with psycopg.connect(db) as conn:
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        tasks = plan(chain_heights(conn, chain_ids), 1, lambda c: frozenset())
+        assert [type(t) for t in tasks] == [ChainGroup]
+        results = {r.chain_id: r for r in run_tasks(conn, tasks, 1)}
+    assert {c: r.clean for c, r in results.items()} == {c: c != middle for c in chain_ids}
+    assert results[middle].why == "seq 4 where 3 was next"
+    assert all(results[c].rows == 6 for c in chain_ids if c != middle)
 
 
 @pytest.mark.storage
@@ -127,8 +155,11 @@ def test_all_workers_read_the_verifiers_snapshot(db: str, spool_dir: Path, monke
 
 @pytest.mark.storage
 @pytest.mark.parametrize("autocommit", [True, False])
-def test_verification_leaves_the_callers_connection_as_it_found_it(db: str, spool_dir: Path, autocommit: bool) -> None:
+def test_verification_leaves_the_callers_connection_as_it_found_it(
+    db: str, spool_dir: Path, autocommit: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _trail(db, spool_dir, chains=1, records=3)
+    monkeypatch.setattr(parallel, "MIN_RANGE", 1)
     with psycopg.connect(db, autocommit=autocommit) as conn:
         assert verify_database(conn, VerifyOptions(workers=2)).ok
         assert conn.info.transaction_status == TransactionStatus.IDLE
@@ -157,6 +188,7 @@ def test_a_worker_that_cannot_connect_fails_the_verification_with_the_database_e
     db: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _trail(db, spool_dir, chains=2, records=3)
+    monkeypatch.setattr(parallel, "MIN_RANGE", 1)  # several tasks, so workers start
     monkeypatch.setattr(parallel, "_conninfo", lambda conn: "host=127.0.0.1 port=1 connect_timeout=2")
     with psycopg.connect(db) as conn, pytest.raises(psycopg.OperationalError):
         verify_database(conn, VerifyOptions(workers=2))
@@ -176,8 +208,11 @@ def test_the_progress_bar_starts_no_thread(
 
 
 @pytest.mark.storage
-def test_a_server_that_cannot_export_the_snapshot_gets_a_clear_error(db: str, spool_dir: Path) -> None:
+def test_a_server_that_cannot_export_the_snapshot_gets_a_clear_error(
+    db: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _trail(db, spool_dir, chains=2, records=3)
+    monkeypatch.setattr(parallel, "MIN_RANGE", 1)
     with psycopg.connect(db) as conn:
         conn.execute("SELECT 1")
         conn.execute("SAVEPOINT inside")  # snapshots cannot be exported from a subtransaction

@@ -54,8 +54,8 @@ _COLUMNS_JSON = "pg_catalog.json_build_array({})::text".format(
     ", ".join(_COLUMN_SQL.get(f, f) for f in FIELDS)
 )
 _STREAM = (
-    "COPY (SELECT chain_id::text, seq, hash, canonical, {cols} FROM audit_logs {where} "
-    "ORDER BY chain_id, seq) TO STDOUT (FORMAT BINARY)"
+    "COPY (SELECT chain_id::text, seq, hash, canonical, {cols} FROM audit_logs a {where} "
+    "ORDER BY a.chain_id, a.seq) TO STDOUT (FORMAT BINARY)"  # the uuid column (index order), not the text
 )
 
 

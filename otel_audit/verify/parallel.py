@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, RangeResult, RangeTask, check_range
+from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, ChainGroup, RangeResult, RangeTask, check_task
 
 __all__ = ["CleanChain", "can_fork", "chain_heights", "default_workers", "join_ranges", "plan", "run_tasks"]
 
@@ -40,6 +40,8 @@ __all__ = ["CleanChain", "can_fork", "chain_heights", "default_workers", "join_r
 MIN_RANGE = 20_000
 #: Tasks per worker: enough to even out ranges of different cost.
 TASKS_PER_WORKER = 4
+#: Chains per group task (keeps its query's list of chain ids short).
+MAX_GROUP = 5_000
 
 
 def default_workers() -> int:
@@ -64,20 +66,39 @@ def chain_heights(conn: psycopg.Connection, chain_ids: Iterable[str]) -> dict[st
     return {chain_id: top for chain_id, top in rows if top is not None}
 
 
-def plan(heights: Mapping[str, int], workers: int, watch: Callable[[str], frozenset[int]]) -> list[RangeTask]:
-    """Split the chains at fixed seq boundaries into about ``TASKS_PER_WORKER`` tasks per worker.
+def plan(
+    heights: Mapping[str, int], workers: int, watch: Callable[[str], frozenset[int]]
+) -> list[RangeTask | ChainGroup]:
+    """Tasks of about ``total / (workers * TASKS_PER_WORKER)`` records each (at least ``MIN_RANGE``).
 
-    The first range of a chain is open below and the last open above, so every
-    row is in exactly one range whatever its seq column says; and the number of
-    ranges per chain is capped, so a forged huge seq cannot explode the plan.
+    A chain larger than that is split at fixed seq boundaries. The first range
+    of a chain is open below and the last open above, so every row is in exactly
+    one range whatever its seq column says; and the number of ranges per chain
+    is capped, so a forged huge seq cannot explode the plan. Smaller chains are
+    grouped, whole, up to the same size (and ``MAX_GROUP`` chains).
     """
     total = sum(max(top, 1) for top in heights.values())
     size = max(MIN_RANGE, -(-total // (workers * TASKS_PER_WORKER)))
     cap = workers * TASKS_PER_WORKER
-    tasks = []
-    for chain_id, top in heights.items():
-        pieces = 1 if workers == 1 else min(cap, max(1, -(-top // size)))
-        step = -(-max(top, 1) // pieces)
+    tasks: list[RangeTask | ChainGroup] = []
+    group: list[str] = []
+    group_rows = 0
+
+    def close_group() -> None:
+        nonlocal group, group_rows
+        if group:
+            tasks.append(ChainGroup(tuple(group), {c: w for c in group if (w := watch(c))}))
+        group, group_rows = [], 0
+
+    for chain_id, top in sorted(heights.items(), key=lambda item: -item[1]):
+        if top <= size or workers == 1:
+            group.append(chain_id)
+            group_rows += max(top, 1)
+            if group_rows >= size or len(group) >= MAX_GROUP:
+                close_group()
+            continue
+        pieces = min(cap, -(-top // size))
+        step = -(-top // pieces)
         chain_watch = watch(chain_id)
         for k in range(pieces):
             lo = SEQ_MIN if k == 0 else k * step + 1
@@ -85,8 +106,7 @@ def plan(heights: Mapping[str, int], workers: int, watch: Callable[[str], frozen
             tasks.append(
                 RangeTask(chain_id, k, lo, hi, 1 if k == 0 else lo, frozenset(s for s in chain_watch if lo <= s <= hi))
             )
-    # Largest chains first, so that the last tasks to finish are short ones.
-    tasks.sort(key=lambda t: -heights[t.chain_id])
+    close_group()
     return tasks
 
 
@@ -133,7 +153,9 @@ def can_fork() -> bool:
     return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
-def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask], workers: int) -> Iterator[RangeResult]:
+def run_tasks(
+    conn: psycopg.Connection, tasks: list[RangeTask | ChainGroup], workers: int
+) -> Iterator[RangeResult]:
     """Results of ``tasks`` in completion order; in this process when ``workers`` is 1.
 
     ``conn`` must be in a transaction (its snapshot is the one every worker reads).
@@ -141,7 +163,7 @@ def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask], workers: int) ->
     """
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
-            yield check_range(conn, task)
+            yield from check_task(conn, task)
         return
     try:
         snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
@@ -152,7 +174,8 @@ def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask], workers: int) ->
         ) from exc
     context = multiprocessing.get_context("fork" if can_fork() else "spawn")
     with context.Pool(min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)) as pool:
-        yield from pool.imap_unordered(_worker_check, tasks)
+        for results in pool.imap_unordered(_worker_check, tasks):
+            yield from results
 
 
 def _conninfo(conn: psycopg.Connection) -> str:
@@ -180,7 +203,7 @@ def _worker_start(conninfo: str, snapshot: str) -> None:
         _worker_error = exc
 
 
-def _worker_check(task: RangeTask) -> RangeResult:
+def _worker_check(task: RangeTask | ChainGroup) -> list[RangeResult]:
     if _worker_conn is None:
         raise _worker_error or RuntimeError("verification worker has no connection")
-    return check_range(_worker_conn, task)
+    return check_task(_worker_conn, task)

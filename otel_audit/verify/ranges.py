@@ -31,6 +31,8 @@ comparison happens here.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -41,7 +43,7 @@ from psycopg import sql
 
 from otel_audit.core.record import RECORD_DOMAIN, RECORD_FIELDS
 
-__all__ = ["SEQ_MAX", "SEQ_MIN", "RangeResult", "RangeTask", "check_range"]
+__all__ = ["SEQ_MAX", "SEQ_MIN", "ChainGroup", "RangeResult", "RangeTask", "check_task"]
 
 SEQ_MIN = -(2**63)
 SEQ_MAX = 2**63 - 1
@@ -63,14 +65,30 @@ _TEXT_FIELDS = tuple(
 assert set(_TEXT_FIELDS) | {*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq"} == set(RECORD_FIELDS)
 
 _FIELD_SET = frozenset(RECORD_FIELDS)
-_QUERY = (
-    "COPY (SELECT seq, hash, canonical, pg_catalog.array_to_json(ARRAY[{text}]::text[])::text, "
-    "format_version, trace_flags, severity_number, changed_fields, problems, old_values::text, attributes::text "
-    "FROM audit_logs WHERE chain_id = {{chain}}::uuid AND seq BETWEEN {{lo}} AND {{hi}} ORDER BY seq) "
-    "TO STDOUT (FORMAT BINARY)"
+_COLUMNS = (
+    "seq, hash, canonical, pg_catalog.array_to_json(ARRAY[{text}]::text[])::text, "
+    "format_version, trace_flags, severity_number, changed_fields, problems, old_values::text, attributes::text"
 ).format(text=", ".join(_TEXT_SQL.get(f, f) for f in _TEXT_FIELDS))
+_RANGE_QUERY = (
+    f"COPY (SELECT {_COLUMNS} FROM audit_logs WHERE chain_id = {{chain}}::uuid AND seq BETWEEN {{lo}} AND {{hi}} "
+    "ORDER BY seq) TO STDOUT (FORMAT BINARY)"
+)
+_GROUP_QUERY = (
+    # ORDER BY the table's columns, not the text output column of the same name: the unique index
+    # then streams the rows in order instead of a sort of the whole result first.
+    f"COPY (SELECT chain_id::text, {_COLUMNS} FROM audit_logs a WHERE a.chain_id = ANY({{chains}}::uuid[]) "
+    "ORDER BY a.chain_id, a.seq) TO STDOUT (FORMAT BINARY)"
+)
 # The rendered array is read as raw bytes (a text value's binary form is its UTF-8).
 _TYPES = ["int8", "text", "bytea", "bytea", "int2", "int4", "int4", "text[]", "text[]", "text", "text"]
+
+
+class ChainGroup(NamedTuple):
+    """Several whole chains, small ones, read with one query (a query per small chain would cost more
+    than checking its rows)."""
+
+    chain_ids: tuple[str, ...]
+    watch: dict[str, frozenset[int]]  # per chain, where signed checkpoints cover seqs
 
 
 class RangeTask(NamedTuple):
@@ -101,19 +119,36 @@ class RangeResult:
     why: str = ""  # what made the range dirty (for logs and tests; the full walk reports it properly)
 
 
-def check_range(conn: psycopg.Connection, task: RangeTask) -> RangeResult:
-    """Stream the range's rows and check them, up to the first doubt.
+def check_task(conn: psycopg.Connection, task: RangeTask | ChainGroup) -> list[RangeResult]:
+    """Stream the task's rows and check them: one result per range (a whole chain for a group).
 
-    The rest of a dirty range is read and discarded rather than cancelled: a
-    cancel would abort the snapshot transaction the other ranges are read in.
+    Each range is checked up to its first doubt; the rest of a dirty range is
+    read and discarded rather than cancelled: a cancel would abort the snapshot
+    transaction the other ranges are read in.
     """
-    query = sql.SQL(_QUERY).format(chain=sql.Literal(task.chain_id), lo=sql.Literal(task.lo), hi=sql.Literal(task.hi))
+    if isinstance(task, RangeTask):
+        query = sql.SQL(_RANGE_QUERY).format(
+            chain=sql.Literal(task.chain_id), lo=sql.Literal(task.lo), hi=sql.Literal(task.hi)
+        )
+    else:
+        query = sql.SQL(_GROUP_QUERY).format(chains=sql.Literal(list(task.chain_ids)))
     with conn.cursor() as cur, cur.copy(query) as copy:
-        copy.set_types(_TYPES)
-        result = _check_rows(copy.rows(), task)
+        if isinstance(task, RangeTask):
+            copy.set_types(_TYPES)
+            results = [_check_rows(copy.rows(), task)]
+        else:
+            copy.set_types(["text", *_TYPES])
+            results = []
+            for chain_id, rows in itertools.groupby(copy.rows(), key=_first):
+                whole = RangeTask(chain_id, 0, SEQ_MIN, SEQ_MAX, 1, task.watch.get(chain_id, frozenset()))
+                results.append(_check_rows(map(_rest, rows), whole))
         while copy.read():  # psycopg leaves an unfinished COPY running: drain it
             pass
-    return result
+    return results
+
+
+_first = operator.itemgetter(0)
+_rest = operator.itemgetter(slice(1, None))
 
 
 def _check_rows(rows: object, task: RangeTask) -> RangeResult:
