@@ -218,3 +218,15 @@ def test_a_server_that_cannot_export_the_snapshot_gets_a_clear_error(
         conn.execute("SAVEPOINT inside")  # snapshots cannot be exported from a subtransaction
         with pytest.raises(LookupError, match="--workers 1"):
             verify_database(conn, VerifyOptions(workers=2))
+
+
+@pytest.mark.storage
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_connection_lost_mid_verification_raises_its_own_error(db: str, spool_dir: Path, autocommit: bool) -> None:
+    _trail(db, spool_dir, chains=1, records=3)
+
+    def lose_connection(conn: psycopg.Connection, report: object) -> None:
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with psycopg.connect(db, autocommit=autocommit) as conn, pytest.raises(psycopg.OperationalError):
+        verify_database(conn, VerifyOptions(extra_checks=[lose_connection]))

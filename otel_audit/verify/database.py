@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,12 +192,13 @@ def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
     if conn.info.transaction_status != TransactionStatus.IDLE:
         yield
         return
+    # Ending the transaction may fail on a broken connection: that must not hide why verification stopped.
     if conn.autocommit:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield
         finally:
-            if not conn.closed:
+            with suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
         return
     saved = conn.isolation_level, conn.read_only
@@ -205,7 +206,7 @@ def _one_snapshot(conn: psycopg.Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        if not conn.closed:
+        with suppress(psycopg.Error):
             conn.rollback()
             conn.isolation_level, conn.read_only = saved
 
