@@ -13,8 +13,11 @@ import json
 import threading
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
@@ -230,3 +233,14 @@ def test_a_connection_lost_mid_verification_raises_its_own_error(db: str, spool_
 
     with psycopg.connect(db, autocommit=autocommit) as conn, pytest.raises(psycopg.OperationalError):
         verify_database(conn, VerifyOptions(extra_checks=[lose_connection]))
+
+
+@pytest.mark.storage
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")), max_size=8))
+def test_postgresql_and_orjson_render_any_text_alike(db: str, values: list[str]) -> None:
+    """The fast pass compares the server's JSON rendering of text columns with orjson's bytes: any
+    text the two rendered differently would send every chain holding it to the slow full walk."""
+    with psycopg.connect(db) as conn:
+        rendered = conn.execute("SELECT pg_catalog.array_to_json(%s::text[])::text", (values,)).fetchone()[0]
+    assert rendered.encode() == orjson.dumps(values)
