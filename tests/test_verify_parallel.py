@@ -25,6 +25,7 @@ from otel_audit.cli.main import main
 from otel_audit.verify import VerifyOptions, parallel, verify_database
 from otel_audit.verify.parallel import chain_heights, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, ChainGroup, RangeResult, RangeTask
+from otel_audit.verify.report import Kind
 from tests.harness import App, rows
 
 GENESIS = "g" * 64
@@ -244,3 +245,59 @@ def test_postgresql_and_orjson_render_any_text_alike(db: str, values: list[str])
     with psycopg.connect(db) as conn:
         rendered = conn.execute("SELECT pg_catalog.array_to_json(%s::text[])::text", (values,)).fetchone()[0]
     assert rendered.encode() == orjson.dumps(values)
+
+
+@pytest.mark.storage
+def test_records_committed_during_verification_are_not_half_seen(
+    db: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain that starts while verification runs (its registry row and records committed between
+    two of the verifier's queries) is seen entirely or not at all, never as an unregistered chain."""
+    from otel_audit.verify import database
+
+    _trail(db, spool_dir, chains=1, records=5)
+    load_quarantine = database._load_quarantine
+
+    def a_new_chain_meanwhile(conn: psycopg.Connection, chain_ids: list[str] | None) -> dict:
+        app = App(db, spool_dir / "late", service="late")
+        for _ in range(3):
+            app.log()
+        assert app.close()
+        return load_quarantine(conn, chain_ids)
+
+    monkeypatch.setattr(database, "_load_quarantine", a_new_chain_meanwhile)
+    with psycopg.connect(db) as conn:
+        report = verify_database(conn, VerifyOptions(workers=2))
+    assert report.ok and [f.kind for f in report.findings] == [Kind.INVALID_RECORDS], [str(f) for f in report.findings]
+    assert report.records == 6 and len(report.chains) == 1
+    monkeypatch.setattr(database, "_load_quarantine", load_quarantine)
+    with psycopg.connect(db) as conn:
+        assert verify_database(conn).records == 9
+
+
+@pytest.mark.storage
+def test_verifying_while_the_application_logs_finds_nothing(
+    db: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parallel, "MIN_RANGE", 50)
+    app = App(db, spool_dir)
+    stop = threading.Event()
+
+    def keep_logging() -> None:
+        while not stop.is_set():
+            app.log()
+
+    writer = threading.Thread(target=keep_logging)
+    writer.start()
+    try:
+        counts = []
+        while len(counts) < 4:
+            with psycopg.connect(db) as conn:
+                report = verify_database(conn, VerifyOptions(workers=2))
+            assert report.ok and not report.errors, [str(f) for f in report.findings]
+            counts.append(report.records)
+    finally:
+        stop.set()
+        writer.join()
+        assert app.close()
+    assert counts == sorted(counts) and counts[-1] > 0
