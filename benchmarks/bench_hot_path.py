@@ -4,6 +4,8 @@ call through plain OpenTelemetry with a BatchLogRecordProcessor (target: <= 1.3)
 Both loggers use the instrumentation's LoggingHandler and a BatchLogRecordProcessor with a
 no-op exporter; the audit one also runs the otel-audit processor (validate, enrich, seal,
 spool, annotate) with its sink writing to a real PostgreSQL. Rounds alternate; medians.
+A last row bounds what any placement of the sink could give: the audit call while the
+sink is stalled (it cannot reach PostgreSQL, so it does no work).
 
     python benchmarks/bench_hot_path.py [--calls 20000] [--rounds 9]
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
 from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
+from tests.pgproxy import PgProxy
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
@@ -84,8 +87,10 @@ def main() -> None:
         passthrough.append(timed(audited, args.calls, {"http.route": "/patients/{id}"}))
         audit.flush(120)  # keep the spool from growing across rounds (outside the timing)
     audit.shutdown()
+    base_stalled, stalled = sink_stalled_rounds(dsn, plain, args.calls, max(3, args.rounds // 3))
 
     b, s, p = median(base), median(sealed), median(passthrough)
+    bs, st = median(base_stalled), median(stalled)
     report(
         f"hot path: {args.rounds} alternating rounds of {args.calls} calls, {where()}",
         [
@@ -93,8 +98,36 @@ def main() -> None:
             ("with otel-audit, audit record", f"{s:6.2f} us/call   ratio {s / b:.2f}  (target <= 1.30)"),
             ("with otel-audit, non-audit record", f"{p:6.2f} us/call   ratio {p / b:.2f}"),
             ("sealing cost per audit call", f"{s - b:6.2f} us"),
+            ("bound: audit record, sink stalled", f"{st:6.2f} us/call   ratio {st / bs:.2f}  "
+                                                  "(no sink placement can go below this)"),
         ],
     )
+
+
+def sink_stalled_rounds(dsn: str, plain: logging.Logger, calls: int, rounds: int) -> tuple[list[float], list[float]]:
+    """The audit call while the sink cannot reach PostgreSQL (it does no work), alternating with the
+    plain call: what the call would cost if the sink ran elsewhere for free."""
+    proxy = PgProxy(dsn)
+    provider = LoggerProvider(shutdown_on_exit=False)
+    audit = otel_audit.configure(
+        proxy.dsn, logger_provider=provider, install_handler=False, metrics=False,
+        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
+    )
+    provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
+    audited = make_logger(provider, "audited-stalled")
+    timed(audited, 2000, AUDIT_EXTRA)
+    audit.flush(60)
+    proxy.pause()
+    base, stalled = [], []
+    try:
+        for _ in range(rounds):
+            base.append(timed(plain, calls, AUDIT_EXTRA))
+            stalled.append(timed(audited, calls, AUDIT_EXTRA))
+    finally:
+        proxy.resume()
+        audit.shutdown(timeout=300)
+        proxy.close()
+    return base, stalled
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ The seed's design: one INSERT per event with a last-hash lookup (``ORDER BY time
 DESC LIMIT 1``), autocommit, from each thread's own connection, into the seed's table
 (its trigger and indexes). otel-audit variants: the default (spool, msync every 0.2 s),
 ``fsync="always"`` (each call waits for the msync covering it), and fail-closed (each call
-waits until its record is committed to PostgreSQL).
+waits until its record is committed to PostgreSQL). A last row bounds what any placement of
+the sink could give: the rate of the logging calls alone while the sink is stalled.
 
     python benchmarks/bench_throughput.py [--records 40000] [--threads 4]
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
 from benchmarks.common import AUDIT_EXTRA, fresh_schema, report, where
+from tests.pgproxy import PgProxy
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 
@@ -99,16 +101,23 @@ def seed_design(records: int, threads: int) -> float:
 
 
 def otel_audit_design(records: int, threads: int, *, fsync: str = "interval", fail_closed: bool = False,
-                      signing: bool = False) -> float:
+                      signing: bool = False, sink_stalled: bool = False) -> float:
+    """Rows committed per second; with ``sink_stalled``, records *logged* per second while the sink
+    cannot reach PostgreSQL (it does no work): the bound for any placement of the sink."""
     dsn = fresh_schema()
+    proxy = PgProxy(dsn) if sink_stalled else None
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        dsn, logger_provider=provider, install_handler=False, metrics=False, spool_fsync=fsync,
-        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
+        proxy.dsn if proxy else dsn, logger_provider=provider, install_handler=False, metrics=False,
+        spool_fsync=fsync, spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     logger = logging.Logger(f"bench.{uuid.uuid4().hex[:6]}", level=logging.INFO)
     logger.addHandler(LoggingHandler(logger_provider=provider))
     per_thread = records // threads
+    if proxy is not None:
+        logger.info("warm-up", extra=AUDIT_EXTRA)
+        audit.flush(60)
+        proxy.pause()
 
     def work() -> None:
         info = logger.info
@@ -120,11 +129,16 @@ def otel_audit_design(records: int, threads: int, *, fsync: str = "interval", fa
             for _ in range(per_thread):
                 info("patient record viewed", extra=AUDIT_EXTRA)
 
-    rate = _run_threads(work, threads, records, finish=lambda: audit.flush(300))
+    rate = _run_threads(work, threads, records, finish=None if proxy else lambda: audit.flush(300))
+    if proxy is not None:
+        proxy.resume()
     audit.shutdown()
+    if proxy is not None:
+        proxy.close()
     with psycopg.connect(dsn) as conn:
         stored = conn.execute("SELECT count(*) FROM audit_logs").fetchone()[0]
-    assert stored == per_thread * threads, f"{stored} rows stored, expected {per_thread * threads}"
+    expected = per_thread * threads + (1 if proxy else 0)
+    assert stored == expected, f"{stored} rows stored, expected {expected}"
     return rate
 
 
@@ -155,6 +169,7 @@ def main() -> None:
     default = otel_audit_design(args.records, args.threads)
     always = otel_audit_design(args.records // 2, args.waiting_threads, fsync="always")
     closed = otel_audit_design(args.records // 2, args.waiting_threads, fail_closed=True)
+    stalled = otel_audit_design(args.records, args.threads, sink_stalled=True)
     report(
         f"durable throughput, {args.threads} threads, {where()} (rows committed per second)",
         [
@@ -165,6 +180,8 @@ def main() -> None:
              f"{always:9,.0f} rows/s   ratio {always / seed:5.1f}x"),
             (f"otel-audit fail-closed, {args.waiting_threads} threads",
              f"{closed:9,.0f} rows/s   ratio {closed / seed:5.1f}x"),
+            (f"bound: logging only, sink stalled, {args.threads} threads",
+             f"{stalled:9,.0f} records/s   ratio {stalled / seed:5.1f}x  (no sink placement can exceed this)"),
         ],
     )
 
