@@ -10,6 +10,7 @@ from otel_audit.cli.output import print_json
 from otel_audit.core.keys import load_trusted_keys
 from otel_audit.query import parse_duration
 from otel_audit.verify import VerificationReport, VerifyOptions, verify_database
+from otel_audit.verify.database import PARALLEL_FROM
 from otel_audit.verify.report import Severity
 from otel_audit.witness import DirectoryWitness
 
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N",
-        help="processes that check chains in parallel (default: one per CPU, up to 8, from 50,000 records; "
-        "1: this process only)",
+        help=f"processes that check chains in parallel (default: one per CPU, up to 8, from {PARALLEL_FROM:,} "
+        "records; 1: this process only)",
     )
     _add_anchoring_arguments(parser)
     parser.set_defaults(handler=run)

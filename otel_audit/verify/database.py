@@ -107,7 +107,9 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     quarantine = _load_quarantine(conn, options.chain_ids)
     anchoring = _load_anchoring(conn, options, report)
 
-    total = _estimate_rows(conn, options.chain_ids)
+    # The highest seq of each chain (an index probe each) sizes the plan and the progress bar.
+    heights = chain_heights(conn, list(report.chains))
+    null_seq = _chains_with_null_seq(conn, list(report.chains))  # rows no seq range can hold
     walkers: dict[str, ChainWalker] = {}
 
     def walker_for(chain_id: str) -> ChainWalker:
@@ -130,15 +132,14 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     def watch(chain_id: str) -> frozenset[int]:
         return anchoring.watch(chain_id) if anchoring is not None else frozenset()
 
-    with _progress(total, options.progress) as tick:
+    with _progress(sum(heights.values()), options.progress) as tick:
         # Fast pass over clean chains (in parallel), then the full walk of the rest.
-        null_seq = _chains_with_null_seq(conn, list(report.chains))
-        heights = chain_heights(conn, [c for c in report.chains if c not in quarantine and c not in null_seq])
-        big = sum(heights.values()) >= PARALLEL_FROM
-        workers = options.workers or (default_workers() if big and can_fork() else 1)
         dirty = [c for c in report.chains if c in quarantine or c in null_seq]
+        clean_heights = {c: top for c, top in heights.items() if c not in quarantine and c not in null_seq}
+        big = sum(clean_heights.values()) >= PARALLEL_FROM
+        workers = options.workers or (default_workers() if big and can_fork() else 1)
         results: dict[str, list[RangeResult]] = {}
-        for result in run_tasks(conn, plan(heights, workers, watch), workers):
+        for result in run_tasks(conn, plan(clean_heights, workers, watch), workers):
             results.setdefault(result.chain_id, []).append(result)
             tick(result.rows)
         for chain_id, chain_results in sorted(results.items()):
@@ -418,20 +419,10 @@ def _load_quarantine(conn: psycopg.Connection, chain_ids: list[str] | None) -> d
     return out
 
 
-def _estimate_rows(conn: psycopg.Connection, chain_ids: list[str] | None) -> int | None:
-    if chain_ids:
-        return None
-    row = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'audit_logs'::regclass").fetchone()
-    estimate = int(row[0]) if row and row[0] and row[0] > 0 else None
-    if estimate is None or estimate < 1_000_000:
-        return int(conn.execute("SELECT count(*) FROM audit_logs").fetchone()[0])  # type: ignore[index]
-    return estimate
-
-
 @contextmanager
-def _progress(total: int | None, enabled: bool | None) -> Iterator[Callable[[int], None]]:
+def _progress(total: int, enabled: bool | None) -> Iterator[Callable[[int], None]]:
     if enabled is None:
-        enabled = sys.stderr.isatty() and (total is None or total > 200_000)
+        enabled = sys.stderr.isatty() and total > 200_000
     if not enabled:
         yield lambda n: None
         return
