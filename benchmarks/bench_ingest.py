@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -219,7 +220,8 @@ def bench_raw_copy(n: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def bench_in_process(n: int, threads: int = 4) -> float:
+def _billing_app() -> tuple[Any, logging.Logger, Path]:
+    """An SDK-instrumented service ("billing") on a fresh schema: (audit handle, logger, spool dir)."""
     from opentelemetry.instrumentation.logging.handler import LoggingHandler
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.resources import Resource
@@ -232,6 +234,11 @@ def bench_in_process(n: int, threads: int = 4) -> float:
     audit = otel_audit.configure(dsn, logger_provider=provider, install_handler=False, spool_dir=spool, metrics=False)
     log = logging.Logger("billing.api", level=logging.INFO)
     log.addHandler(LoggingHandler(logger_provider=provider))
+    return audit, log, spool
+
+
+def bench_in_process(n: int, threads: int = 4) -> float:
+    audit, log, spool = _billing_app()
     extra = {**AUDIT, "http.route": "/patients/{id}", "ward": "B3"}
 
     def work() -> None:
@@ -258,20 +265,11 @@ def bench_canonical_export_cost(calls: int, rounds: int) -> tuple[float, float, 
     lost in the noise of whole logging calls on a shared machine.
     """
     from opentelemetry.attributes import BoundedAttributes
-    from opentelemetry.instrumentation.logging.handler import LoggingHandler
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk.resources import Resource
 
-    import otel_audit
     from otel_audit import processor as processor_module
     from otel_audit.core import attributes as A
 
-    dsn = fresh_schema()
-    spool = Path(tempfile.mkdtemp(prefix="otel-audit-bench-spool-"))
-    provider = LoggerProvider(resource=Resource.create({"service.name": "billing"}), shutdown_on_exit=False)
-    audit = otel_audit.configure(dsn, logger_provider=provider, install_handler=False, spool_dir=spool, metrics=False)
-    log = logging.Logger("billing.api", level=logging.INFO)
-    log.addHandler(LoggingHandler(logger_provider=provider))
+    audit, log, spool = _billing_app()
     sealed = []
     original = processor_module._annotate
 

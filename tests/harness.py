@@ -7,6 +7,7 @@ tests pass their own so that each one starts clean inside one pytest process.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,26 @@ class App:
 
     def close(self) -> bool:
         return self.audit.shutdown(timeout=30)
+
+
+def fork_logging(app: App, records: int) -> int:
+    """Fork; the child logs ``records`` records through the inherited configuration, closes it and
+    exits without pytest's cleanup (exit code 0 when everything was committed). Returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for _ in range(records):
+                app.log()
+            code = 0 if app.close() else 2
+        finally:
+            os._exit(code)
+    return pid
+
+
+def exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def verify(dsn: str) -> VerificationReport:

@@ -34,7 +34,7 @@ from otel_audit.sink.schema import grant_writer
 from otel_audit.verify import VerificationReport, VerifyOptions, verify_database
 from otel_audit.verify.report import Kind, Severity
 from otel_audit.witness import DirectoryWitness
-from tests.harness import App, rows
+from tests.harness import App, exit_code, fork_logging, rows
 
 pytestmark = [pytest.mark.storage, pytest.mark.usefixtures("verify_mode")]
 
@@ -438,17 +438,9 @@ def test_clean_run_with_several_processes_idle_periods_and_a_restart(db: str, tm
 def test_a_forked_child_anchors_a_chain_of_its_own(db: str, spool_dir: Path, keys: Keys, witness_dir: Path) -> None:
     app = anchored_app(db, spool_dir, keys, witness_dir)
     app.log()
-    pid = os.fork()
-    if pid == 0:  # child: a new chain with its own checkpointer; exit without pytest's cleanup
-        code = 1
-        try:
-            app.log()
-            code = 0 if app.close() else 2
-        finally:
-            os._exit(code)
+    pid = fork_logging(app, 1)  # the child's record goes to a chain of its own
     app.log()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code(pid) == 0
     assert app.close()
     report = check(db, [keys.public], witness_dir)
     assert report.ok and not report.findings, [str(f) for f in report.findings]

@@ -21,7 +21,7 @@ import pytest
 
 from otel_audit.core.record import RECORD_DOMAIN
 from otel_audit.verify.report import Kind
-from tests.harness import App, rows, verify
+from tests.harness import App, exit_code, fork_logging, rows, verify
 
 pytestmark = [pytest.mark.storage, pytest.mark.usefixtures("verify_mode")]
 
@@ -245,17 +245,9 @@ def test_the_seed_queries_run_unchanged(trail: str) -> None:
 def test_fork_gives_the_child_a_chain_of_its_own(db: str, spool_dir: Path) -> None:
     app = App(db, spool_dir)
     app.log()
-    pid = os.fork()
-    if pid == 0:  # child: log through the inherited configuration, exit without pytest's cleanup
-        code = 1
-        try:
-            app.log()
-            code = 0 if app.close() else 2
-        finally:
-            os._exit(code)
+    pid = fork_logging(app, 1)  # the child's record goes to a chain of its own
     app.log()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code(pid) == 0
     assert app.close()
     report = verify(db)
     assert report.ok and not report.errors
@@ -265,15 +257,7 @@ def test_fork_gives_the_child_a_chain_of_its_own(db: str, spool_dir: Path) -> No
 def test_a_forked_child_that_never_audits_leaves_no_chain(db: str, spool_dir: Path) -> None:
     app = App(db, spool_dir)
     app.log()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = 0 if app.close() else 2  # shuts down without ever sealing
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code(fork_logging(app, 0)) == 0  # the child shuts down without ever sealing
     app.log()
     assert app.close()
     assert rows(db, "SELECT count(*) FROM audit_chains") == [(1,)]
