@@ -33,9 +33,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import operator
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -151,7 +151,7 @@ _first = operator.itemgetter(0)
 _rest = operator.itemgetter(slice(1, None))
 
 
-def _check_rows(rows: object, task: RangeTask) -> RangeResult:
+def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult:
     result = RangeResult(task.chain_id, task.index, clean=False)
     watch: Collection[int] = task.watch
     observed = result.observed
@@ -163,7 +163,7 @@ def _check_rows(rows: object, task: RangeTask) -> RangeResult:
     link: str | None = None
     invalid = 0
     doc: dict = {}
-    for seq, stored_hash, canonical, rendered, v, flags, severity, changed, problems, old, attrs in rows:  # type: ignore[attr-defined]
+    for seq, stored_hash, canonical, rendered, v, flags, severity, changed, problems, old, attrs in rows:
         if seq != expected:
             result.why = f"seq {seq} where {expected} was next"
             break
