@@ -71,7 +71,7 @@ def test_float_rendering_matches_ecmascript(value: float) -> None:
     ],
 )
 def test_float_rule_examples(value: float, expected: str) -> None:
-    """The float rule written in the README: ECMAScript Number.prototype.toString."""
+    """The float rule written in docs/specification.md: ECMAScript Number.prototype.toString."""
     assert jcs_number(value) == expected
     assert canonical_json({"x": value}) == b'{"x":' + expected.encode() + b"}"
 
