@@ -76,7 +76,7 @@ def test_queries_in_three_formats(db: str, spool_dir: Path) -> None:
     as_json = json.loads(cli("query", "failures", "--dsn", db, "--format", "json").stdout)
     assert as_json[0]["actor_id"] == "mallory" and as_json[0]["failed_attempts"] == 7
     as_csv = cli("query", "resource", "patient_record", "patient-456", "--dsn", db, "--format", "csv").stdout
-    assert as_csv.splitlines()[0].startswith("timestamp,actor_id") and len(as_csv.splitlines()) == 10
+    assert as_csv.splitlines()[0].startswith('"timestamp","actor_id"') and len(as_csv.splitlines()) == 10
     assert cli("query", "trace", "not-hex", "--dsn", db).returncode == 2
 
 

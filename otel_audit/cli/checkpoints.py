@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from otel_audit.cli.main import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
-from otel_audit.cli.output import print_json
+from otel_audit.cli.output import escape_text, print_json, write_line
 from otel_audit.core.keys import generate_signing_key, load_trusted_keys, write_keypair
 from otel_audit.core.proof import verify_proof
 from otel_audit.errors import AuditConfigurationError
@@ -86,10 +86,10 @@ def run_prove(args: argparse.Namespace) -> int:
         try:
             proof, result = prove_record(conn, args.record_id, trusted_keys=keys)
         except NotAnchoredError as exc:
-            print(f"otel-audit prove: {exc}", file=sys.stderr)
+            print(f"otel-audit prove: {escape_text(str(exc))}", file=sys.stderr)
             return EXIT_ERROR
         except ProofUnavailable as exc:
-            print(f"otel-audit prove: {exc}", file=sys.stderr)
+            print(f"otel-audit prove: {escape_text(str(exc))}", file=sys.stderr)
             return EXIT_INTEGRITY if exc.result is not None else EXIT_ERROR
     data = orjson.dumps(proof, option=orjson.OPT_INDENT_2) + b"\n"
     if args.out:
@@ -100,11 +100,11 @@ def run_prove(args: argparse.Namespace) -> int:
     cp = result.checkpoint
     assert cp is not None
     signed = "signature checked" if keys is not None else "signature not checked (no --trusted-key)"
-    print(
+    write_line(
         f"proof of record {args.record_id} (chain {cp.chain_id}, seq {proof['seq']}) up to checkpoint {cp.n} "
         f"(seq {cp.seq}, key {cp.key_id}, {signed}): {len(proof['records'])} record(s), {len(data):,} bytes"
         + (f", written to {args.out}" if args.out else ""),
-        file=sys.stderr,
+        sys.stderr,
     )
     return EXIT_OK
 
@@ -133,17 +133,18 @@ def run_verify_proof(args: argparse.Namespace) -> int:
     elif result.valid:
         record, cp = result.record or {}, result.checkpoint
         assert cp is not None
-        print(
+        # The record's fields are whatever was sealed (an attacker's text too): escaped, never raw.
+        write_line(
             f"VALID: record {record.get('id')} (chain {cp.chain_id}, seq {record.get('seq')}) is part of the chain "
             f"signed by trusted key {cp.key_id} in checkpoint {cp.n} (seq {cp.seq}, {cp.time})"
         )
-        print(
+        write_line(
             f"  {record.get('timestamp')}  actor {record.get('actor_id')}  action {record.get('action')}  "
             f"resource {record.get('resource_type')}/{record.get('resource_id')}  result {record.get('result')}"
         )
     else:
         print("INVALID proof:")
         for problem in result.problems:
-            print(f"  - {problem}")
+            write_line(f"  - {problem}")
     return EXIT_OK if result.valid else EXIT_INTEGRITY
 

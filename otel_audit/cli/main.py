@@ -50,6 +50,13 @@ def connect(args: argparse.Namespace, *, autocommit: bool = True) -> psycopg.Con
         raise ConnectionError(f"cannot connect to PostgreSQL: {message}") from exc
 
 
+def _error(command: str, message: str) -> None:
+    # Messages may quote stored values (a proof's problems, a server's error detail): escaped.
+    from otel_audit.cli.output import escape_text
+
+    print(f"otel-audit {command}: {escape_text(message)}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from otel_audit.cli import checkpoints, db, demo, ingest, query, status, verify
 
@@ -80,14 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as exc:
-        print(f"otel-audit {args.command}: {exc}", file=sys.stderr)
+        _error(args.command, str(exc))
         return EXIT_ERROR
     except (ConnectionError, LookupError, AuditError, ValueError, OSError) as exc:
-        print(f"otel-audit {args.command}: {exc}", file=sys.stderr)
+        _error(args.command, str(exc))
         return EXIT_ERROR
     except psycopg.Error as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"otel-audit {args.command}: PostgreSQL error: {text}", file=sys.stderr)
+        _error(args.command, f"PostgreSQL error: {text}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"otel-audit {args.command}: interrupted", file=sys.stderr)

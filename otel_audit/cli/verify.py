@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from otel_audit.cli.main import EXIT_OK, UsageError, add_dsn, connect
-from otel_audit.cli.output import print_json
+from otel_audit.cli.output import print_json, write_line
 from otel_audit.core.keys import load_trusted_keys
 from otel_audit.query import parse_duration
 from otel_audit.verify import VerificationReport, VerifyOptions, verify_database
@@ -92,13 +92,13 @@ def run(args: argparse.Namespace) -> int:
 def print_text(report: VerificationReport, out=None) -> None:  # noqa: ANN001
     out = out if out is not None else sys.stdout  # looked up per call: sys.stdout may have been replaced
     for finding in report.findings:
-        print(str(finding), file=out)
+        write_line(str(finding), out)  # details quote stored values: escaped, never raw
     verdict = "INTACT" if report.ok else "INTEGRITY FAILURE"
     errors = len(report.errors)
     warnings = len([f for f in report.findings if f.severity is Severity.WARNING])
-    print(
+    write_line(
         f"{verdict}: {report.records} records in {len(report.chains)} chain(s), {errors} error(s), "
         f"{warnings} warning(s); checked {', '.join(report.checks)} "
         f"in {report.duration_seconds:.2f}s ({report.records_per_second:,.0f} records/s)",
-        file=out,
+        out,
     )
