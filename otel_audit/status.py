@@ -99,7 +99,24 @@ def _lock_held(lock: Path) -> bool:
 def database_status(conn: psycopg.Connection) -> dict[str, Any]:
     version = current_version(conn)
     if version == 0:
-        return {"schema_version": 0, "note": "otel-audit tables not found: run `otel-audit db init`"}
+        return {
+            "schema_version": 0,
+            "missing_tables": ["audit_chains", "audit_logs", "audit_quarantine"],
+            "note": "otel-audit tables not found in this database / search_path: check --dsn, or run "
+            "`otel-audit db init` if this is a new database",
+        }
+    missing = [
+        table
+        for table in ("audit_chains", "audit_logs", "audit_quarantine")
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None  # type: ignore[index]
+    ]
+    if missing:
+        return {
+            "schema_version": version,
+            "missing_tables": missing,
+            "note": f"schema version {version} is recorded but table(s) {', '.join(missing)} are missing (dropped?): "
+            "run `otel-audit verify`, then `otel-audit db init` to recreate them",
+        }
     chains = conn.execute(
         """
         SELECT c.chain_id::text, c.emitter, c.created_at,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from otel_audit.cli.main import EXIT_OK, add_dsn, connect
-from otel_audit.cli.output import print_json
+from otel_audit.cli.main import EXIT_ERROR, EXIT_OK, add_dsn, connect
+from otel_audit.cli.output import print_json, write_line
 from otel_audit.pipeline import default_spool_dir
 from otel_audit.status import database_status, spool_status
 
@@ -36,17 +37,27 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         _print(result)
+    database = result.get("database")
+    if database is not None and database.get("missing_tables"):
+        # Said on stderr too, so that scripts reading only the exit code and stderr see why.
+        print(f"otel-audit status: {database['note']}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
 def _print(result: dict) -> None:
+    # Every line may hold stored values (service and host names from the registry, error texts): escaped.
     spool = result["spool"]
-    print(f"spool {spool['spool_dir']}: {len(spool['chains'])} chain dir(s), {spool['total_bytes']:,} bytes, "
-          f"{spool['orphaned_chains']} waiting for replay, {spool['quarantine_files']} quarantine file(s)")
+    if not spool["exists"]:
+        write_line(f"spool {spool['spool_dir']}: no such directory (no process on this host has spooled there)")
+    else:
+        write_line(f"spool {spool['spool_dir']}: {len(spool['chains'])} chain dir(s), {spool['total_bytes']:,} bytes, "
+                   f"{spool['orphaned_chains']} waiting for replay, {spool['quarantine_files']} quarantine file(s)")
     for chain in spool["chains"]:
         state = "live" if chain["owner_alive"] else "ORPHANED"
         kind = "  relay (sealed elsewhere, via the OTLP ingest)" if chain.get("relay") else ""
-        line = f"  {chain['chain_id']}  pid {chain.get('pid')}  {state}{kind}  {chain['bytes']:,} bytes"
+        pid = f"  pid {chain['pid']}" if chain.get("pid") is not None else ""
+        line = f"  {chain['chain_id']}{pid}  {state}{kind}  {chain['bytes']:,} bytes"
         process = chain.get("process")
         if process:
             line += (
@@ -64,15 +75,26 @@ def _print(result: dict) -> None:
             if process.get("last_error"):
                 line += f"  last error: {process['last_error']}"
         if "records_in_spool" in chain:
-            line += f"  {chain['records_in_spool']} record(s) to replay, oldest {chain['oldest_record']}"
-        print(line)
+            line += f"  {chain['records_in_spool']} record(s) to replay"
+            if chain["oldest_record"]:
+                line += f", oldest {chain['oldest_record']}"
+        write_line(line)
     db = result.get("database")
     if db:
-        if db.get("schema_version") == 0:
-            print(f"database: {db['note']}")
+        if db.get("missing_tables"):
+            write_line(f"database: {db['note']}")
             return
-        print(f"database: schema v{db['schema_version']}, {db['chains_registered']} chain(s), last commit "
-              f"{db['last_commit']}, {db['quarantined_records']} quarantined record(s)")
+        last = f"last commit {db['last_commit']}" if db["last_commit"] else "no record committed yet"
+        write_line(f"database: schema v{db['schema_version']}, {db['chains_registered']} chain(s), {last}, "
+                   f"{db['quarantined_records']} quarantined record(s)")
         for chain in db["recent_chains"][:10]:
-            print(f"  {chain['chain_id']}  {chain['service']}@{chain['host']} pid {chain['pid']}  "
-                  f"head seq {chain['head_seq']}  last commit {chain['last_commit']}")
+            who = f"{chain['service'] or 'unknown service'}@{chain['host'] or 'unknown host'}"
+            if chain["pid"] is not None:
+                who += f" pid {chain['pid']}"
+            if chain["head_seq"] is None:
+                state = "no records committed yet"
+            else:
+                state = f"head seq {chain['head_seq']}  last commit {chain['last_commit']}"
+            write_line(f"  {chain['chain_id']}  {who}  {state}")
+        if db["chains_registered"] > 10:
+            write_line(f"  ... and {db['chains_registered'] - 10} more chain(s) (`--json` lists the 50 newest)")
