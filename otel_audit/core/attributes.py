@@ -47,6 +47,12 @@ RECORD_CANONICAL = "audit.record.canonical"
 #: chain only, so that an ingest can register a chain it has never seen.
 CHAIN_GENESIS = "audit.chain.genesis"
 
+# --- set by otel-audit before OpenTelemetry sees an audit record ------------------
+#: The conversions otel-audit's logging filter (``otel_audit.inputs``) made to the
+#: record's ``extra`` values so that OpenTelemetry could take them (a list of
+#: texts). The record builder moves them into the sealed record's ``problems``.
+INPUT_PROBLEMS = "otel_audit.input.problems"
+
 # --- resource attributes used for enrichment --------------------------------------
 SERVICE_NAME = "service.name"
 SERVICE_INSTANCE_ID = "service.instance.id"
@@ -68,6 +74,7 @@ INPUT_FIELDS: dict[str, str] = {
     USER_AGENT: "user_agent",
     SESSION_ID: "session_id",
     USER_ID: "user_id",
+    INPUT_PROBLEMS: "input_problems",
 }
 
 ACTOR_TYPES = frozenset({"user", "service", "admin", "system"})

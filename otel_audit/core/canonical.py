@@ -117,7 +117,7 @@ def reference_canonical_json(value: Any) -> bytes:
     """RFC 8785 bytes from the reference implementation (slow, used as the oracle)."""
     try:
         return rfc8785.dumps(value)
-    except rfc8785.CanonicalizationError as exc:
+    except (rfc8785.CanonicalizationError, UnicodeError) as exc:  # UnicodeError: lone surrogates
         raise CanonicalEncodingError(f"value is not canonical JSON: {exc}") from exc
 
 

@@ -144,8 +144,11 @@ class Chain:
             doc["seq"] = seq
             doc["prev_hash"] = prev
             if draft.ascii_keys and not draft.has_float:  # the common case, inlined
-                canonical = _dumps(doc, option=_SORT)
-                if b"\\u0000" in canonical or len(canonical) > self.max_record_bytes:
+                try:
+                    canonical = _dumps(doc, option=_SORT)
+                except TypeError:  # orjson refuses lone surrogates; encode_draft replaces them
+                    canonical = None
+                if canonical is None or b"\\u0000" in canonical or len(canonical) > self.max_record_bytes:
                     canonical = encode_draft(draft, self.max_record_bytes)
             else:
                 canonical = encode_draft(draft, self.max_record_bytes)

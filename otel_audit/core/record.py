@@ -23,7 +23,7 @@ from typing import Any
 
 from otel_audit.core import attributes as A
 from otel_audit.core.canonical import MAX_SAFE_INTEGER, CanonicalEncodingError, canonical_json
-from otel_audit.core.normalize import Normalizer, sanitize
+from otel_audit.core.normalize import Normalizer, clean_text, sanitize
 
 __all__ = [
     "CHECKPOINT_DOMAIN",
@@ -100,8 +100,8 @@ _CONTEXT_TEXT = (
     ("severity_text", "severity_text"),
     ("event_name", "event_name"),
 )
-_OPTIONAL_FIELDS = frozenset({"ip_address", "user_agent", "reason", "changed_fields", "old_values"})
-_STRUCTURED_FIELDS = frozenset({"changed_fields", "old_values", "ip_address"})
+_OPTIONAL_FIELDS = frozenset({"ip_address", "user_agent", "reason", "changed_fields", "old_values", "input_problems"})
+_STRUCTURED_FIELDS = frozenset({"changed_fields", "old_values", "ip_address", "input_problems"})
 _ACTOR_TYPES = A.ACTOR_TYPES
 _RESULTS = A.RESULTS
 _INDEXED = (
@@ -363,6 +363,13 @@ class RecordBuilder:
     def _optional_inputs(inputs: dict[str, Any], doc: dict[str, Any], rest: dict[str, Any], norm: Normalizer) -> None:
         """Fields most records lack: client address, user agent, reason, changes."""
         problem_list = norm.problems
+        if "input_problems" in inputs:
+            notes = inputs["input_problems"]
+            if type(notes) in (list, tuple) and all(type(n) is str for n in notes):
+                problem_list[0:0] = notes  # they were made first, before OpenTelemetry saw the record
+            else:
+                problem_list.append(f"{A.INPUT_PROBLEMS} should be a list of texts; kept in attributes")
+                rest[A.INPUT_PROBLEMS] = norm.value(notes, A.INPUT_PROBLEMS)
         raw_ip = inputs.get("ip_address")
         if raw_ip is not None:
             ip_address = _normalize_ip(raw_ip) if type(raw_ip) is str else None
@@ -422,6 +429,8 @@ def encode_draft(draft: Draft, max_bytes: int) -> bytes:
         for key, value in list(doc.items()):
             if key != "problems":
                 doc[key] = sanitize(value, key, problems)
+        # The notes themselves quote paths and keys, which may hold what was just replaced.
+        problems[:] = [clean_text(p)[0] for p in problems]
         out = canonical_json(doc)
     if len(out) > max_bytes:
         shrink_to_fit(doc, len(out), max_bytes)
