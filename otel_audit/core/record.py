@@ -144,6 +144,9 @@ def _normalize_ip(text: str) -> str | None:
         return None
     if getattr(address, "scope_id", None):
         return None  # PostgreSQL's inet has no zone index
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:  # ::ffff:a.b.c.d (a dual-stack socket's view of an IPv4 client) is a.b.c.d
+        return str(mapped)
     return str(address)
 
 
