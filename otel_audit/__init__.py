@@ -21,6 +21,7 @@ from otel_audit.errors import (
     AuditRecordInvalid,
     SpoolFull,
 )
+from otel_audit.inputs import AuditInputFilter
 from otel_audit.processor import AuditLogRecordProcessor
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "AuditConfigurationError",
     "AuditError",
     "AuditHandle",
+    "AuditInputFilter",
     "AuditLogRecordProcessor",
     "AuditNotCommitted",
     "AuditRecordInvalid",

@@ -26,6 +26,7 @@ from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPO
 from otel_audit.core.chain import SealedRecord
 from otel_audit.core.keys import SigningKey, load_signing_key
 from otel_audit.errors import AuditConfigurationError
+from otel_audit.inputs import AuditInputFilter
 from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
 from otel_audit.processor import AuditLogRecordProcessor
 from otel_audit.spool.spool import SpoolConfig
@@ -55,6 +56,7 @@ class AuditHandle:
         self._owns_provider = owns_provider
         self._lock = threading.Lock()
         self._shut = False
+        self._filters: list[tuple[logging.Handler, AuditInputFilter]] = []
 
     @property
     def pipeline(self) -> AuditPipeline:
@@ -88,7 +90,28 @@ class AuditHandle:
             self.logger_provider.shutdown()
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
+        for handler, guard in self._filters:
+            handler.removeFilter(guard)
+        self._filters.clear()
         return committed
+
+    def protect(self, handler: logging.Handler) -> logging.Handler:
+        """Add the audit input filter to an OpenTelemetry ``LoggingHandler`` the application created.
+
+        Without it, OpenTelemetry's attribute cleaning runs on the raw ``extra``
+        before otel-audit sees the record: some values make the logging call
+        raise (deeply nested or self-containing maps, objects whose ``str()``
+        raises, ``%s`` arguments that do not match) and others are changed or
+        dropped unnoted. ``configure()`` already protects every OpenTelemetry
+        handler attached to a logger when it runs; call this for handlers
+        created afterwards. Idempotent; returns ``handler``. Add other filters
+        first: this one should run last.
+        """
+        if not any(isinstance(f, AuditInputFilter) for f in handler.filters):
+            guard = AuditInputFilter(self.processor.audit_loggers, self.processor.event_prefix)
+            handler.addFilter(guard)
+            self._filters.append((handler, guard))
+        return handler
 
     def fail_closed(self, timeout: float = 5.0, *, expect: int = 1) -> AbstractContextManager[list[SealedRecord]]:
         """``with audit.fail_closed(): log.info(...)`` returns only once the record is in PostgreSQL.
@@ -242,6 +265,11 @@ def configure(
 
         handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
         logging.getLogger().addHandler(handler)
+    handle = AuditHandle(processor, provider, owns_provider=owns_provider, handler=handler)
+    # Audit records must reach the processor whatever their extra holds: OpenTelemetry's
+    # handler cleans attributes before any processor runs (see otel_audit.inputs).
+    for otel_handler in _otel_handlers():
+        handle.protect(otel_handler)
     _ensure_level(level, audit_loggers)
     own = logging.getLogger("otel_audit")
     if own.level == logging.NOTSET:
@@ -253,7 +281,6 @@ def configure(
 
         register_pipeline_metrics(processor, meter_provider)
 
-    handle = AuditHandle(processor, provider, owns_provider=owns_provider, handler=handler)
     _ACTIVE[id(provider)] = handle
     atexit.register(handle.shutdown)
     return handle
@@ -359,9 +386,23 @@ def _add_otlp_exporter(provider: LoggerProvider) -> None:
 
 
 def _is_otel_handler(handler: logging.Handler) -> bool:
-    """An OpenTelemetry LoggingHandler (the instrumentation's or the SDK's deprecated one)."""
-    kind = type(handler)
-    return kind.__name__ == "LoggingHandler" and kind.__module__.startswith("opentelemetry")
+    """An OpenTelemetry LoggingHandler (the instrumentation's or the SDK's deprecated one, or a subclass)."""
+    return any(
+        kind.__name__ == "LoggingHandler" and kind.__module__.startswith("opentelemetry")
+        for kind in type(handler).__mro__
+    )
+
+
+def _otel_handlers() -> list[logging.Handler]:
+    """Every OpenTelemetry LoggingHandler attached to a logger now (root first)."""
+    loggers: list[Any] = [logging.getLogger()]
+    loggers.extend(list(logging.Logger.manager.loggerDict.values()))
+    found: list[logging.Handler] = []
+    for logger in loggers:
+        for handler in list(getattr(logger, "handlers", ())):  # PlaceHolder entries have none
+            if _is_otel_handler(handler) and handler not in found:
+                found.append(handler)
+    return found
 
 
 def _has_otel_handler() -> bool:

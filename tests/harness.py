@@ -43,7 +43,9 @@ class App:
             dsn, logger_provider=self.provider, install_handler=False, spool_dir=spool_dir, **options
         )
         self.logger = logging.Logger(f"app.{uuid.uuid4().hex[:6]}", level=logging.DEBUG)
-        self.logger.addHandler(LoggingHandler(logger_provider=self.provider))
+        # A handler the application creates itself, protected as the docs say.
+        self.handler = self.audit.protect(LoggingHandler(logger_provider=self.provider))
+        self.logger.addHandler(self.handler)
 
     def log(self, message: str = "patient record viewed", level: int = logging.INFO, **attrs: Any) -> None:
         self.logger.log(level, message, extra={**VALID, **attrs} if attrs.pop("_audit", True) else attrs)

@@ -1,0 +1,261 @@
+"""Make an audit record's ``extra`` safe for OpenTelemetry before its LoggingHandler sees it.
+
+OpenTelemetry's ``LoggingHandler`` turns a ``logging.LogRecord`` into an OTel
+log record *before* any processor runs, and its attribute cleaning
+(``opentelemetry.attributes._clean_attribute_value``) raises on some values and
+silently changes others:
+
+* a map or list nested ~1,000 deep, or one that contains itself:
+  ``RecursionError`` out of the ``logging`` call;
+* an object whose ``__str__`` raises: that exception, out of the ``logging`` call;
+* a ``%s`` message whose arguments do not match: ``TypeError`` from
+  ``record.getMessage()``, out of the ``logging`` call;
+* sets, dates, decimals and other objects become ``str()`` text (``"{1, 2}"``),
+  objects without a custom ``__str__``/``__repr__`` become ``None``,
+  ``bytearray`` a tuple of numbers, and map entries whose key is empty, falsy
+  (``0``, ``None``, ``False``) or an object without a custom ``__str__`` are
+  dropped, all without a trace.
+
+:class:`AuditInputFilter` is a :class:`logging.Filter` for such a handler. For
+an audit record (``audit.action`` in ``extra``, or a designated logger or event
+name) it converts what OpenTelemetry would mangle with the rules of
+:func:`otel_audit.core.normalize.to_plain`, replaces lone surrogates by U+FFFD,
+renames empty keys, catches message formatting errors, and lists every change
+in the ``otel_audit.input.problems`` attribute, which the record builder moves
+into the sealed record's ``problems``. An ordinary audit record (text and small
+numbers, plain maps and lists) is only checked, not copied. Other records cost
+one dictionary lookup (plus the recognizer's cached checks when
+``audit_loggers``/``event_prefix`` are set) and are not touched.
+
+The filter converts the values *in the LogRecord itself* (the application's own
+objects are never modified): handlers that run after it see the converted values.
+
+:func:`otel_audit.configure` adds the filter to every OpenTelemetry
+``LoggingHandler`` attached to a logger at that moment, including the one it
+installs and the one ``opentelemetry-instrument`` installs; a handler the
+application creates later needs ``audit.protect(handler)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from otel_audit.core import attributes as A
+from otel_audit.core.canonical import MAX_SAFE_INTEGER
+from otel_audit.core.normalize import MAX_DEPTH, clean_text, object_text, plain_key, to_plain
+from otel_audit.core.recognize import Recognizer
+
+__all__ = ["EMPTY_KEY", "AuditInputFilter", "guard_record"]
+
+_ACTION = A.AUDIT_ACTION
+_NOTES = A.INPUT_PROBLEMS
+_SAFE = MAX_SAFE_INTEGER
+#: What an empty map key is renamed to (OpenTelemetry drops attributes with an empty key).
+EMPTY_KEY = "(empty key)"
+
+#: The attributes every LogRecord has; everything else came from ``extra`` (or a
+#: record factory) and becomes an OpenTelemetry attribute.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+_EVENT_NAME = "otel.event.name"
+_EVENT_NAME_OLD = "event.name"
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether OpenTelemetry keeps ``value`` exactly as it is (and it is JSON-safe): the fast check."""
+    kind = value.__class__
+    if kind is str:
+        return value.isascii() or _is_utf8(value)
+    if kind is int:
+        return -_SAFE <= value <= _SAFE
+    if kind is float or kind is bool or value is None or kind is bytes:
+        return True
+    if kind is dict:
+        if depth > MAX_DEPTH:
+            return False
+        for key, item in value.items():
+            if key.__class__ is not str or not key or not (key.isascii() or _is_utf8(key)):
+                return False
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        if depth > MAX_DEPTH:
+            return False
+        for item in value:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def guard_record(record: logging.LogRecord) -> list[str]:
+    """Convert ``record`` in place so that OpenTelemetry takes it as it is; return the notes.
+
+    Never raises (but :class:`RecursionError` when the caller's own stack is
+    already exhausted, which nothing can help).
+    """
+    d = record.__dict__
+    notes: list[str] = []
+    # The message: what LoggingHandler builds the body from (record.getMessage()).
+    msg = record.msg
+    if record.args or msg.__class__ is not str:
+        try:
+            text = record.getMessage()
+        except Exception as exc:
+            _unformattable(record, exc, notes)
+        else:
+            if text.__class__ is not str or not (text.isascii() or _is_utf8(text)):
+                record.msg = to_plain(text if text.__class__ is str else object_text(text)[0], "message", notes)
+                record.args = ()
+    elif not (msg.isascii() or _is_utf8(msg)):
+        record.msg = to_plain(msg, "message", notes)
+    # The extra values (everything that is not a standard LogRecord attribute).
+    for key in d.keys() - _STANDARD:
+        value = d[key]
+        if key.__class__ is not str or not key or not (key.isascii() or _is_utf8(key)):
+            break
+        if value.__class__ is str:
+            if value.isascii() or _is_utf8(value):
+                continue
+            break
+        if not _plain(value, 1) or key == _NOTES:
+            break
+    else:
+        if notes:
+            _merge_notes(d, notes, None)
+        return notes
+    _convert_extras(d, notes)
+    return notes
+
+
+def _convert_extras(d: dict[Any, Any], notes: list[str]) -> None:
+    """The slow path: convert every extra that is not plain, in the record's own order."""
+    earlier = None
+    taken = None
+    for key in [k for k in d if k not in _STANDARD]:
+        value = d[key]
+        if key == _NOTES:
+            del d[key]
+            if value.__class__ in (list, tuple) and all(e.__class__ is str for e in value):
+                earlier = value  # set by another protected handler: kept, first
+            else:
+                notes.append(f"extra: {_NOTES} is reserved for otel-audit's notes; a {type(value).__name__} given there "
+                             "was dropped")
+            continue
+        key_ok = key.__class__ is str and key and (key.isascii() or _is_utf8(key))
+        if key_ok and _plain(value, 1):
+            continue
+        new_key = key
+        if not key_ok:
+            if taken is None:
+                taken = {k for k in d if k.__class__ is str and k}
+            if key.__class__ is str and not key:
+                new_key = _unique(EMPTY_KEY, taken)
+                notes.append(f"extra: empty key stored as {new_key!r} (OpenTelemetry drops empty keys)")
+            else:
+                new_key = plain_key(key, "extra", notes, taken)
+            taken.add(new_key)
+        new_value = to_plain(value, new_key, notes, empty_keys=EMPTY_KEY)
+        if new_key is not key:
+            del d[key]
+        d[new_key] = new_value
+    if notes or earlier:
+        _merge_notes(d, notes, earlier)
+
+
+def _merge_notes(d: dict[Any, Any], notes: list[str], earlier: Any) -> None:
+    if earlier is None:
+        earlier = d.get(_NOTES)
+    if earlier is not None:  # another protected handler set some already
+        notes[0:0] = earlier
+    d[_NOTES] = tuple(notes)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    base, n = name, 2
+    while name in taken:
+        name = f"{base}#{n}"
+        n += 1
+    return name
+
+
+def _unformattable(record: logging.LogRecord, exc: Exception, notes: list[str]) -> None:
+    """``record.getMessage()`` failed: keep the message and its arguments as text, say why."""
+    kind = type(record.msg).__name__
+    template, failure = object_text(record.msg)
+    args = record.args
+    reason = f"{type(exc).__name__}: {object_text(exc)[0]}"
+    if args:
+        if isinstance(args, tuple):
+            shown = ", ".join(object_text(arg)[0] for arg in args)
+        else:
+            shown = object_text(args)[0]
+        record.msg = to_plain(f"{template} (arguments: {shown})", "message", notes)
+        notes.append(
+            f"message: formatting the message with its arguments failed ({reason}); stored the unformatted "
+            "message followed by the arguments' text forms"
+        )
+    else:
+        record.msg = to_plain(template, "message", notes)
+        kept = "its repr()" if failure and "repr() was kept" in failure else "a placeholder"
+        notes.append(f"message: the message (a {kind}) could not be made text ({reason}); stored {kept} instead")
+    record.args = ()
+
+
+class AuditInputFilter(logging.Filter):
+    """A :class:`logging.Filter` for an OpenTelemetry ``LoggingHandler``: see the module docstring.
+
+    ``audit_loggers``/``event_prefix``: the processor's other recognition rules
+    (``configure()`` passes its own); records they match are guarded too. The
+    filter never rejects a record.
+    """
+
+    def __init__(self, audit_loggers: Iterable[str] = (), event_prefix: str | None = None) -> None:
+        super().__init__()
+        recognizer = Recognizer(audit_loggers, event_prefix)
+        self._recognizer = recognizer if recognizer.active else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        d = record.__dict__
+        if _ACTION not in d:
+            recognizer = self._recognizer
+            if recognizer is None:
+                return True
+            event = d.get(_EVENT_NAME)
+            if event is None:
+                event = d.get(_EVENT_NAME_OLD)
+            if recognizer.default_action(record.name, event if event.__class__ is str else None) is None:
+                return True
+        try:
+            guard_record(record)
+        except RecursionError:
+            raise
+        except Exception as exc:  # a bug here must not cost the record: keep only text
+            _last_resort(record, exc)
+        return True
+
+
+def _last_resort(record: logging.LogRecord, exc: Exception) -> None:
+    d = record.__dict__
+    notes = [f"internal error while preparing the record for OpenTelemetry ({type(exc).__name__}); extras stored as text"]
+    for key in [k for k in d.keys() - _STANDARD if k != _NOTES]:
+        value = d.pop(key)
+        name = key if key.__class__ is str and key and _is_utf8(key) else _unique(object_text(key)[0] or EMPTY_KEY, set(d))
+        d[name] = value if value.__class__ is str and _is_utf8(value) else clean_text(object_text(value)[0])[0]
+    if not isinstance(record.msg, str) or record.args:
+        record.msg, record.args = object_text(record.msg)[0], ()
+    d[_NOTES] = tuple(notes)
+
+
+def is_audit_filter(candidate: Any) -> bool:
+    return isinstance(candidate, AuditInputFilter)
