@@ -9,11 +9,15 @@ hold it to that).
   decompressed in bounded steps, so a small "gzip bomb" is refused with 413
   once it exceeds the size limit instead of being inflated in memory first.
 * **Protobuf**: parsed by the upb runtime, which rejects invalid UTF-8 and
-  nesting deeper than 100 levels.
+  nesting deeper than 100 levels. A body it refuses for those reasons is read
+  again by :mod:`otel_audit.ingest.lenient`, which keeps every record and notes
+  what it had to change (U+FFFD, deep values as JSON text); only a body that is
+  not protobuf at all is refused.
 * **JSON** (OTLP/JSON): ``traceId`` and ``spanId`` are hex strings in OTLP/JSON,
   but ``google.protobuf.json_format`` reads ``bytes`` fields as base64 and would
   silently yield wrong ids; they are converted (and validated) before parsing.
-  Unknown fields are ignored, as the OTLP specification requires.
+  Unknown fields are ignored, as the OTLP specification requires. Lone
+  surrogate escapes, invalid UTF-8 and deep nesting are handled as for protobuf.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from otel_audit.core.normalize import MAX_DEPTH
+from otel_audit.ingest import lenient
 
 __all__ = [
     "JSON",
@@ -47,6 +54,9 @@ JSON = "application/json"
 SUPPORTED_ENCODINGS = ("gzip", "deflate")
 
 _JSON_MAX_DEPTH = 64  # OTLP nests 3 levels of envelopes, then AnyValue; plenty
+# After lenient.repair() no AnyValue nests deeper than MAX_DEPTH levels: about 10 JSON
+# levels of envelope plus 4 per map level.
+_REPAIRED_MAX_DEPTH = 16 + 4 * (MAX_DEPTH + 1)
 
 
 class RequestError(Exception):
@@ -143,36 +153,79 @@ def _too_large(limit: int, *, decompressed: bool = False) -> RequestError:
 def parse_protobuf(body: bytes) -> ExportLogsServiceRequest:
     try:
         return ExportLogsServiceRequest.FromString(body)
-    except DecodeError as exc:
+    except Exception as exc:  # DecodeError, and the runtime's own limits as other types
+        failure = exc
+    # Invalid UTF-8 or deep nesting in one record must not cost the whole request its
+    # audit records: read it again without those checks (otel_audit.ingest.lenient).
+    try:
+        data = lenient.decode_protobuf(body)
+    except lenient.Malformed:
+        data = None
+    request = _from_repaired(data) if data is not None else None
+    if request is not None:
+        return request
+    if isinstance(failure, DecodeError):
         raise RequestError(
             400,
-            f"the body is not a valid OTLP ExportLogsServiceRequest in binary protobuf ({exc}); send "
+            f"the body is not a valid OTLP ExportLogsServiceRequest in binary protobuf ({failure}); send "
             f"opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest with Content-Type {PROTOBUF}",
         ) from None
-    except Exception as exc:  # the runtime's own limits (e.g. recursion) surface as other types
-        raise RequestError(400, f"the protobuf body could not be parsed ({type(exc).__name__}: {exc})") from None
+    raise RequestError(400, f"the protobuf body could not be parsed ({type(failure).__name__}: {failure})") from None
+
+
+def _from_repaired(data: Any) -> ExportLogsServiceRequest | None:
+    """The request built from a leniently read body after :func:`lenient.repair`; None if it is not OTLP."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        if not lenient.repair(data):
+            return None  # nothing to repair: the strict decoder refused it for another reason
+        return _parse_dict(data, _REPAIRED_MAX_DEPTH)
+    except Exception:
+        return None
 
 
 def parse_json(body: bytes) -> ExportLogsServiceRequest:
+    repaired = False
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"the body is not valid JSON ({exc}); send OTLP/JSON (UTF-8) or use protobuf") from None
+        # Lone surrogate escapes, invalid UTF-8 or deep nesting: read it again without
+        # those checks, and make each record storable (otel_audit.ingest.lenient).
+        try:
+            data = lenient.decode_json(body)
+            repaired = isinstance(data, dict) and lenient.repair(data)
+        except (ValueError, RecursionError):
+            repaired = False
+        if not repaired:  # not one of those: refused as before
+            raise RequestError(
+                400, f"the body is not valid JSON ({exc}); send OTLP/JSON (UTF-8) or use protobuf"
+            ) from None
     if not isinstance(data, dict):
         raise RequestError(400, 'OTLP/JSON must be a JSON object like {"resourceLogs": [...]}')
     _hex_ids_to_base64(data)
-    message = ExportLogsServiceRequest()
     try:
-        json_format.ParseDict(data, message, ignore_unknown_fields=True, max_recursion_depth=_JSON_MAX_DEPTH)
+        return _parse_dict(data, _REPAIRED_MAX_DEPTH if repaired else _JSON_MAX_DEPTH)
     except RequestError:
         raise
     except Exception as exc:  # ParseError, and TypeError/ValueError/RecursionError on odd shapes
-        text = str(exc).strip() or type(exc).__name__
-        raise RequestError(
-            400,
-            f"the JSON body is not a valid OTLP/JSON ExportLogsServiceRequest: {text[:500]}. See "
-            "https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding",
-        ) from None
+        failure = exc
+    if not repaired and lenient.repair(data):  # too deep for the strict limit: cut what is too deep
+        try:
+            return _parse_dict(data, _REPAIRED_MAX_DEPTH)
+        except Exception:
+            pass
+    text = str(failure).strip() or type(failure).__name__
+    raise RequestError(
+        400,
+        f"the JSON body is not a valid OTLP/JSON ExportLogsServiceRequest: {text[:500]}. See "
+        "https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding",
+    ) from None
+
+
+def _parse_dict(data: dict[str, Any], max_depth: int) -> ExportLogsServiceRequest:
+    message = ExportLogsServiceRequest()
+    json_format.ParseDict(data, message, ignore_unknown_fields=True, max_recursion_depth=max_depth)
     return message
 
 
