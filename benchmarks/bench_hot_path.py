@@ -2,8 +2,9 @@
 call through plain OpenTelemetry with a BatchLogRecordProcessor (target: <= 1.3).
 
 Both loggers use the instrumentation's LoggingHandler and a BatchLogRecordProcessor with a
-no-op exporter; the audit one also runs the otel-audit processor (validate, enrich, seal,
-spool, annotate) with its sink writing to a real PostgreSQL. Rounds alternate; medians.
+no-op exporter; the audit one also runs otel-audit's input filter on its handler and the
+otel-audit processor (validate, enrich, seal, spool, annotate) with its sink writing to a
+real PostgreSQL. Rounds alternate; medians.
 A last row bounds what any placement of the sink could give: the audit call while the
 sink is stalled (it cannot reach PostgreSQL, so it does no work).
 
@@ -42,9 +43,12 @@ class NoopExporter(LogRecordExporter):
         return True
 
 
-def make_logger(provider: LoggerProvider, name: str) -> logging.Logger:
+def make_logger(provider: LoggerProvider, name: str, audit: otel_audit.AuditHandle | None = None) -> logging.Logger:
     logger = logging.Logger(name, level=logging.INFO)
-    logger.addHandler(LoggingHandler(logger_provider=provider))
+    handler = LoggingHandler(logger_provider=provider)
+    if audit is not None:
+        audit.protect(handler)  # what the docs tell an application that creates its own handler
+    logger.addHandler(handler)
     return logger
 
 
@@ -73,7 +77,7 @@ def main() -> None:
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     audit_provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
-    audited = make_logger(audit_provider, "audited")
+    audited = make_logger(audit_provider, "audited", audit)
 
     # Warm up both paths (imports, caches, first segment).
     timed(plain, 2000, AUDIT_EXTRA)
@@ -114,7 +118,7 @@ def sink_stalled_rounds(dsn: str, plain: logging.Logger, calls: int, rounds: int
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
-    audited = make_logger(provider, "audited-stalled")
+    audited = make_logger(provider, "audited-stalled", audit)
     timed(audited, 2000, AUDIT_EXTRA)
     audit.flush(60)
     proxy.pause()
