@@ -49,6 +49,8 @@ from otel_audit.core.recognize import Recognizer
 
 __all__ = ["EMPTY_KEY", "AuditInputFilter", "guard_record"]
 
+_log = logging.getLogger("otel_audit")
+
 _ACTION = A.AUDIT_ACTION
 _NOTES = A.INPUT_PROBLEMS
 _SAFE = MAX_SAFE_INTEGER
@@ -58,6 +60,8 @@ EMPTY_KEY = "(empty key)"
 #: The attributes every LogRecord has; everything else came from ``extra`` (or a
 #: record factory) and becomes an OpenTelemetry attribute.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+#: The last attribute LogRecord.__init__ sets (``process``; ``taskName`` from Python 3.12).
+_LAST_INIT = list(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)[-1]
 _EVENT_NAME = "otel.event.name"
 _EVENT_NAME_OLD = "event.name"
 
@@ -120,22 +124,44 @@ def guard_record(record: logging.LogRecord) -> list[str]:
     elif not (msg.isascii() or _is_utf8(msg)):
         record.msg = to_plain(msg, "message", notes)
     # The extra values (everything that is not a standard LogRecord attribute).
-    for key in d.keys() - _STANDARD:
-        value = d[key]
-        if key.__class__ is not str or not key or not (key.isascii() or _is_utf8(key)):
-            break
-        if value.__class__ is str:
-            if value.isascii() or _is_utf8(value):
-                continue
-            break
-        if not _plain(value, 1) or key == _NOTES:
-            break
-    else:
+    if _extras_plain(d):
         if notes:
             _merge_notes(d, notes, None)
         return notes
     _convert_extras(d, notes)
     return notes
+
+
+def _extras_plain(d: dict[Any, Any]) -> bool:
+    """Whether every extra value is one OpenTelemetry keeps as it is: the check for every audit record.
+
+    ``extra`` entries are added after ``LogRecord.__init__`` has set its attributes
+    (``makeRecord`` refuses to overwrite one), so walking the record's attributes
+    backwards from the newest reaches all of them before ``_LAST_INIT``; the
+    standard ones met on the way (``message``, ``asctime`` set by a formatter) are
+    skipped. If ``_LAST_INIT`` is missing, everything is walked.
+    """
+    for key in reversed(d):
+        if key.__class__ is not str:
+            return False
+        if key == _LAST_INIT:
+            return True
+        if key in _STANDARD:
+            continue
+        value = d[key]
+        if not key or not (key.isascii() or _is_utf8(key)):
+            return False
+        if value.__class__ is str:
+            if value.isascii() or _is_utf8(value):
+                continue
+            return False
+        if key == _NOTES:
+            if value.__class__ is tuple and all(note.__class__ is str for note in value):
+                continue  # set by another protected handler this record went through
+            return False
+        if not _plain(value, 1):
+            return False
+    return True
 
 
 def _convert_extras(d: dict[Any, Any], notes: list[str]) -> None:
@@ -238,14 +264,18 @@ class AuditInputFilter(logging.Filter):
                 return True
         try:
             guard_record(record)
-        except RecursionError:
-            raise
-        except Exception as exc:  # a bug here must not cost the record: keep only text
+        except Exception as exc:  # a bug here (or an exhausted stack) must not cost the record
             _last_resort(record, exc)
         return True
 
 
 def _last_resort(record: logging.LogRecord, exc: Exception) -> None:
+    """Every extra as text: what OpenTelemetry takes whatever happened above."""
+    try:
+        _log.warning("otel-audit: internal error while preparing an audit record for OpenTelemetry; its extra "
+                     "values are stored as text. Please report this.", exc_info=exc)
+    except Exception:
+        pass
     d = record.__dict__
     notes = [f"internal error while preparing the record for OpenTelemetry ({type(exc).__name__}); extras stored as text"]
     for key in [k for k in d.keys() - _STANDARD if k != _NOTES]:
@@ -254,8 +284,6 @@ def _last_resort(record: logging.LogRecord, exc: Exception) -> None:
         d[name] = value if value.__class__ is str and _is_utf8(value) else clean_text(object_text(value)[0])[0]
     if not isinstance(record.msg, str) or record.args:
         record.msg, record.args = object_text(record.msg)[0], ()
+    record.msg = clean_text(record.msg)[0]
     d[_NOTES] = tuple(notes)
 
-
-def is_audit_filter(candidate: Any) -> bool:
-    return isinstance(candidate, AuditInputFilter)

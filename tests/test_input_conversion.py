@@ -317,6 +317,22 @@ def test_a_message_whose_str_raises() -> None:
                      "stored a placeholder instead"]
 
 
+def test_a_bug_in_the_filter_still_leaves_a_record_opentelemetry_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import otel_audit.inputs as inputs
+
+    def broken(record: logging.LogRecord) -> list[str]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(inputs, "guard_record", broken)
+    rec = make_record("x %s", ("a", "b"), deep=nested(3000), obj=RaisingStr(), **{"k\udc80": "v\ud800"})
+    assert AuditInputFilter().filter(rec) is True
+    attrs = otel_attributes(rec)
+    assert attrs["otel_audit.input.problems"] == (
+        "internal error while preparing the record for OpenTelemetry (RuntimeError); extras stored as text",)
+    assert attrs["audit.actor.id"] == "user-123" and isinstance(attrs["deep"], str)
+    assert rec.getMessage() == "x %s"
+
+
 # ---------------------------------------------------------------------------- builder
 def test_input_notes_that_are_not_a_list_of_texts_are_kept_in_attributes_and_flagged() -> None:
     doc = build({**VALID, "otel_audit.input.problems": 5})

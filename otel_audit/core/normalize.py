@@ -207,8 +207,6 @@ def to_plain(
         return _container(value, kind is dict, path, notes, depth, empty_keys, _active)
     try:
         return _convert_other(value, kind, path, notes, depth, empty_keys, _active)
-    except RecursionError:
-        raise
     except Exception as exc:  # a hostile __eq__, __iter__, __index__, isoformat ...
         text, _ = object_text(value)
         notes.append(
