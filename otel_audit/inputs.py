@@ -10,6 +10,8 @@ silently changes others:
 * an object whose ``__str__`` raises: that exception, out of the ``logging`` call;
 * a ``%s`` message whose arguments do not match: ``TypeError`` from
   ``record.getMessage()``, out of the ``logging`` call;
+* ``log.exception()`` for an exception whose first argument's ``str()`` raises
+  (the handler stores ``str(exc.args[0])``): that exception, likewise;
 * sets, dates, decimals and other objects become ``str()`` text (``"{1, 2}"``),
   objects without a custom ``__str__``/``__repr__`` become ``None``,
   ``bytearray`` a tuple of numbers, and map entries whose key is empty, falsy
@@ -123,6 +125,8 @@ def guard_record(record: logging.LogRecord) -> list[str]:
                 record.args = ()
     elif not (msg.isascii() or _is_utf8(msg)):
         record.msg = to_plain(msg, "message", notes)
+    if record.exc_info:
+        _check_exception(record, notes)
     # The extra values (everything that is not a standard LogRecord attribute).
     if _extras_plain(d):
         if notes:
@@ -205,6 +209,45 @@ def _merge_notes(d: dict[Any, Any], notes: list[str], earlier: Any) -> None:
     if earlier is not None:  # another protected handler set some already
         notes[0:0] = earlier
     d[_NOTES] = tuple(notes)
+
+
+def _check_exception(record: logging.LogRecord, notes: list[str]) -> None:
+    """OpenTelemetry's handler stores ``str(exception.args[0])``: make sure it can.
+
+    If that raises, the record gets a stand-in exception: same type name and
+    module, same traceback and chained exceptions, the argument's text form as
+    its message. The application's exception object is not touched.
+    """
+    exc_info = record.exc_info
+    if exc_info.__class__ is not tuple or len(exc_info) != 3 or exc_info[1] is None:
+        return
+    kind, value, traceback = exc_info
+    try:
+        args = value.args
+        if args:
+            str(args[0])
+        return
+    except Exception as exc:
+        failure = f"{type(exc).__name__}: {object_text(exc)[0]}"
+    try:
+        first = value.args[0]
+    except Exception:
+        first = value
+    text = clean_text(object_text(first)[0])[0]
+    name = getattr(kind, "__name__", "Exception")
+    stand_in_type = type(name, (Exception,), {
+        "__module__": getattr(kind, "__module__", None), "__qualname__": getattr(kind, "__qualname__", name)})
+    stand_in = stand_in_type(text)
+    for attribute in ("__cause__", "__context__", "__suppress_context__"):
+        try:
+            setattr(stand_in, attribute, getattr(value, attribute))
+        except Exception:
+            pass
+    stand_in.__traceback__ = traceback
+    record.exc_info = (kind, stand_in, traceback)
+    notes.append(
+        f"exception.message: str() of the exception's first argument raised {failure}; stored its text form"
+    )
 
 
 def _unique(name: str, taken: set[str]) -> str:

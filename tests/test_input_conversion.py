@@ -317,6 +317,35 @@ def test_a_message_whose_str_raises() -> None:
                      "stored a placeholder instead"]
 
 
+def test_an_exception_whose_argument_cannot_be_made_text() -> None:
+    try:
+        try:
+            raise KeyError("cause")
+        except KeyError as cause:
+            raise RuntimeError(RaisingBoth()) from cause
+    except RuntimeError:
+        rec = logging.Logger("app").makeRecord("app", logging.ERROR, "f", 1, "failed", (), sys_exc_info(),
+                                               extra=dict(VALID))
+    original = rec.exc_info[1]
+    with pytest.raises(ValueError):
+        otel_attributes(rec)
+    notes = guard_record(rec)
+    attrs = otel_attributes(rec)
+    assert attrs["exception.type"] == "RuntimeError"
+    assert attrs["exception.message"] == "<unprintable tests.test_input_conversion.RaisingBoth>"
+    stack = attrs["exception.stacktrace"]
+    assert "KeyError: 'cause'" in stack and "RuntimeError: <unprintable" in stack and "test_input_conversion.py" in stack
+    assert notes == ["exception.message: str() of the exception's first argument raised ValueError: no text for "
+                     "you; stored its text form"]
+    assert rec.exc_info[1] is not original and isinstance(original.args[0], RaisingBoth)  # the app's object untouched
+
+
+def sys_exc_info():  # noqa: ANN201
+    import sys
+
+    return sys.exc_info()
+
+
 def test_a_bug_in_the_filter_still_leaves_a_record_opentelemetry_takes(monkeypatch: pytest.MonkeyPatch) -> None:
     import otel_audit.inputs as inputs
 

@@ -134,6 +134,23 @@ def test_format_arguments_that_do_not_match_the_message(db: str, spool_dir: Path
     assert verify(db).ok
 
 
+def test_an_exception_whose_argument_str_raises(db: str, spool_dir: Path) -> None:
+    app = App(db, spool_dir)
+    try:
+        raise RuntimeError(RaisingStr())
+    except RuntimeError:
+        app.logger.exception("export failed", extra={**VALID, "audit.result": "failure"})
+    assert app.close()
+    (doc,) = stored(db)
+    assert (doc["actor_id"], doc["action"], doc["result"]) == ("user-123", "read", "failure")
+    assert doc["attributes"]["exception.type"] == "RuntimeError"
+    assert doc["attributes"]["exception.message"] == "<unprintable tests.test_input_pipeline.RaisingStr>"
+    assert "RuntimeError: <unprintable" in doc["attributes"]["exception.stacktrace"]
+    assert doc["problems"] == ["exception.message: str() of the exception's first argument raised ValueError: no "
+                               "text for you; stored its text form"]
+    assert verify(db).ok
+
+
 def test_a_lone_surrogate_is_stored_intact_even_without_the_filter(db: str, spool_dir: Path) -> None:
     """A handler the application did not protect: OpenTelemetry passes the text through and the
     processor replaces and notes it (it used to store the record with NULL actor and action)."""
