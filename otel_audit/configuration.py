@@ -190,6 +190,12 @@ def configure(
     logger's level would discard them, it is lowered to ``level`` and the root
     logger's existing handlers keep their old threshold, so other output does
     not change.
+
+    Every OpenTelemetry ``LoggingHandler`` attached to a logger when this runs
+    (including the one installed here) gets :class:`~otel_audit.AuditInputFilter`,
+    which makes audit records' ``extra`` values safe for OpenTelemetry's attribute
+    cleaning and notes each conversion; protect a handler created later with
+    :meth:`AuditHandle.protect`.
     """
     env = os.environ
     dsn = dsn or env.get("OTEL_AUDIT_DSN")
