@@ -14,6 +14,7 @@ normal OTLP export continues::
 """
 
 from otel_audit.configuration import AuditHandle, configure
+from otel_audit.context import audit_context, update_audit_context
 from otel_audit.errors import (
     AuditConfigurationError,
     AuditError,
@@ -36,5 +37,7 @@ __all__ = [
     "AuditRecordInvalid",
     "SpoolFull",
     "__version__",
+    "audit_context",
     "configure",
+    "update_audit_context",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import baggage
 from opentelemetry.sdk._logs import LogRecordProcessor, ReadWriteLogRecord
 
+from otel_audit.context import current_audit_context
 from otel_audit.core import attributes as A
 from otel_audit.core.chain import SealedRecord
 from otel_audit.core.recognize import Recognizer
@@ -102,6 +103,9 @@ class AuditLogRecordProcessor(LogRecordProcessor):
             _log.error("otel-audit: audit record logged after shutdown was not stored: %s", record.body)
             self.pipeline.count_dropped()
             return
+        inherited = current_audit_context()  # otel_audit.audit_context(): one lookup when none is open
+        if inherited is not None:
+            amap = _inherit(attributes, amap, inherited.attributes())
         try:
             sealed = self._seal(log_record, amap, default_action or None)
         except (AuditRecordInvalid, SpoolFull) as exc:
@@ -308,6 +312,29 @@ class AuditLogRecordProcessor(LogRecordProcessor):
 
 def _iso(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def _inherit(attributes: Any, amap: Any, defaults: dict[str, Any]) -> Any:
+    """Fill in what the record lacks from the audit context (:mod:`otel_audit.context`).
+
+    Written onto the OTel record itself, like the seal, so that what is
+    exported says the same as what is sealed. Explicit attributes always win.
+    """
+    missing = {key: value for key, value in defaults.items() if key not in amap}
+    if not missing:
+        return amap
+    inner = getattr(attributes, "_dict", None)
+    if inner is not None:
+        inner.update(missing)  # no other thread sees the record yet (see _annotate)
+        return inner
+    if attributes is not None:
+        try:
+            for key, value in missing.items():
+                attributes[key] = value
+            return attributes
+        except TypeError:  # a read-only mapping: seal the merged view only
+            pass
+    return {**amap, **missing}
 
 
 def _annotate(attributes: Any, sealed: SealedRecord, genesis: bytes | None = None) -> None:
