@@ -149,7 +149,6 @@ def _named(
 @contextmanager
 def audit_context(
     attributes: Mapping[str, Any] | None = None,
-    /,
     *,
     actor_id: str | None = None,
     actor_type: str | None = None,
@@ -179,7 +178,6 @@ def audit_context(
 
 def update_audit_context(
     attributes: Mapping[str, Any] | None = None,
-    /,
     *,
     actor_id: str | None = None,
     actor_type: str | None = None,

@@ -861,7 +861,8 @@ def flask_template(rule: str) -> str:
 
 def django_template(route: str) -> str:
     """``patients/<int:pk>/`` or ``^patients/(?P<pk>[0-9]+)/$`` -> ``/patients/{pk}/``."""
-    text = _FLASK_PARAM.sub(r"{\1}", route)
-    if "(?P<" in text or text.startswith("^") or text.endswith("$"):
-        text = _REGEX_GROUP.sub(r"{\1}", text).replace("^", "").replace("$", "").replace("\\", "")
+    if "(?P<" in route or route.startswith("^") or route.endswith("$"):
+        text = _REGEX_GROUP.sub(r"{\1}", route).replace("^", "").replace("$", "").replace("\\", "")
+    else:
+        text = _FLASK_PARAM.sub(r"{\1}", route)
     return text if text.startswith("/") else "/" + text

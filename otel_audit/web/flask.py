@@ -17,7 +17,8 @@ Flask-Login's ``current_user``; the session id to ``session.sid`` (server-side
 sessions such as Flask-Session) or the configured cookie/header.
 
 Instrumented with ``opentelemetry-instrumentation-flask``? Either order works:
-the server span is picked up while the request context is active.
+the server span is picked up at ``request_started``, ``after_request`` and
+``teardown_request``, whichever sees it current.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class FlaskAudit:
         self.middleware = AuditMiddleware(app.wsgi_app, **self.options)
         app.wsgi_app = self.middleware  # type: ignore[method-assign]
         flask.request_started.connect(self._started, app, weak=False)
+        app.after_request(self._after)
         app.teardown_request(self._teardown)
         app.extensions["otel_audit"] = self
 
@@ -72,6 +74,12 @@ class FlaskAudit:
         state.session_resolver = _flask_session
         state.capture_trace()
 
+    def _after(self, response: flask.Response) -> flask.Response:
+        state = self._state()
+        if state is not None:
+            state.capture_trace()  # opentelemetry-instrumentation-flask's span is current from before_request on
+        return response
+
     def _teardown(self, exc: BaseException | None) -> None:
         state = self._state()
         if state is None:
@@ -88,8 +96,8 @@ def _flask_actor() -> Any:
     user = flask.g.get("user")
     if user is not None:
         return user
-    login = flask.current_app.extensions.get("login_manager") if flask.has_app_context() else None
-    if login is not None:
+    app = flask.current_app
+    if getattr(app, "login_manager", None) is not None or "login_manager" in app.extensions:
         from flask_login import current_user
 
         if current_user and current_user.is_authenticated:

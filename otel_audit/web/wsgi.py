@@ -85,12 +85,12 @@ class AuditMiddleware:
         environ[ENVIRON_REQUEST] = state
         state.open()
         state.capture_trace()
-        body = _Body(state, self)
+        body = _Body(state, self, environ)
 
         def audited_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             state.status = int(status[:3])
             body.sized = any(k.lower() == "content-length" for k, _ in headers)
-            self.learn_route(state)
+            self.learn_route(state, environ)
             timeout = state.fail_closed_timeout()
             if timeout is not None and not state.sealed and not state.finish_fail_closed(timeout):
                 body.replaced = True
@@ -122,8 +122,7 @@ class AuditMiddleware:
             return result
         return body
 
-    def learn_route(self, state: RequestAudit) -> None:
-        environ = state.request
+    def learn_route(self, state: RequestAudit, environ: dict[str, Any]) -> None:
         if state.route is None:
             state.route = self.route(environ) if self.route is not None else environ.get(ENVIRON_ROUTE)
         if not state.params:
@@ -138,7 +137,8 @@ _NOTHING = object()
 class _Body:
     """The response body as the server sees it: iterates the application's, seals at its end."""
 
-    def __init__(self, state: RequestAudit, middleware: AuditMiddleware) -> None:
+    def __init__(self, state: RequestAudit, middleware: AuditMiddleware, environ: dict[str, Any]) -> None:
+        self.environ = environ
         self.state = state
         self.middleware = middleware
         self.inner: Any = None
@@ -216,7 +216,7 @@ class _Body:
         state = self.state
         if state.sealed:
             return
-        self.middleware.learn_route(state)
+        self.middleware.learn_route(state, self.environ)
         try:
             state.finish()
         except Exception:
