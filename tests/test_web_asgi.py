@@ -298,3 +298,57 @@ def test_audit_context_reaches_tasks_and_threads_started_by_the_handler(db: str,
 
 async def _async_audit(fn: Any, resource_id: str) -> None:
     fn(resource_id)
+
+
+def test_fail_closed_stream_cut_short_gets_a_follow_up_record(db: str, audited_app: Audited) -> None:
+    from tests.web_harness import disconnect_mid_stream
+
+    app = FastAPI()
+
+    @app.get("/exports/{report_id}/download")
+    @audited(action="report.download", resource_type="report", resource_id="report_id", fail_closed=True)
+    async def download(report_id: str) -> StreamingResponse:
+        async def chunks() -> Any:
+            for i in range(100):
+                yield f"chunk {i}\n".encode()
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(chunks())
+
+    app.add_middleware(AuditMiddleware)
+    server = Uvicorn(app)
+    try:
+        disconnect_mid_stream(server.port, "/exports/r-3/download")
+        assert wait_for(lambda: len(rows(db, "SELECT 1 FROM audit_logs")) == 2 or
+                        (audited_app.audit.flush(1) and False), timeout=20)
+    finally:
+        server.stop()
+    assert audited_app.close()
+    first, second = rows(db, "SELECT id::text, result, reason, attributes FROM audit_logs ORDER BY seq")
+    assert first[1] == "success" and first[2] is None  # committed before the first byte
+    assert second[1] == "failure" and "client disconnected" in second[2]
+    assert second[3]["otel_audit.web.follows"] == first[0]
+    assert second[3]["otel_audit.web.client_disconnected"] is True
+    assert verify(db).ok
+
+
+def test_an_actor_who_signs_out_during_the_request_stays_its_actor(db: str, audited_app: Audited) -> None:
+    app = FastAPI()
+    log = logging.getLogger("clinic")
+
+    @app.post("/logout")
+    async def logout(request: Request) -> str:
+        request.state.user = User("u-7")
+        log.info("signed out", extra={"audit.action": "logout", "audit.resource.type": "session",
+                                      "audit.resource.id": "s", "audit.result": "success"})
+        del request.state.user
+        return "bye"
+
+    app.add_middleware(AuditMiddleware)
+    server = Uvicorn(app)
+    try:
+        assert request(server.port, "POST", "/logout")[0] == 200
+    finally:
+        server.stop()
+    assert audited_app.close()
+    assert sorted(rows(db, "SELECT action, actor_id FROM audit_logs")) == [("POST /logout", "u-7"), ("logout", "u-7")]

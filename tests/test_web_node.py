@@ -50,6 +50,7 @@ class ExpressApp:
         environment = {
             **os.environ,
             "PORT": "0",
+            "HOST": "::",  # dual-stack: Node reports IPv4 peers as ::ffff:127.0.0.1
             "OTEL_SERVICE_NAME": "clinic-js",
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_LOGS_HEADERS": f"Authorization=Bearer {TOKEN}",

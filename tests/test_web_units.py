@@ -108,6 +108,29 @@ def test_templates_and_default_resources() -> None:
     assert default_resource(None, {}) == ("http.route", "(unmatched)")
 
 
+def test_marks_are_found_through_wrappers_and_class_based_views() -> None:
+    import functools
+
+    from otel_audit.web._core import audited, mark_of, not_audited
+
+    @audited(action="export")
+    def view() -> None: ...
+
+    @functools.wraps(view)
+    def wrapper() -> None: ...
+
+    @audited(resource_type="report")
+    class ReportView: ...
+
+    def as_view() -> None: ...
+
+    as_view.view_class = ReportView  # what Django's View.as_view() and Flask's MethodView.as_view() set
+    assert mark_of(wrapper).action == "export"
+    assert mark_of(as_view).resource_type == "report"
+    assert mark_of(not_audited(lambda: None)).audit is False
+    assert mark_of(lambda: None) is None
+
+
 def test_results() -> None:
     assert [result_of(s, None, False, True) for s in (200, 204, 302, 401, 403, 404, 500)] == [
         "success", "success", "success", "denied", "denied", "failure", "failure"]

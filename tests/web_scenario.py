@@ -108,6 +108,10 @@ def drive(port: int, *, patients: int = 150, notes: int = 30) -> Traffic:
     traffic.expected[rid] = Expected("GET /boom", "user-1", "failure", None, "http.route", "/boom",
                                      extra={"error.type": "RuntimeError"})
     calls.append(call(rid, "GET", "/boom", {"Authorization": "Bearer user-1"}, 500))
+    # A streamed response read to its end.
+    rid = uuid.uuid4().hex
+    traffic.expected[rid] = Expected("GET /stream", "user-6", "success", 200, "http.route", "/stream")
+    calls.append(call(rid, "GET", "/stream", {"Authorization": "Bearer user-6"}, 200))
     # Excluded, vetoed.
     for _ in range(3):
         calls.append(call(uuid.uuid4().hex, "GET", "/health", {}, 200))

@@ -140,7 +140,8 @@ app.use((err, _req, res, _next) => res.status(500).send('internal error'));
 class RuntimeError extends Error {}
 
 // ---------------------------------------------------------------- 5. run, and flush on the way out
-const server = app.listen(Number(process.env.PORT || 3000), '127.0.0.1', () => {
+// HOST=:: listens dual-stack: IPv4 peers then arrive as ::ffff:a.b.c.d (stored as a.b.c.d).
+const server = app.listen(Number(process.env.PORT || 3000), process.env.HOST || '127.0.0.1', () => {
   console.log(`PORT ${server.address().port}`);
 });
 
