@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fresh_schema, median, report, where  # noqa: E402
+from benchmarks.common import fresh_schema, median, report, where
 
 
 # ----------------------------------------------------------------------------- server side

@@ -32,8 +32,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import fresh_schema, report, where  # noqa: E402
-from tests.web_harness import request  # noqa: E402
+from benchmarks.common import fresh_schema, report, where
+from tests.web_harness import request
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "express-audit"
 TOKEN = "outage-token-0123456789abcdef"
@@ -80,15 +80,13 @@ def run(dsn: str, *, outage: float, rate: float, seconds: float, env: dict[str, 
     errors = 0
     total = int(rate * seconds)
     start = time.monotonic()
-    outage_from, outage_to = (seconds - outage) / 2, (seconds + outage) / 2
-    down = threading.Event()
+    outage_from = (seconds - outage) / 2  # the outage sits in the middle of the sending phase
 
     def outage_control() -> None:
         nonlocal serve
         time.sleep(outage_from)
         serve.send_signal(signal.SIGKILL)
         serve.wait()
-        down.set()
         time.sleep(outage)
         serve = start_serve(dsn, port, work / "spool", tokens)
 

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("django")
 pytest.importorskip("waitress")
 
-from tests import web_scenario  # noqa: E402
-from tests.harness import rows, verify  # noqa: E402
-from tests.web_harness import request  # noqa: E402
+from tests import web_scenario
+from tests.harness import rows, verify
+from tests.web_harness import request
 
 pytestmark = pytest.mark.storage
 

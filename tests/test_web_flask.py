@@ -12,13 +12,13 @@ import pytest
 pytest.importorskip("flask")
 pytest.importorskip("waitress")
 
-import flask  # noqa: E402
+import flask
 
-from otel_audit.web.flask import FlaskAudit, audited, not_audited  # noqa: E402
-from otel_audit.web.wsgi import AuditMiddleware  # noqa: E402
-from tests import web_scenario  # noqa: E402
-from tests.harness import rows, verify  # noqa: E402
-from tests.web_harness import Audited, Waitress, request, wait_for  # noqa: E402
+from otel_audit.web.flask import FlaskAudit, audited, not_audited
+from otel_audit.web.wsgi import AuditMiddleware
+from tests import web_scenario
+from tests.harness import rows, verify
+from tests.web_harness import Audited, Waitress, request, wait_for
 
 pytestmark = pytest.mark.storage
 

@@ -75,12 +75,12 @@ settings.configure(
 )
 django.setup()
 
-from django.core.exceptions import PermissionDenied  # noqa: E402
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse  # noqa: E402
-from django.urls import path  # noqa: E402
-from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 
-from otel_audit.web.django import audited, not_audited  # noqa: E402
+from otel_audit.web.django import audited, not_audited
 
 log = logging.getLogger("clinic")
 

@@ -165,8 +165,13 @@ def rows_by_request(dsn: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def wait_stored(dsn: str, predicate: Any, timeout: float = 20.0) -> dict[str, list[dict[str, Any]]]:
-    return wait_for(lambda: (lambda r: r if predicate(r) else None)(rows_by_request(dsn)), timeout) or \
-        rows_by_request(dsn)
+    """The stored records once ``predicate`` holds for them (or as they are after ``timeout``)."""
+
+    def ready() -> dict[str, list[dict[str, Any]]] | None:
+        found = rows_by_request(dsn)
+        return found if predicate(found) else None
+
+    return wait_for(ready, timeout) or rows_by_request(dsn)
 
 
 def check(dsn: str, traffic: Traffic, disconnected: str | None) -> dict[str, list[dict[str, Any]]]:

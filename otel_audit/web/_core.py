@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
-from otel_audit.context import AuditContext, _CURRENT
+from otel_audit.context import _CURRENT, AuditContext
 from otel_audit.core import attributes as A
 from otel_audit.errors import AuditNotCommitted
 
@@ -496,11 +496,11 @@ class RequestAudit:
 
     __slots__ = (
         "_context_token",
-        "_request_token",
         "_headers",
         "_lock",
         "_otel_context",
-                "actor_resolver",
+        "_request_token",
+        "actor_resolver",
         "complete",
         "config",
         "disconnected",
