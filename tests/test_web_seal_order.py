@@ -69,3 +69,26 @@ def test_wsgi_record_sealed_before_the_server_has_the_whole_body(db: str, audite
     assert seen == expected and after_iteration == 1
     assert audited_app.close()
     assert rows(db, "SELECT count(*) FROM audit_logs") == [(1,)]
+
+
+def test_request_records_do_not_depend_on_the_otel_audit_logger(db: str, audited_app: Audited) -> None:
+    """Quieting otel-audit's own messages (a level, propagate=False) must not silence request records."""
+    import logging
+
+    own = logging.getLogger("otel_audit")
+    saved = own.propagate, own.level
+    own.propagate, own.level = False, logging.CRITICAL
+    try:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def noop(message: Any = None) -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "DELETE", "path": "/x", "headers": [], "client": ("10.0.0.1", 1)}
+        asyncio.run(AsgiAudit(app)(scope, noop, noop))
+    finally:
+        own.propagate, own.level = saved
+    assert audited_app.close()
+    assert rows(db, "SELECT action, scope FROM audit_logs") == [("DELETE (unmatched)", "audit.http")]

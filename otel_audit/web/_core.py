@@ -26,7 +26,7 @@ from opentelemetry import propagate, trace
 
 from otel_audit.context import _CURRENT, AuditContext
 from otel_audit.core import attributes as A
-from otel_audit.errors import AuditNotCommitted
+from otel_audit.processor import _FAIL_CLOSED
 
 if TYPE_CHECKING:
     from otel_audit.configuration import AuditHandle
@@ -238,9 +238,11 @@ class WebAuditConfig:
 
     ``fail_closed_timeout``: seconds a fail-closed route waits for the commit
     (``@audited(fail_closed=2.0)`` overrides); ``audit``: the handle
-    ``otel_audit.configure()`` returned (found automatically when there is
-    one); ``logger``: the logger the request records go through
-    (``otel_audit.web``, level INFO).
+    ``otel_audit.configure()`` returned (found automatically: the one whose
+    chain sealed the record); ``logger``: the logger the request records go through
+    (``audit.http``, level INFO; deliberately outside the ``otel_audit``
+    namespace, so that quieting otel-audit's own messages, even with
+    ``propagate = False``, cannot silence request records).
     """
 
     def __init__(
@@ -257,7 +259,7 @@ class WebAuditConfig:
         hook: Hook | None = None,
         fail_closed_timeout: float = 5.0,
         audit: AuditHandle | None = None,
-        logger: str | logging.Logger = "otel_audit.web",
+        logger: str | logging.Logger = "audit.http",
     ) -> None:
         if requests not in ("all", "state-changing", "marked"):
             raise ValueError(f"requests={requests!r}: use 'all', 'state-changing' or 'marked'")
@@ -276,7 +278,7 @@ class WebAuditConfig:
         if isinstance(logger, str):
             logger = logging.getLogger(logger)
             if logger.level == logging.NOTSET:
-                # configure() quiets the "otel_audit" logger to WARNING; request records are INFO.
+                # Request records are INFO; an application whose root logger is at WARNING must not lose them.
                 logger.setLevel(logging.INFO)
         self.logger = logger
         self._warned_unconfigured = False
@@ -298,13 +300,16 @@ class WebAuditConfig:
             return method in STATE_CHANGING
         return False
 
-    def handle(self) -> AuditHandle | None:
+    def handle(self, chain_id: str) -> AuditHandle | None:
+        """The handle whose pipeline sealed into ``chain_id`` (the given one, else among the active ones)."""
         if self.audit is not None:
             return self.audit
         from otel_audit.configuration import _ACTIVE
 
-        handles = list(_ACTIVE.values())
-        return handles[0] if len(handles) == 1 else None
+        for handle in list(_ACTIVE.values()):
+            if handle.chain_id == chain_id:
+                return handle
+        return None
 
     def check_configured(self) -> None:
         if self._warned_unconfigured:
@@ -783,25 +788,34 @@ class RequestAudit:
         attrs = self.attributes()
         if attrs is None:
             return True
-        handle = self.config.handle()
-        if handle is None:
-            _log.error(
-                "otel-audit: fail-closed route %s but no otel_audit.configure() handle (pass audit=handle to "
-                "the middleware when the process has several); refusing the response", self.route,
-            )
-            self._emit(attrs)
-            return False
         sealed: list[Any] = []
+        token = _FAIL_CLOSED.set(sealed)  # what otel_audit's fail_closed() collects, per context
         try:
-            with handle.fail_closed(timeout) as sealed:
-                self._emit(attrs)
-        except AuditNotCommitted as exc:
-            _log.error("otel-audit: fail-closed route %s: %s; answering 503", self.route, exc)
-            return False
+            self._emit(attrs)
         finally:
-            if sealed:
-                self.record_id = sealed[-1].record_id
-        return True
+            _FAIL_CLOSED.reset(token)
+        if not sealed:
+            _log.error(
+                "otel-audit: fail-closed route %s: its audit record reached no audit processor (is "
+                "otel_audit.configure() called in this process, and does the %r logger reach the OpenTelemetry "
+                "LoggingHandler?); answering 503", self.route, self.config.logger.name,
+            )
+            return False
+        record = sealed[-1]
+        self.record_id = record.record_id
+        handle = self.config.handle(record.chain_id)
+        if handle is None:
+            _log.error("otel-audit: fail-closed route %s: no otel_audit.configure() handle owns chain %s; "
+                       "answering 503", self.route, record.chain_id)
+            return False
+        if handle.pipeline.wait_committed(record, timeout):
+            return True
+        _log.error(
+            "otel-audit: fail-closed route %s: audit record %s was not committed to PostgreSQL within %gs (last "
+            "error: %s); answering 503. The record is safe in the spool and will be written later.",
+            self.route, record.record_id, timeout, handle.pipeline.stats.last_error or "none",
+        )
+        return False
 
     def follow_up(self, reason: str, *, status: int | None = None) -> None:
         """A second record for a request whose record was sealed early (fail-closed) and whose
