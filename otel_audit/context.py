@@ -97,8 +97,8 @@ class AuditContext:
                 resolved = None
             if resolved:
                 for key, value in resolved.items():
-                    if value is not None and key not in _FORBIDDEN:
-                        merged[key] = value
+                    if value is not None and key not in _FORBIDDEN and isinstance(key, str):
+                        merged[key] = _attribute_value(value)
         return merged
 
 
@@ -112,6 +112,18 @@ def context_attributes() -> dict[str, Any]:
     """The attributes an audit record logged here and now would inherit (empty outside a context)."""
     ctx = _CURRENT.get()
     return dict(ctx.attributes()) if ctx is not None else {}
+
+
+_SCALARS = (str, bool, int, float)
+
+
+def _attribute_value(value: Any) -> Any:
+    """What OpenTelemetry can carry: inherited values are written on the exported record too."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, _SCALARS) for v in value):
+        return list(value)
+    return str(value)
 
 
 def _named(
@@ -134,6 +146,7 @@ def _named(
     ):
         if value is not None:
             values[key] = value
+    values = {key: _attribute_value(value) for key, value in values.items()}
     bad = _FORBIDDEN.intersection(values)
     if bad:
         raise ValueError(
@@ -163,7 +176,8 @@ def audit_context(
     The keyword arguments are shorthands for ``audit.actor.id``,
     ``audit.actor.type``, ``user.id``, ``session.id``, ``client.address`` and
     ``user_agent.original``; ``attributes`` may hold any other attribute
-    (``{"tenant.id": "t-9"}``). ``resolver`` is called at each audit call inside
+    (``{"tenant.id": "t-9"}``). Values are OpenTelemetry attribute values
+    (text, numbers, booleans, lists of them); anything else becomes its ``str()``. ``resolver`` is called at each audit call inside
     the block and may return more attributes (``None`` values are ignored); an
     exception in it is logged and the fixed attributes are used.
     """

@@ -35,6 +35,17 @@ def test_nesting_resolver_and_forbidden_names() -> None:
         update_audit_context(actor_id="x")
 
 
+def test_values_are_what_opentelemetry_can_carry() -> None:
+    class Tenant:
+        def __str__(self) -> str:
+            return "tenant-9"
+
+    with audit_context({"tenant": Tenant(), "ids": (1, 2), "ok": True}, actor_id=42,  # type: ignore[arg-type]
+                       resolver=lambda: {"obj": object.__new__(Tenant)}):
+        assert context_attributes() == {"tenant": "tenant-9", "ids": [1, 2], "ok": True,
+                                        "audit.actor.id": 42, "obj": "tenant-9"}
+
+
 def test_an_inner_context_beats_an_outer_resolver() -> None:
     with audit_context(resolver=lambda: {"audit.actor.id": "request-user"}):
         assert context_attributes()["audit.actor.id"] == "request-user"
