@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from otel_audit.cli.main import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
+from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import escape_text, print_json, write_line
 from otel_audit.core.keys import generate_signing_key, load_trusted_keys, write_keypair
 from otel_audit.core.proof import verify_proof

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from otel_audit.cli.main import EXIT_OK, add_dsn, connect
+from otel_audit.cli.common import EXIT_OK, add_dsn, connect
 from otel_audit.sink.schema import SCHEMA_VERSION, current_version, grant_reader, grant_writer, migrate
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from otel_audit.cli.main import EXIT_INTEGRITY, EXIT_OK
+from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK
 from otel_audit.cli.verify import print_text
 
 

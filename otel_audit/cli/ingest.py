@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from otel_audit.cli.main import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, resolve_dsn
+from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, resolve_dsn
 from otel_audit.ingest import IngestConfig, IngestServer, IngestService, TokenSet, tls_context
 from otel_audit.ingest.auth import TOKENS_ENV
 from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir

@@ -8,46 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 
-import psycopg
-
 from otel_audit import __version__
+from otel_audit.cli.common import EXIT_ERROR, CommandParser, UsageError
 from otel_audit.errors import AuditError
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_INTEGRITY, EXIT_ERROR = 0, 1, 2
-
-
-class UsageError(Exception):
-    """A problem with how the command was called; the message says how to fix it."""
-
-
-def add_dsn(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dsn",
-        default=None,
-        help="PostgreSQL connection string (default: $OTEL_AUDIT_DSN)",
-    )
-
-
-def resolve_dsn(args: argparse.Namespace) -> str:
-    dsn = getattr(args, "dsn", None) or os.environ.get("OTEL_AUDIT_DSN")
-    if not dsn:
-        raise UsageError("no database given: pass --dsn postgresql://user@host/db or set OTEL_AUDIT_DSN")
-    return dsn
-
-
-def connect(args: argparse.Namespace, *, autocommit: bool = True) -> psycopg.Connection:
-    dsn = resolve_dsn(args)
-    try:
-        return psycopg.connect(dsn, autocommit=autocommit, application_name="otel-audit-cli", connect_timeout=10)
-    except psycopg.Error as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConnectionError(f"cannot connect to PostgreSQL: {message}") from exc
 
 
 def _error(command: str, message: str) -> None:
@@ -58,16 +26,16 @@ def _error(command: str, message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from otel_audit.cli import checkpoints, db, demo, ingest, query, status, verify
+    from otel_audit.cli import checkpoints, collector, db, demo, ingest, query, status, verify
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="otel-audit",
         description="Tamper-evident compliance audit logging for OpenTelemetry.",
     )
     parser.add_argument("--version", action="version", version=f"otel-audit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (db, verify, query, demo, status, checkpoints, ingest):
+    for module in (db, verify, query, demo, status, checkpoints, ingest, collector):
         module.register(sub)
     return parser
 
@@ -92,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConnectionError, LookupError, AuditError, ValueError, OSError) as exc:
         _error(args.command, str(exc))
         return EXIT_ERROR
-    except psycopg.Error as exc:
+    except Exception as exc:
+        psycopg = sys.modules.get("psycopg")  # imported by the commands that talk to PostgreSQL, not here
+        if psycopg is None or not isinstance(exc, psycopg.Error):
+            raise
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _error(args.command, f"PostgreSQL error: {text}")
         return EXIT_ERROR

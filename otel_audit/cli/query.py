@@ -6,7 +6,7 @@ import argparse
 from datetime import datetime, timezone
 
 from otel_audit import query as q
-from otel_audit.cli.main import EXIT_OK, UsageError, add_dsn, connect
+from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import render
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from otel_audit.cli.main import EXIT_ERROR, EXIT_OK, add_dsn, connect
+from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, add_dsn, connect
 from otel_audit.cli.output import print_json, write_line
 from otel_audit.pipeline import default_spool_dir
 from otel_audit.status import database_status, spool_status

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from otel_audit.cli.main import EXIT_OK, UsageError, add_dsn, connect
+from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json, write_line
 from otel_audit.core.keys import load_trusted_keys
 from otel_audit.query import parse_duration

@@ -1,0 +1,81 @@
+"""What every ``otel-audit`` command shares: exit codes, the usage error, the DSN option and connecting.
+
+It lives apart from :mod:`otel_audit.cli.main` (which imports every command
+module to build the parser) so that command modules never import ``main``
+back: the CLI has no import cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTEGRITY",
+    "EXIT_OK",
+    "CommandParser",
+    "UsageError",
+    "add_dsn",
+    "connect",
+    "resolve_dsn",
+]
+
+EXIT_OK, EXIT_INTEGRITY, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem with how the command was called; the message says how to fix it."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose unknown options are reported by the (sub)command they were given to.
+
+    argparse hands a subcommand's unrecognized arguments back to the top-level
+    parser, which then prints the top-level usage: a typo in ``otel-audit verify
+    --trusted-kee`` would show the list of commands instead of verify's options.
+    Each parser here refuses its own leftovers, with its own usage.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
+def add_dsn(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL connection string (default: $OTEL_AUDIT_DSN)",
+    )
+
+
+def resolve_dsn(args: argparse.Namespace) -> str:
+    dsn = getattr(args, "dsn", None) or os.environ.get("OTEL_AUDIT_DSN")
+    if not dsn:
+        raise UsageError("no database given: pass --dsn postgresql://user@host/db or set OTEL_AUDIT_DSN")
+    return dsn
+
+
+def connect(args: argparse.Namespace, *, autocommit: bool = True) -> psycopg.Connection:
+    import psycopg
+
+    dsn = resolve_dsn(args)
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, application_name="otel-audit-cli", connect_timeout=10)
+    except psycopg.Error as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConnectionError(f"cannot connect to PostgreSQL: {message}") from exc
