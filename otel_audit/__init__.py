@@ -13,8 +13,8 @@ normal OTLP export continues::
     audit.shutdown()
 """
 
-from otel_audit.configuration import AuditHandle, configure
-from otel_audit.context import audit_context, update_audit_context
+from typing import TYPE_CHECKING, Any
+
 from otel_audit.errors import (
     AuditConfigurationError,
     AuditError,
@@ -22,8 +22,12 @@ from otel_audit.errors import (
     AuditRecordInvalid,
     SpoolFull,
 )
-from otel_audit.inputs import AuditInputFilter
-from otel_audit.processor import AuditLogRecordProcessor
+
+if TYPE_CHECKING:
+    from otel_audit.configuration import AuditHandle, configure
+    from otel_audit.context import audit_context, update_audit_context
+    from otel_audit.inputs import AuditInputFilter
+    from otel_audit.processor import AuditLogRecordProcessor
 
 __version__ = "0.1.0"
 
@@ -41,3 +45,31 @@ __all__ = [
     "configure",
     "update_audit_context",
 ]
+
+# Imported on first use (PEP 562): `import otel_audit` stays cheap for code that only needs a
+# submodule or the errors (the CLI's light commands, the opentelemetry-instrument entry point when
+# otel-audit is not enabled, the web middleware's import), instead of pulling in the OpenTelemetry
+# SDK, psycopg and the pipeline (about 200 ms) up front.
+_LAZY = {
+    "configure": "otel_audit.configuration",
+    "AuditHandle": "otel_audit.configuration",
+    "AuditLogRecordProcessor": "otel_audit.processor",
+    "AuditInputFilter": "otel_audit.inputs",
+    "audit_context": "otel_audit.context",
+    "update_audit_context": "otel_audit.context",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'otel_audit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
