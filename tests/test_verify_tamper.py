@@ -127,11 +127,21 @@ def test_swapping_two_rows_sequence_numbers_is_detected(trail: str) -> None:
     assert sorted(kinds(trail)) == [("reordered", 5), ("reordered", 6)]
 
 
-def test_a_forged_row_with_a_duplicate_position_is_detected(trail: str) -> None:
+# Each partition of audit_logs has its own unique (chain_id, seq) index: a superuser drops them all.
+DROP_POSITION_INDEXES = (
+    "DO $$ DECLARE r record; BEGIN FOR r IN SELECT indexrelid::regclass::text AS ix FROM pg_index i "
+    "JOIN pg_inherits h ON h.inhrelid = i.indrelid WHERE h.inhparent = 'audit_logs'::regclass AND i.indisunique "
+    "LOOP EXECUTE 'DROP INDEX ' || r.ix; END LOOP; END $$"
+)
+
+
+@pytest.mark.parametrize("timestamp", ["timestamp", "timestamp - interval '400 days'"])
+def test_a_forged_row_with_a_duplicate_position_is_detected(trail: str, timestamp: str) -> None:
+    """In the same partition (its unique index dropped) and in another partition (nothing to drop)."""
     tamper(
         trail,
-        "ALTER TABLE audit_logs DROP CONSTRAINT audit_logs_chain_seq",
-        "INSERT INTO audit_logs SELECT gen_random_uuid(), timestamp, 'intruder', actor_type, action, resource_type, "
+        DROP_POSITION_INDEXES,
+        f"INSERT INTO audit_logs SELECT gen_random_uuid(), {timestamp}, 'intruder', actor_type, action, resource_type, "
         "resource_id, result, ip_address, user_agent, session_id, user_id, reason, changed_fields, old_values, "
         "prev_hash, hash, chain_id, seq, trace_id, span_id, trace_flags, service_name, service_instance_id, "
         "host_name, scope, severity_text, severity_number, event_name, message, attributes, problems, "

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from otel_audit.cli.common import EXIT_OK, add_dsn, connect
+from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
+from otel_audit.cli.output import print_json
+from otel_audit.sink.partitions import (
+    DEFAULT_AHEAD_MONTHS,
+    ensure_partitions,
+    is_partitioned,
+    list_partitions,
+    rehome_default_rows,
+)
 from otel_audit.sink.schema import SCHEMA_VERSION, current_version, grant_reader, grant_writer, migrate
 
 
@@ -21,6 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--writer-role", metavar="ROLE", help="grant ROLE insert-only access (it must exist)")
     init.add_argument("--reader-role", metavar="ROLE", help="grant ROLE read-only access (auditors, verify)")
     init.set_defaults(handler=run_init)
+    maintain = dbsub.add_parser(
+        "maintain",
+        help="create the coming months' partitions of audit_logs; list partitions",
+        description="Create the partitions of audit_logs from last month to --ahead months ahead (the sink does "
+        "this too, hourly), give rows that landed in the default partition a partition of their own when their "
+        "month is plausible, and list every partition. Run it daily from cron. Idempotent.",
+    )
+    add_dsn(maintain)
+    maintain.add_argument("--ahead", type=int, default=DEFAULT_AHEAD_MONTHS, metavar="MONTHS",
+                          help=f"months to create ahead of the current one (default {DEFAULT_AHEAD_MONTHS})")
+    maintain.add_argument("--json", action="store_true", help="print the partitions as JSON")
+    maintain.set_defaults(handler=run_maintain)
     version = dbsub.add_parser("version", help="print the schema version of the database")
     add_dsn(version)
     version.set_defaults(handler=run_version)
@@ -45,4 +65,44 @@ def run_init(args: argparse.Namespace) -> int:
 def run_version(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         print(current_version(conn))
+    return EXIT_OK
+
+
+def run_maintain(args: argparse.Namespace) -> int:
+    if args.ahead < 0:
+        raise UsageError("--ahead must be 0 or more")
+    with connect(args) as conn:
+        if current_version(conn) < 3 or not is_partitioned(conn):
+            raise LookupError(
+                "audit_logs is not partitioned in this database (schema version "
+                f"{current_version(conn)}); upgrade it with `otel-audit db init --dsn ...`"
+            )
+        made = ensure_partitions(conn, ahead=args.ahead, lock_timeout="30s")
+        made += rehome_default_rows(conn, lock_timeout="30s")
+        parts = list_partitions(conn)
+    if args.json:
+        print_json(
+            {
+                "created": made,
+                "partitions": [
+                    {
+                        "name": p.name,
+                        "from": p.lower.isoformat() if p.lower else None,
+                        "to": p.upper.isoformat() if p.upper else None,
+                        "default": p.default,
+                        "rows_estimate": p.rows,
+                        "bytes": p.bytes,
+                    }
+                    for p in parts
+                ],
+            }
+        )
+        return EXIT_OK
+    for name in made:
+        print(f"created partition {name}")
+    for p in parts:
+        span = "default (no partition for their month)" if p.default else (
+            f"{p.lower.isoformat() if p.lower else 'all time'} .. {p.upper.isoformat() if p.upper else 'all time'}"
+        )
+        print(f"{p.name:28} {span:60} ~{p.rows:,} rows  {p.bytes / 1048576:,.1f} MiB")
     return EXIT_OK

@@ -145,6 +145,174 @@ COMMENT ON TABLE audit_checkpoints IS
     'The verifier trusts only the public keys it is given, never anything stored here.';
 """
 
+
+# Version 3: audit_logs partitioned by month of the sealed timestamp (UTC).
+#
+# PostgreSQL cannot enforce a unique constraint on a partitioned table unless it
+# includes the partition key, so (chain_id, seq) is unique *per partition* (each
+# partition has its own unique index) and the sink inserts with a bare
+# ``ON CONFLICT DO NOTHING`` (every unique index of the partition arbitrates).
+# The partition is a function of the sealed timestamp, so a replayed record
+# lands in the partition that already holds it and is skipped there. A
+# *different* record claiming a taken (chain, seq) is refused when its timestamp
+# falls in the same partition (and quarantined by the sink, as before); with a
+# timestamp in another partition both rows are stored and the verifier reports
+# the second claim as ``inserted``: only the verifier sees across partitions.
+#
+# ``otel_audit_ensure_partition(month)`` creates one month's partition (owner's
+# rights: the insert-only writer role may call it, and may not create tables
+# otherwise), moves rows of that month out of the default partition first, and
+# attaches the new table with only a SHARE UPDATE EXCLUSIVE lock on audit_logs.
+# Rows for which no partition exists yet go to ``audit_logs_default``: an insert
+# never fails for want of a partition.
+_ENSURE_PARTITION = r"""
+CREATE OR REPLACE FUNCTION otel_audit_ensure_partition(p_month timestamptz) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+    lo      timestamptz := date_trunc('month', p_month AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    hi      timestamptz := (date_trunc('month', p_month AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+    part    text := 'audit_logs_p' || to_char(p_month AT TIME ZONE 'UTC', 'YYYYMM');
+    legacy  text;
+    cols    text;
+BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_advisory_xact_lock(132229331);  -- one creator at a time
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    -- Months before the end of a table that was partitioned late are in its legacy partition.
+    SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) INTO legacy
+    FROM pg_catalog.pg_class c WHERE c.oid = to_regclass('audit_logs_legacy') AND c.relispartition;
+    IF legacy IS NOT NULL AND lo < substring(legacy FROM 'TO \(''([^'']+)''\)')::timestamptz THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE audit_logs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (timestamp >= %L AND timestamp < %L)',
+                   part, part || '_range', lo, hi);
+    EXECUTE format('CREATE UNIQUE INDEX %I ON %I (chain_id, seq)', part || '_chain_seq', part);
+    EXECUTE format('CREATE INDEX %I ON %I (id)', part || '_id', part);
+    IF to_regclass('audit_logs_default') IS NOT NULL THEN
+        -- Rows of this month that arrived before it had a partition move there (the same rows,
+        -- byte for byte, in one transaction): the default partition keeps only true outliers.
+        EXECUTE 'SELECT 1 FROM audit_logs_default WHERE timestamp >= $1 AND timestamp < $2 LIMIT 1'
+            INTO cols USING lo, hi;
+        IF cols IS NOT NULL THEN
+            SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+            FROM pg_catalog.pg_attribute WHERE attrelid = 'audit_logs'::regclass AND attnum > 0 AND NOT attisdropped;
+            EXECUTE format('INSERT INTO %I (%s) SELECT %s FROM audit_logs_default WHERE timestamp >= %L AND timestamp < %L',
+                           part, cols, cols, lo, hi);
+            ALTER TABLE audit_logs_default DISABLE TRIGGER audit_logs_no_update_delete;
+            EXECUTE 'DELETE FROM audit_logs_default WHERE timestamp >= $1 AND timestamp < $2' USING lo, hi;
+            ALTER TABLE audit_logs_default ENABLE TRIGGER audit_logs_no_update_delete;
+        END IF;
+    END IF;
+    EXECUTE format('ALTER TABLE audit_logs ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+    EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', part, part || '_range');
+    -- Statement triggers are not inherited: TRUNCATE of the partition itself is refused here.
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I FOR EACH STATEMENT EXECUTE FUNCTION otel_audit_reject_change()',
+                   part || '_no_truncate', part);
+    RETURN part;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION otel_audit_ensure_partitions(p_from timestamptz, p_to timestamptz) RETURNS SETOF text
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+    m timestamptz := date_trunc('month', p_from AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    made text;
+BEGIN
+    WHILE m <= p_to LOOP
+        made := otel_audit_ensure_partition(m);
+        IF made IS NOT NULL THEN
+            RETURN NEXT made;
+        END IF;
+        m := (m AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC';
+    END LOOP;
+END
+$fn$;
+"""
+
+_V3 = _ENSURE_PARTITION + r"""
+DO $mig$
+DECLARE
+    upper_bound timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+    has_rows boolean;
+    r record;
+BEGIN
+    EXECUTE format('ALTER FUNCTION otel_audit_ensure_partition(timestamptz) SET search_path = %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION otel_audit_ensure_partitions(timestamptz, timestamptz) SET search_path = %I, pg_temp',
+                   current_schema());
+    REVOKE ALL ON FUNCTION otel_audit_ensure_partition(timestamptz) FROM PUBLIC;
+    REVOKE ALL ON FUNCTION otel_audit_ensure_partitions(timestamptz, timestamptz) FROM PUBLIC;
+
+    -- The unpartitioned table becomes the legacy partition (nothing is copied or rewritten).
+    ALTER TABLE audit_logs RENAME TO audit_logs_legacy;
+    ALTER TABLE audit_logs_legacy RENAME CONSTRAINT audit_logs_pkey TO audit_logs_legacy_pkey;
+    ALTER TABLE audit_logs_legacy RENAME CONSTRAINT audit_logs_chain_seq TO audit_logs_legacy_chain_seq;
+    ALTER INDEX idx_audit_actor_id RENAME TO audit_logs_legacy_actor_id;
+    ALTER INDEX idx_audit_resource RENAME TO audit_logs_legacy_resource;
+    ALTER INDEX idx_audit_timestamp RENAME TO audit_logs_legacy_timestamp;
+    ALTER INDEX idx_audit_action RENAME TO audit_logs_legacy_action;
+    ALTER INDEX idx_audit_trace_id RENAME TO audit_logs_legacy_trace_id;
+    DROP TRIGGER audit_logs_no_update_delete ON audit_logs_legacy;  -- the parent's clone replaces it
+    ALTER TRIGGER audit_logs_no_truncate ON audit_logs_legacy RENAME TO audit_logs_legacy_no_truncate;
+
+    CREATE TABLE audit_logs (LIKE audit_logs_legacy INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        PARTITION BY RANGE (timestamp);
+    COMMENT ON TABLE audit_logs IS
+        'otel-audit records, partitioned by month of timestamp (UTC). Append-only. Every column but inserted_at is a '
+        'projection of canonical, whose SHA-256 is hash. (chain_id, seq) is unique within each partition.';
+    CREATE INDEX idx_audit_actor_id  ON audit_logs (actor_id, timestamp DESC);
+    CREATE INDEX idx_audit_resource  ON audit_logs (resource_type, resource_id, timestamp DESC);
+    CREATE INDEX idx_audit_timestamp ON audit_logs (timestamp DESC);
+    CREATE INDEX idx_audit_action    ON audit_logs (action);
+    CREATE INDEX idx_audit_trace_id  ON audit_logs (trace_id) WHERE trace_id IS NOT NULL;
+    CREATE TRIGGER audit_logs_no_update_delete BEFORE UPDATE OR DELETE ON audit_logs
+        FOR EACH ROW EXECUTE FUNCTION otel_audit_reject_change();
+    CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON audit_logs
+        FOR EACH STATEMENT EXECUTE FUNCTION otel_audit_reject_change();
+
+    -- Whoever could read or insert into the old table can do the same with the new one.
+    FOR r IN SELECT a.grantee::regrole::text AS grantee, a.privilege_type
+             FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = 'audit_logs_legacy'::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT %s ON audit_logs TO %s', r.privilege_type, r.grantee);
+    END LOOP;
+    FOR r IN SELECT a.grantee::regrole::text AS grantee, a.privilege_type, t.attname
+             FROM pg_catalog.pg_attribute t, aclexplode(t.attacl) a
+             WHERE t.attrelid = 'audit_logs_legacy'::regclass AND t.attacl IS NOT NULL AND a.grantee <> 0 LOOP
+        EXECUTE format('GRANT %s (%I) ON audit_logs TO %s', r.privilege_type, r.attname, r.grantee);
+    END LOOP;
+    FOR r IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+             FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = 'audit_logs_legacy'::regclass AND a.privilege_type = 'INSERT'
+               AND a.grantee <> 0 AND a.grantee <> c.relowner LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION otel_audit_ensure_partitions(timestamptz, timestamptz) TO %s', r.grantee);
+    END LOOP;
+
+    CREATE TABLE audit_logs_default PARTITION OF audit_logs DEFAULT;
+    CREATE UNIQUE INDEX audit_logs_default_chain_seq ON audit_logs_default (chain_id, seq);
+    CREATE INDEX audit_logs_default_id ON audit_logs_default (id);
+    CREATE TRIGGER audit_logs_default_no_truncate BEFORE TRUNCATE ON audit_logs_default
+        FOR EACH STATEMENT EXECUTE FUNCTION otel_audit_reject_change();
+
+    SELECT EXISTS (SELECT 1 FROM audit_logs_legacy) INTO has_rows;
+    IF has_rows THEN
+        -- Every existing record stays where it is: the old table covers all time up to the end of this
+        -- month (its rows are checked against that bound once, by ATTACH).
+        EXECUTE format('ALTER TABLE audit_logs ATTACH PARTITION audit_logs_legacy FOR VALUES FROM (MINVALUE) TO (%L)',
+                       upper_bound);
+    ELSE
+        DROP TABLE audit_logs_legacy;
+    END IF;
+    PERFORM otel_audit_ensure_partitions(now() - interval '1 month', now() + interval '3 months');
+END
+$mig$;
+"""
+
 #: Every append-only otel-audit table (writers may insert into each).
 AUDIT_TABLES = ("audit_chains", "audit_logs", "audit_quarantine", "audit_checkpoints")
 _V1_TABLES = ("audit_chains", "audit_logs", "audit_quarantine")
@@ -169,6 +337,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "audit_checkpoints (signed chain heads); append-only triggers",
         _V2 + _append_only("audit_checkpoints"),
+    ),
+    Migration(
+        3,
+        "audit_logs partitioned by month (default partition, existing rows kept as the legacy partition)",
+        _V3,
     ),
 )
 
@@ -243,6 +416,13 @@ def grant_writer(conn: psycopg.Connection, role: str) -> None:
         if "audit_checkpoints" in _existing(conn, ("audit_checkpoints",)):
             # ON CONFLICT (chain_id, n) DO NOTHING makes checkpoint replays idempotent; it reads the key only.
             conn.execute(sql.SQL("GRANT SELECT (chain_id, n) ON audit_checkpoints TO {}").format(ident))
+        if _has_function(conn, "otel_audit_ensure_partitions"):
+            # The sink creates the coming months' partitions at start and hourly (owner's rights, no DDL grant).
+            conn.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION otel_audit_ensure_partitions(timestamptz, timestamptz) TO {}").format(
+                    ident
+                )
+            )
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(tables, ident))
 
 
@@ -256,12 +436,21 @@ def grant_reader(conn: psycopg.Connection, role: str) -> None:
         conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables, ident))
 
 
+def _has_function(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proname = %s "
+        "AND pronamespace = current_schema()::regnamespace)",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _existing(conn: psycopg.Connection, names: tuple[str, ...]) -> tuple[str, ...]:
     found = {
         name
         for (name,) in conn.execute(
             "SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
-            "AND c.relkind = 'r' AND c.relname = ANY(%s)",
+            "AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)",
             (list(names),),
         )
     }

@@ -5,8 +5,14 @@ it in one transaction with ``COPY`` (group commit: the slower the database,
 the larger the batch). A batch is committed before its spool space is
 released, so a crash anywhere leaves the records in the spool; the replay
 skips records PostgreSQL already has (same chain, sequence number and hash),
-and every insert is ``ON CONFLICT (chain_id, seq) DO NOTHING``, so nothing is
-written twice.
+and every insert is ``ON CONFLICT DO NOTHING`` on the partition's unique
+``(chain_id, seq)`` index (a replayed record has the same sealed timestamp, so
+it is routed to the partition that holds it), so nothing is written twice.
+
+The sink also creates the coming months' partitions of ``audit_logs`` when it
+connects and every hour (:mod:`otel_audit.sink.partitions`); if that fails
+(an old schema, a lock it could not get) rows still go to the default
+partition.
 
 Besides the spool of its own chain, a sink can drain a *relay* spool: records
 sealed by other emitters (of any number of chains) that the OTLP ingest
@@ -50,6 +56,7 @@ from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.record import record_seq
 from otel_audit.sink.checkpoints import store_checkpoints
+from otel_audit.sink.partitions import ensure_partitions
 from otel_audit.sink.rows import CONFLICTING_STAGED, CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE
 from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition, list_chain_dirs
 from otel_audit.stats import PipelineStats
@@ -92,6 +99,9 @@ SELECT seq, hash FROM audit_logs WHERE chain_id = %(c)s AND seq BETWEEN %(lo)s A
 UNION ALL
 SELECT seq, hash FROM audit_quarantine WHERE chain_id = %(c)s AND seq BETWEEN %(lo)s AND %(hi)s
 """
+
+#: Seconds between checks that the coming months' partitions exist.
+PARTITION_CHECK_INTERVAL = 3600.0
 
 #: SQLSTATE classes that blame the records rather than the server.
 _RECORD_LEVEL_CLASSES = ("22", "23", "54")
@@ -200,6 +210,7 @@ class PostgresSink:
         self._retry_delay = retry_initial
         self._next_adopt = 0.0
         self._status_written = 0.0
+        self._next_partitions = 0.0  # monotonic time of the next partition check
 
     # ------------------------------------------------------------------ lifecycle
     def open_spool(self, chain_id: str) -> ChainSpool:
@@ -330,6 +341,8 @@ class PostgresSink:
 
     def _pass(self) -> bool:
         now = time.monotonic()
+        if now >= self._next_partitions and self._conn is not None and not self._conn.broken:
+            self._maintain_partitions(self._conn)
         if self.adopt_orphans and now >= self._next_adopt:
             self._next_adopt = now + self.adopt_interval
             self._adopt()
@@ -572,10 +585,32 @@ class PostgresSink:
             raise _Transient(_describe(exc)) from exc
         self._conn = conn
         _log.info("otel-audit: connected to PostgreSQL")
+        self._next_partitions = 0.0
         # After a reconnect nothing is known about what the last COMMIT did.
         for source in self._sources:
             source.in_sync = False
         return self._conn
+
+    def _maintain_partitions(self, conn: psycopg.Connection) -> None:
+        """Create the coming months' partitions (hourly). Never fatal: without them rows go to the default one."""
+        self._next_partitions = time.monotonic() + PARTITION_CHECK_INTERVAL
+        try:
+            made = ensure_partitions(conn)
+        except psycopg.errors.UndefinedFunction:
+            return  # schema older than version 3: audit_logs is not partitioned
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                self._drop_connection()
+                return
+            _log.warning(
+                "otel-audit: could not create the coming months' partitions of audit_logs (%s); records go to the "
+                "default partition meanwhile. Run `otel-audit db maintain` (or grant the writer role EXECUTE on "
+                "otel_audit_ensure_partitions with `otel-audit db init --writer-role ...`)",
+                _describe(exc),
+            )
+            return
+        if made:
+            _log.info("otel-audit: created partitions %s", ", ".join(made))
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
