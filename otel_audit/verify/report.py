@@ -50,6 +50,13 @@ class Kind(str, Enum):
     QUARANTINED = "quarantined"  # records PostgreSQL refused, kept in audit_quarantine
     INVALID_RECORDS = "invalid_records"  # records stored flagged with validation problems
     EMPTY_CHAIN = "empty_chain"  # a registered chain with no records
+    # Archives (otel-audit verify-archive)
+    MANIFEST_MISSING = "manifest_missing"  # a run's signed manifest is absent (numbering gap, broken prev link)
+    MANIFEST_INVALID = "manifest_invalid"  # not a manifest, misnamed, or contradicting the manifests before it
+    BUNDLE_MISSING = "bundle_missing"  # a file a manifest lists is absent
+    BUNDLE_MODIFIED = "bundle_modified"  # a file's bytes differ from the digest its manifest signed
+    BUNDLE_UNLISTED = "bundle_unlisted"  # a file no manifest lists (added, or left by an interrupted run)
+    ARCHIVE_MISMATCH = "archive_mismatch"  # the archive and the live database disagree where they meet
 
 
 @dataclass(frozen=True)
