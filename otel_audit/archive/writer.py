@@ -58,7 +58,7 @@ __all__ = ["ArchiveIntegrityError", "ArchiveResult", "archive_database", "load_m
 
 #: pg_try_advisory_lock key: one archive run per database at a time.
 ARCHIVE_LOCK_KEY = 0x07E1A0D2
-DEFAULT_RECORDS_PER_FILE = 500_000
+DEFAULT_RECORDS_PER_FILE = 100_000
 ROW_GROUP = 65_536
 
 

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_dsn(p)
         p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
         p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000)")
+        p.add_argument("--archive", metavar="DEST", default=None,
+                       help="also search this archive (directory or s3://BUCKET/PREFIX); the live database too "
+                       "when a DSN is given")
 
     actor = qsub.add_parser("actor", help="everything an actor did (default: last 30 days)")
     actor.add_argument("actor_id")
@@ -59,7 +62,30 @@ def _when(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def _archive(args: argparse.Namespace):  # noqa: ANN202
+    """(archive store, live connection or None) for --archive."""
+    import os
+
+    from otel_audit.archive.store import open_store
+
+    store = open_store(args.archive, require_lock=False)
+    live = connect(args) if (args.dsn or os.environ.get("OTEL_AUDIT_DSN")) else None
+    return store, live
+
+
 def run_actor(args: argparse.Namespace) -> int:
+    if args.archive:
+        from otel_audit.archive import query as aq
+
+        store, live = _archive(args)
+        try:
+            result = aq.actor_activity(store, args.actor_id, since=_when(args.since), until=_when(args.until),
+                                       limit=args.limit, conn=live)
+        finally:
+            if live is not None:
+                live.close()
+        render(result.columns, result.rows, args.format)
+        return EXIT_OK
     with connect(args) as conn:
         result = q.actor_activity(conn, args.actor_id, since=_when(args.since), until=_when(args.until), limit=args.limit)
     render(result.columns, result.rows, args.format)
@@ -67,6 +93,18 @@ def run_actor(args: argparse.Namespace) -> int:
 
 
 def run_resource(args: argparse.Namespace) -> int:
+    if args.archive:
+        from otel_audit.archive import query as aq
+
+        store, live = _archive(args)
+        try:
+            result = aq.resource_access(store, args.resource_type, args.resource_id, since=_when(args.since),
+                                        limit=args.limit, conn=live)
+        finally:
+            if live is not None:
+                live.close()
+        render(result.columns, result.rows, args.format)
+        return EXIT_OK
     with connect(args) as conn:
         result = q.resource_access(conn, args.resource_type, args.resource_id, since=_when(args.since), limit=args.limit)
     render(result.columns, result.rows, args.format)
@@ -78,6 +116,18 @@ def run_failures(args: argparse.Namespace) -> int:
         window = q.parse_duration(args.window)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.archive:
+        from otel_audit.archive import query as aq
+
+        store, live = _archive(args)
+        try:
+            result = aq.failed_attempts(store, since=datetime.now(timezone.utc) - window, threshold=args.threshold,
+                                        conn=live)
+        finally:
+            if live is not None:
+                live.close()
+        render(result.columns, result.rows[: args.limit], args.format)
+        return EXIT_OK
     with connect(args) as conn:
         result = q.failed_attempts(conn, window=window, threshold=args.threshold)
     render(result.columns, result.rows[: args.limit], args.format)
@@ -85,6 +135,17 @@ def run_failures(args: argparse.Namespace) -> int:
 
 
 def run_trace(args: argparse.Namespace) -> int:
+    if args.archive:
+        from otel_audit.archive import query as aq
+
+        store, live = _archive(args)
+        try:
+            result = aq.trace_records(store, args.trace_id, limit=args.limit, conn=live)
+        finally:
+            if live is not None:
+                live.close()
+        render(result.columns, result.rows, args.format)
+        return EXIT_OK
     try:
         with connect(args) as conn:
             result = q.trace_records(conn, args.trace_id, limit=args.limit)
