@@ -224,6 +224,12 @@ def configure(
     witness_dir = witness_dir if witness_dir is not None else (env.get("OTEL_AUDIT_WITNESS_DIR") or None)
     if witness_dir is not None:
         all_witnesses.insert(0, DirectoryWitness(witness_dir))
+    witness_url = env.get("OTEL_AUDIT_WITNESS") or None
+    if witness_url:
+        # s3://bucket/prefix (Object Lock) or a directory; see otel_audit.witness_s3.
+        from otel_audit.witness_s3 import open_witness
+
+        all_witnesses.append(open_witness(witness_url, env=dict(env)))
     if all_witnesses and key is None:
         _log.warning(
             "otel-audit: a witness is configured but no signing key, so this process signs no checkpoints "

@@ -21,6 +21,8 @@ from otel_audit.archive.store import S3Store, StoreError
 from otel_audit.cli.main import main as cli
 from otel_audit.core.keys import generate_signing_key, write_keypair
 from otel_audit.verify.report import Kind
+from tests.s3_fixtures import bucket as _bucket
+from tests.s3_fixtures import s3, s3_server  # noqa: F401 (fixtures)
 from tests.trail import TrailChain, ns, store
 
 pytestmark = pytest.mark.storage
@@ -290,37 +292,6 @@ def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str
 
 
 # ---------------------------------------------------------------------------------------------------- S3
-@pytest.fixture(scope="module")
-def s3_server():  # noqa: ANN201
-    """moto's S3 server on a loopback port; boto3 reaches it exactly as it would reach AWS."""
-    pytest.importorskip("moto")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    import boto3
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_server)):
-        monkeypatch.setenv(name, value)
-    return boto3.client("s3")
-
-
-def _bucket(s3, *, locked: bool) -> str:  # noqa: ANN001
-    import uuid
-
-    name = f"audit-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=locked)
-    return name
-
-
 def test_s3_archive_with_object_lock(db: str, tmp_path: Path, key, key_files, s3) -> None:  # noqa: ANN001
     populate(db, key)
     bucket = _bucket(s3, locked=True)

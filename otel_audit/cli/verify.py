@@ -12,7 +12,7 @@ from otel_audit.query import parse_duration
 from otel_audit.verify import VerificationReport, VerifyOptions, verify_database
 from otel_audit.verify.database import PARALLEL_FROM
 from otel_audit.verify.report import Severity
-from otel_audit.witness import DirectoryWitness
+from otel_audit.witness_s3 import open_witness
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +49,8 @@ def _add_anchoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--witness", action="append", default=[], metavar="DIR",
-        help="witness directory to compare the database with (repeatable; needs --trusted-key)",
+        help="witness directory or s3://BUCKET/PREFIX to compare the database with (repeatable; needs "
+        "--trusted-key)",
     )
     group.add_argument(
         "--max-unanchored-age", default=None, metavar="DURATION",
@@ -66,7 +67,7 @@ def _configure_anchoring(args: argparse.Namespace, options: VerifyOptions) -> No
         )
     if args.trusted_key:
         options.trusted_keys = load_trusted_keys(args.trusted_key)
-    options.witnesses = [DirectoryWitness(path, create=False) for path in args.witness]
+    options.witnesses = [open_witness(spec, for_reading=True) for spec in args.witness]
     if args.max_unanchored_age is not None:
         try:
             options.max_unanchored_age = parse_duration(args.max_unanchored_age).total_seconds()

@@ -1,0 +1,116 @@
+"""A witness in an S3 bucket with Object Lock: checkpoints the database's owner cannot delete.
+
+``OTEL_AUDIT_WITNESS=s3://bucket/prefix`` (or ``configure(witnesses=[S3Witness(...)])``,
+or ``otel-audit verify --witness s3://bucket/prefix``). Objects are named like the
+files of :class:`~otel_audit.witness.DirectoryWitness`, so the verifier applies
+the same rules to both::
+
+    <prefix>/<chain_id>/<n:012d>-<first 16 hex of the checkpoint hash>.checkpoint
+
+Each object holds the signed checkpoint in its two-line form and is created
+with ``If-None-Match: *`` (never replaced; an existing object with the same
+bytes is a replay, a no-op) and, in a bucket with Object Lock, a retention
+date in COMPLIANCE mode by default (``OTEL_AUDIT_WITNESS_RETAIN_DAYS``, 2,196
+days unless set): not even the account's root user can delete or overwrite it
+before then, so deleting the newest checkpoints to hide a truncation is not
+possible. A bucket without versioning and Object Lock is refused unless
+``allow_unlocked=True`` (``OTEL_AUDIT_WITNESS_ALLOW_UNLOCKED=1``); the
+endpoint, region and credentials come from the usual AWS configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterator
+from datetime import datetime, timedelta, timezone
+
+from otel_audit.archive.store import S3Store, StoreConflict, StoreError
+from otel_audit.core.checkpoint import Checkpoint
+from otel_audit.witness import SUFFIX, DirectoryWitness, WitnessEntry, WitnessError
+
+__all__ = ["DEFAULT_RETAIN_DAYS", "S3Witness", "open_witness", "witness_from_url"]
+
+DEFAULT_RETAIN_DAYS = 6 * 366
+
+
+class S3Witness:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retain_days: int = DEFAULT_RETAIN_DAYS,
+        mode: str = "COMPLIANCE",
+        allow_unlocked: bool = False,
+        check: bool = True,
+    ) -> None:
+        self.url = url
+        self.description = f"witness {url}"
+        self.retain_days = retain_days
+        try:
+            self._store = S3Store(url, mode=mode, require_lock=not allow_unlocked, retain_until=self._until())
+            if check:
+                self._store.check_bucket()
+        except StoreError as exc:
+            raise WitnessError(str(exc)) from exc
+        self._checked = check
+
+    def __repr__(self) -> str:
+        return f"S3Witness({self.url!r})"
+
+    def _until(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(days=self.retain_days)
+
+    def write(self, checkpoint: Checkpoint) -> None:
+        if not self._checked:
+            try:
+                self._store.check_bucket()
+            except StoreError as exc:
+                raise WitnessError(str(exc)) from exc
+            self._checked = True
+        self._store.retain_until = self._until()
+        stem = f"{checkpoint.chain_id}/{checkpoint.n:012d}-{checkpoint.hash[:16]}"
+        data = checkpoint.envelope
+        for attempt in range(1, 10):
+            name = stem + (f".{attempt}" if attempt > 1 else "") + SUFFIX
+            try:
+                self._store.put(name, data)
+                return
+            except StoreConflict:
+                continue  # an object with other bytes under this name (never replaced): write beside it
+            except StoreError as exc:
+                raise WitnessError(str(exc)) from exc
+        raise WitnessError(f"{self.url}: 9 different objects claim checkpoint {checkpoint.n} of {checkpoint.chain_id}")
+
+    def read(self, chain_ids: Collection[str] | None = None) -> Iterator[WitnessEntry]:
+        wanted = set(chain_ids) if chain_ids else None
+        try:
+            names = self._store.list()
+        except StoreError as exc:
+            raise WitnessError(f"cannot list {self.url}: {exc}") from exc
+        for name in names:
+            chain_id, _, rest = name.partition("/")
+            if not rest.endswith(SUFFIX) or "/" in rest:
+                continue
+            if wanted is not None and chain_id not in wanted:
+                continue
+            location = f"{self.url.rstrip('/')}/{name}"
+            try:
+                yield WitnessEntry(location, self._store.get(name))
+            except (StoreError, FileNotFoundError) as exc:
+                yield WitnessEntry(location, None, f"cannot read: {exc}")
+
+
+def witness_from_url(url: str, *, env: dict[str, str] | None = None) -> S3Witness:
+    env = dict(os.environ) if env is None else env
+    days = int(env.get("OTEL_AUDIT_WITNESS_RETAIN_DAYS") or DEFAULT_RETAIN_DAYS)
+    allow = (env.get("OTEL_AUDIT_WITNESS_ALLOW_UNLOCKED") or "").lower() in ("1", "true", "yes")
+    return S3Witness(url, retain_days=days, allow_unlocked=allow, check=False)
+
+
+def open_witness(spec: str, *, for_reading: bool = False, env: dict[str, str] | None = None) -> S3Witness | DirectoryWitness:
+    """``s3://bucket/prefix`` or a directory (the forms of OTEL_AUDIT_WITNESS and ``verify --witness``)."""
+    if spec.startswith("s3://"):
+        if for_reading:
+            return S3Witness(spec, allow_unlocked=True, check=False)
+        return witness_from_url(spec, env=env)
+    return DirectoryWitness(spec, create=not for_reading)
