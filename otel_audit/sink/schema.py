@@ -313,8 +313,49 @@ END
 $mig$;
 """
 
+_V4 = """
+CREATE TABLE audit_retention (
+    n            bigint      PRIMARY KEY,
+    signed_at    timestamptz NOT NULL,
+    key_id       text        NOT NULL,
+    body         bytea       NOT NULL,
+    signature    bytea       NOT NULL,
+    hash         text        NOT NULL,
+    inserted_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT audit_retention_n_positive CHECK (n > 0)
+);
+COMMENT ON TABLE audit_retention IS
+    'Signed retention checkpoints: which chain prefixes were archived where before their partitions were dropped. '
+    'Append-only; the verifier trusts only the public keys it is given.';
+
+CREATE TABLE audit_legal_holds (
+    id          bigserial   PRIMARY KEY,
+    chain_id    uuid,
+    actor_id    text,
+    from_ts     timestamptz,
+    to_ts       timestamptz,
+    reason      text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_by  text        NOT NULL DEFAULT current_user,
+    CONSTRAINT audit_legal_holds_one_subject CHECK (
+        (chain_id IS NOT NULL)::int + (actor_id IS NOT NULL)::int + (from_ts IS NOT NULL)::int = 1
+        AND (from_ts IS NULL) = (to_ts IS NULL) AND (from_ts IS NULL OR from_ts < to_ts))
+);
+CREATE TABLE audit_legal_hold_releases (
+    hold_id      bigint      PRIMARY KEY REFERENCES audit_legal_holds (id),
+    reason       text        NOT NULL,
+    released_at  timestamptz NOT NULL DEFAULT now(),
+    released_by  text        NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE audit_legal_holds IS
+    'Legal holds: records of a chain, an actor or a time range that retention never removes while the hold is not '
+    'released. Append-only (a release is a row of audit_legal_hold_releases).';
+"""
+
 #: Every append-only otel-audit table (writers may insert into each).
 AUDIT_TABLES = ("audit_chains", "audit_logs", "audit_quarantine", "audit_checkpoints")
+#: Tables auditors read besides those (retention and legal holds; written by administrators only).
+ADMIN_TABLES = ("audit_retention", "audit_legal_holds", "audit_legal_hold_releases")
 _V1_TABLES = ("audit_chains", "audit_logs", "audit_quarantine")
 
 
@@ -342,6 +383,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "audit_logs partitioned by month (default partition, existing rows kept as the legacy partition)",
         _V3,
+    ),
+    Migration(
+        4,
+        "audit_retention (signed retention checkpoints), audit_legal_holds; append-only triggers",
+        _V4 + "".join(_append_only(t) for t in ("audit_retention", "audit_legal_holds", "audit_legal_hold_releases")),
     ),
 )
 
@@ -430,7 +476,9 @@ def grant_reader(conn: psycopg.Connection, role: str) -> None:
     """Let ``role`` (an auditor or the verifier) read everything and change nothing."""
     schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
     ident = sql.Identifier(role)
-    tables = sql.SQL(", ").join(sql.Identifier(t) for t in _existing(conn, (*AUDIT_TABLES, "otel_audit_schema")))
+    tables = sql.SQL(", ").join(
+        sql.Identifier(t) for t in _existing(conn, (*AUDIT_TABLES, *ADMIN_TABLES, "otel_audit_schema"))
+    )
     with conn.transaction():
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), ident))
         conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables, ident))
