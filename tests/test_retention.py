@@ -165,3 +165,27 @@ def test_a_record_arriving_after_the_plan_stops_the_removal(trail, tmp_path: Pat
     with pytest.raises(RuntimeError, match="can no longer be removed"):
         apply_retention(psycopg.connect(dsn, autocommit=True), plan, key)
     assert JAN in _partitions(dsn) and rows(dsn, "SELECT count(*) FROM audit_retention") == [(0,)]
+
+
+def test_the_newest_run_deleted_whole_after_retention_is_caught_with_the_database(trail, tmp_path: Path, key) -> None:  # noqa: ANN001
+    """On storage that allows deletion, removing a whole run leaves an archive that ends earlier; the retention
+    checkpoint that relied on that run's manifest tells."""
+    import shutil
+
+    from otel_audit.archive import verify_archive
+    from otel_audit.verify.report import Kind
+
+    dsn, _ = trail
+    archive = _archive(dsn, tmp_path / "archive", key, "2025-01-15T00:00:00+00:00")
+    _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")
+    apply_retention(psycopg.connect(dsn, autocommit=True), _plan(dsn, archive, key), key)
+    for path in ("manifests/000002.manifest", "plans/000002.json"):
+        (archive.root / path).unlink()
+    for kind in ("records", "checkpoints"):
+        shutil.rmtree(archive.root / kind / "run=000002", ignore_errors=True)
+    trusted = {key.key_id: key.verify_key()}
+    assert verify_archive(archive, trusted).ok  # on its own, a consistent archive of one run
+    with psycopg.connect(dsn) as conn:
+        report = verify_archive(archive, trusted, conn=conn)
+    assert any(f.kind is Kind.MANIFEST_MISSING and "000002.manifest" in f.detail for f in report.errors), \
+        [str(f) for f in report.findings]

@@ -576,6 +576,7 @@ def _join_chains(
 def _join_database(conn: Any, manifests: list[Manifest], report: VerificationReport) -> None:
     if not manifests:
         return
+    _check_retention_references(conn, manifests, report)
     state = manifests[-1].doc["state"]["chains"]
     ids = [c for c, v in state.items() if v["last_seq"]]
     if not ids:
@@ -624,3 +625,28 @@ def _join_database(conn: Any, manifests: list[Manifest], report: VerificationRep
                 report.add(Finding(Kind.ARCHIVE_MISMATCH, _E, chain_id, last + 1,
                                    f"the database's record {last + 1} does not link to the newest archived record "
                                    f"(prev_hash {prev}, archived hash {archived_hash})"))
+
+
+def _check_retention_references(conn: Any, manifests: list[Manifest], report: VerificationReport) -> None:
+    """Each retention checkpoint of the database names the manifest it relied on: this archive must still hold it.
+
+    That catches the one deletion the archive alone cannot show: its newest runs removed whole, on storage
+    that allows deletion, after retention relied on them. (Signatures of retention checkpoints are judged by
+    ``otel-audit verify``; a forged one here could only produce a false alarm, never hide anything.)
+    """
+    from otel_audit.sink.retention import load_retention, parse_rows
+
+    checkpoints, _problems = parse_rows(load_retention(conn))
+    archive_id = manifests[-1].doc["archive_id"]
+    by_run = {m.run: m for m in manifests}
+    for cp in checkpoints:
+        archive = cp.doc["archive"]
+        if archive["archive_id"] != archive_id:
+            continue  # another archive (moved or split): not this one's business
+        manifest = by_run.get(archive["run"])
+        if manifest is None or manifest.hash != archive["manifest"]:
+            report.add(Finding(Kind.MANIFEST_MISSING, _E, None, None,
+                               f"{cp.describe()} in the database relied on {manifest_name(archive['run'])} with hash "
+                               f"{archive['manifest']}, which this archive "
+                               + ("does not hold" if manifest is None else f"holds with hash {manifest.hash}")
+                               + ": archive runs were removed or replaced after records left PostgreSQL"))
