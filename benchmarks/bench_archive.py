@@ -93,7 +93,7 @@ def seed_bytes(dsn: str) -> int:
         conn.execute(SEED_SCHEMA)
         source_schema = psycopg.conninfo.conninfo_to_dict(dsn)["options"].split("=")[-1]
         conn.execute(
-            f"INSERT INTO audit_logs ({SEED_COLUMNS}) SELECT {SEED_COLUMNS.replace('actor_type', 'coalesce(actor_type, ''system'')')} "
+            f"INSERT INTO audit_logs ({SEED_COLUMNS}) SELECT {SEED_COLUMNS} "
             f"FROM {source_schema}.audit_logs"
         )
         conn.execute("VACUUM ANALYZE audit_logs")
