@@ -222,3 +222,25 @@ def test_the_writer_role_creates_partitions_but_no_tables(db: str) -> None:
         assert len(made) >= 4
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE audit_logs_p299901 (x int)")
+
+
+def test_a_record_proof_spans_partitions(db: str) -> None:
+    """The proven record is in one month, the checkpoint that anchors it covers records of the next."""
+    from otel_audit.core.proof import verify_proof
+    from otel_audit.verify.prove import prove_record
+
+    key = generate_signing_key()
+    with psycopg.connect(db, autocommit=True) as conn:
+        ensure_partitions(conn, behind=3)
+    start = (_now() - timedelta(days=62)).replace(day=27, hour=0, minute=0, second=0, microsecond=0)
+    chain = TrailChain(key)
+    chain.log_many(_iso(start), 12, step_seconds=86400)  # from the 27th, a few days into the next month
+    chain.checkpoint(int(_now().timestamp() * 1e9))
+    store(db, chain)
+    assert len({p for p in _where(db)}) >= 2
+    ((record_id,),) = rows(db, "SELECT id::text FROM audit_logs WHERE seq = 2")
+    trusted = {key.key_id: key.verify_key()}
+    with psycopg.connect(db) as conn:
+        proof, result = prove_record(conn, record_id, trusted_keys=trusted)
+    assert result.valid and len(proof["records"]) == 11
+    assert verify_proof(proof, trusted).valid
