@@ -135,11 +135,14 @@ def main() -> None:
         archived = result.records
         archive_size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     store = DirectoryStore(tmp / "archive-0")
-    base, single, full = [], [], []
+    base, single, full, cpu = [], [], [], []
     for _ in range(args.rounds):
         base.append(read_only(store))
         for workers, results in ((1, single), (None, full)):
+            cpu_start = time.process_time()
             rep = verify_archive(store, {key.key_id: key.verify_key()}, workers=workers or default_workers())
+            if workers == 1:  # CPU time of this process (and Arrow's threads): what one core costs per record
+                cpu.append((time.process_time() - cpu_start) / rep.records * 1e6)
             assert rep.ok, [str(f) for f in rep.findings]
             results.append(rep.records / rep.duration_seconds)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -156,6 +159,8 @@ def main() -> None:
             ("otel-audit archive", f"{a:9,.0f} records/s"),
             ("read the bundles only (no checks)", f"{b:9,.0f} records/s (baseline)"),
             ("verify-archive --workers 1", f"{s:9,.0f} records/s   {s / b:.2f} of the read rate"),
+            ("verify-archive CPU time per record (one process)",
+             f"{median(cpu):9.2f} µs   = {1e6 / median(cpu):,.0f} records/s per busy core"),
             (f"verify-archive ({default_workers()} workers)",
              f"{f:9,.0f} records/s   {f / b:.2f} of the read rate  (target >= 300,000/s)"),
         ],
