@@ -4,7 +4,8 @@ call through plain OpenTelemetry with a BatchLogRecordProcessor (target: <= 1.3)
 Both loggers use the instrumentation's LoggingHandler and a BatchLogRecordProcessor with a
 no-op exporter; the audit one also runs otel-audit's input filter on its handler and the
 otel-audit processor (validate, enrich, seal, spool, annotate) with its sink writing to a
-real PostgreSQL. Rounds alternate; medians.
+real PostgreSQL. Two rows isolate the input filter: the same pipeline through a second
+handler without it, in the same rounds. Rounds alternate; medians.
 A last row bounds what any placement of the sink could give: the audit call while the
 sink is stalled (it cannot reach PostgreSQL, so it does no work).
 
@@ -78,22 +79,29 @@ def main() -> None:
     )
     audit_provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
     audited = make_logger(audit_provider, "audited", audit)
+    # The same pipeline through a handler without otel-audit's input filter: what the filter costs.
+    unfiltered = make_logger(audit_provider, "audited-unfiltered")
 
     # Warm up both paths (imports, caches, first segment).
     timed(plain, 2000, AUDIT_EXTRA)
     timed(audited, 2000, AUDIT_EXTRA)
+    timed(unfiltered, 2000, AUDIT_EXTRA)
     audit.flush(60)
 
-    base, sealed, passthrough = [], [], []
+    non_audit = {"http.route": "/patients/{id}"}
+    base, sealed, passthrough, sealed_nf, passthrough_nf = [], [], [], [], []
     for _ in range(args.rounds):
         base.append(timed(plain, args.calls, AUDIT_EXTRA))
         sealed.append(timed(audited, args.calls, AUDIT_EXTRA))
-        passthrough.append(timed(audited, args.calls, {"http.route": "/patients/{id}"}))
+        sealed_nf.append(timed(unfiltered, args.calls, AUDIT_EXTRA))
+        passthrough.append(timed(audited, args.calls, non_audit))
+        passthrough_nf.append(timed(unfiltered, args.calls, non_audit))
         audit.flush(120)  # keep the spool from growing across rounds (outside the timing)
     audit.shutdown()
     base_stalled, stalled = sink_stalled_rounds(dsn, plain, args.calls, max(3, args.rounds // 3))
 
     b, s, p = median(base), median(sealed), median(passthrough)
+    snf, pnf = median(sealed_nf), median(passthrough_nf)
     bs, st = median(base_stalled), median(stalled)
     report(
         f"hot path: {args.rounds} alternating rounds of {args.calls} calls, {where()}",
@@ -102,6 +110,9 @@ def main() -> None:
             ("with otel-audit, audit record", f"{s:6.2f} us/call   ratio {s / b:.2f}  (target <= 1.30)"),
             ("with otel-audit, non-audit record", f"{p:6.2f} us/call   ratio {p / b:.2f}"),
             ("sealing cost per audit call", f"{s - b:6.2f} us"),
+            ("input filter: audit record", f"{s - snf:+6.2f} us/call  ratio {s / snf:.3f} to the same handler "
+                                           "without it"),
+            ("input filter: non-audit record", f"{p - pnf:+6.2f} us/call  ratio {p / pnf:.3f}"),
             ("bound: audit record, sink stalled", f"{st:6.2f} us/call   ratio {st / bs:.2f}  "
                                                   "(no sink placement can go below this)"),
         ],

@@ -145,18 +145,19 @@ def _extras_plain(d: dict[Any, Any]) -> bool:
     standard ones met on the way (``message``, ``asctime`` set by a formatter) are
     skipped. If ``_LAST_INIT`` is missing, everything is walked.
     """
-    for key in reversed(d):
+    for key, value in reversed(d.items()):
+        if value.__class__ is str and key.__class__ is str and key and key.isascii() and value.isascii():
+            continue  # the common case first: ASCII text under an ASCII name
         if key.__class__ is not str:
             return False
         if key == _LAST_INIT:
             return True
         if key in _STANDARD:
             continue
-        value = d[key]
         if not key or not (key.isascii() or _is_utf8(key)):
             return False
         if value.__class__ is str:
-            if value.isascii() or _is_utf8(value):
+            if _is_utf8(value):
                 continue
             return False
         if key == _NOTES:
