@@ -219,7 +219,9 @@ def make_record(msg: str = "patient record viewed", args: tuple = (), **extra: o
 
 def otel_attributes(rec: logging.LogRecord) -> dict:
     """What OpenTelemetry's own cleaning makes of the record (raises where it would raise)."""
-    attrs, _ = LoggingHandler()._get_attributes(rec)
+    attrs = LoggingHandler()._get_attributes(rec)
+    if isinstance(attrs, tuple):  # (attributes, event name) from 0.66b2 on
+        attrs = attrs[0]
     return BoundedAttributes(attributes=attrs, immutable=False, extended_attributes=True)._dict
 
 
