@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class DjangoServer:
-    def __init__(self, dsn: str, spool_dir: Path, trace: str | None = None) -> None:
-        env = {**os.environ, "OTEL_AUDIT_DSN": dsn, "OTEL_AUDIT_SPOOL_DIR": str(spool_dir)}
+    def __init__(self, dsn: str, spool_dir: Path, trace: str | None = None, server: str = "waitress") -> None:
+        env = {**os.environ, "OTEL_AUDIT_DSN": dsn, "OTEL_AUDIT_SPOOL_DIR": str(spool_dir), "WEB_SERVER": server}
         if trace:
             env["WEB_TRACE"] = trace
         self.process = subprocess.Popen(
@@ -43,15 +43,16 @@ class DjangoServer:
         return self.process.wait(60)
 
 
-@pytest.fixture
-def server(db: str, spool_dir: Path) -> Iterator[DjangoServer]:
-    app = DjangoServer(db, spool_dir)
+@pytest.fixture(params=["waitress", "uvicorn"])
+def server(db: str, spool_dir: Path, request: pytest.FixtureRequest) -> Iterator[DjangoServer]:
+    """Django as WSGI under waitress, and as ASGI under uvicorn (the middleware adapted by Django)."""
+    app = DjangoServer(db, spool_dir, server=request.param)
     yield app
     if app.process.poll() is None:
         app.process.kill()
 
 
-def test_django_under_waitress_one_record_per_request(db: str, server: DjangoServer) -> None:
+def test_django_under_a_real_server_one_record_per_request(db: str, server: DjangoServer) -> None:
     traffic = web_scenario.drive(server.port)
     rid = web_scenario.disconnect(server.port)
     status, _ = request(server.port, "POST", "/exports/r-7", {"Authorization": "Bearer user-9"})

@@ -117,7 +117,16 @@ def stream(request: Any) -> Any:
             yield f"chunk {i}\n".encode()
             time.sleep(0.05)
 
-    return StreamingHttpResponse(chunks(), content_type="text/plain")
+    async def async_chunks() -> Any:
+        import asyncio
+
+        for i in range(40):
+            yield f"chunk {i}\n".encode()
+            await asyncio.sleep(0.05)
+
+    # Under ASGI Django consumes a synchronous iterator before sending it: stream asynchronously there.
+    content = async_chunks() if os.environ.get("WEB_SERVER") == "uvicorn" else chunks()
+    return StreamingHttpResponse(content, content_type="text/plain")
 
 
 @not_audited
@@ -173,14 +182,33 @@ def main() -> None:
             with tracer.start_as_current_span("HTTP", kind=trace.SpanKind.SERVER):
                 return list(inner(environ, start_response))
 
-    # Waitress would drop X-Forwarded-* from untrusted peers itself; let them through to be judged (and noted).
-    server = create_server(application, host="127.0.0.1", port=0, threads=8, clear_untrusted_proxy_headers=False)
-    print("PORT", server.socket.getsockname()[1], flush=True)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    sys.stdin.read()
-    server.task_dispatcher.shutdown()
-    server.close()
+    if os.environ.get("WEB_SERVER") == "uvicorn":
+        import socket
+
+        import uvicorn
+        from django.core.asgi import get_asgi_application
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(get_asgi_application(), lifespan="off", log_level="critical", proxy_headers=False)
+        asgi_server = uvicorn.Server(config)
+        thread = threading.Thread(target=asgi_server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not asgi_server.started:
+            time.sleep(0.01)
+        print("PORT", sock.getsockname()[1], flush=True)
+        sys.stdin.read()
+        asgi_server.should_exit = True
+        thread.join(20)
+    else:
+        # Waitress would drop X-Forwarded-* from untrusted peers itself; let them through to be judged (and noted).
+        server = create_server(application, host="127.0.0.1", port=0, threads=8, clear_untrusted_proxy_headers=False)
+        print("PORT", server.socket.getsockname()[1], flush=True)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        sys.stdin.read()
+        server.task_dispatcher.shutdown()
+        server.close()
     ok = audit.shutdown(timeout=30)
     sys.exit(0 if ok else 3)
 

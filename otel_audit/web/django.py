@@ -18,7 +18,9 @@ Options (``settings.OTEL_AUDIT_WEB``) are those of
 ``request.session.session_key`` (hashed). A view exception reaches the record
 through ``process_exception``. A plain response is sealed before it is
 returned to the server; a streaming response when its content ends, or when
-the server closes it early (client disconnect).
+the server closes it early (client disconnect). Under ASGI, Django consumes a
+*synchronous* streaming iterator in full before sending it, so only an
+asynchronous one can be cut short by a disconnect there.
 
 With ``opentelemetry-instrumentation-django`` (its middleware goes first), the
 record carries the server span's trace and span id.
@@ -26,6 +28,7 @@ record carries the server span's trace and span id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -142,6 +145,11 @@ def _watch_stream(response: Any, state: RequestAudit) -> None:
             try:
                 async for chunk in content:
                     yield chunk
+            except asyncio.CancelledError:
+                # Django's ASGI handler cancels the response when the client disconnects.
+                state.disconnected = True
+                _guarded(finish_stream)
+                raise
             except BaseException as exc:
                 if not isinstance(exc, GeneratorExit):
                     state.error = exc
