@@ -79,10 +79,19 @@ class Waitress:
 
         self.server = create_server(app, host="127.0.0.1", port=0, threads=threads, clear_untrusted_proxy_headers=False)
         self.port = self.server.socket.getsockname()[1]
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except OSError:
+            if not self.stopping:  # closing the socket under the poll loop ends it with EBADF
+                raise
+
     def stop(self) -> None:
+        self.stopping = True
         self.server.task_dispatcher.shutdown()
         self.server.close()
         self.thread.join(5)
