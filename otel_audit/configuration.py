@@ -32,7 +32,7 @@ from otel_audit.processor import AuditLogRecordProcessor
 from otel_audit.spool.spool import SpoolConfig
 from otel_audit.witness import DirectoryWitness, Witness
 
-__all__ = ["AuditHandle", "configure"]
+__all__ = ["AuditHandle", "checkpoint_options", "configure"]
 
 _log = logging.getLogger("otel_audit")
 
@@ -219,33 +219,17 @@ def configure(
         audit_loggers = [n.strip() for n in env.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
     if event_prefix is None:
         event_prefix = env.get("OTEL_AUDIT_EVENT_PREFIX") or None
-    key = _signing_key(signing_key)
-    all_witnesses = list(witnesses)
-    witness_dir = witness_dir if witness_dir is not None else (env.get("OTEL_AUDIT_WITNESS_DIR") or None)
-    if witness_dir is not None:
-        all_witnesses.insert(0, DirectoryWitness(witness_dir))
-    witness_url = env.get("OTEL_AUDIT_WITNESS") or None
-    if witness_url:
-        # s3://bucket/prefix (Object Lock) or a directory; see otel_audit.witness_s3.
-        from otel_audit.witness_s3 import open_witness
-
-        all_witnesses.append(open_witness(witness_url, env=dict(env)))
-    if all_witnesses and key is None:
-        _log.warning(
-            "otel-audit: a witness is configured but no signing key, so this process signs no checkpoints "
-            "(only checkpoints replayed from earlier processes' spools are witnessed). Set OTEL_AUDIT_SIGNING_KEY "
-            "(signing_key=) to the key written by `otel-audit keygen`"
-        )
     config = PipelineConfig(
         dsn=dsn,
         spool=spool,
         max_record_bytes=_int_option(max_record_bytes, "OTEL_AUDIT_MAX_RECORD_BYTES", 256 * 1024),
-        signing_key=key,
-        checkpoint_records=_int_option(checkpoint_records, "OTEL_AUDIT_CHECKPOINT_RECORDS", DEFAULT_CHECKPOINT_RECORDS),
-        checkpoint_interval=_float_option(
-            checkpoint_interval, "OTEL_AUDIT_CHECKPOINT_INTERVAL", DEFAULT_CHECKPOINT_INTERVAL
+        **checkpoint_options(
+            signing_key=signing_key,
+            witness_dir=witness_dir,
+            witnesses=witnesses,
+            checkpoint_records=checkpoint_records,
+            checkpoint_interval=checkpoint_interval,
         ),
-        witnesses=tuple(all_witnesses),
     )
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)
@@ -303,6 +287,55 @@ _ACTIVE: dict[int, AuditHandle] = {}
 
 
 # ---------------------------------------------------------------------- helpers
+def checkpoint_options(
+    *,
+    signing_key: str | os.PathLike[str] | SigningKey | None = None,
+    witness_dir: str | os.PathLike[str] | None = None,
+    witnesses: Sequence[Witness] = (),
+    checkpoint_records: int | None = None,
+    checkpoint_interval: float | None = None,
+) -> dict[str, Any]:
+    """The checkpoint and witness settings of a :class:`PipelineConfig`, as keyword arguments.
+
+    Each argument left ``None`` is read from its environment variable
+    (``OTEL_AUDIT_SIGNING_KEY``, ``OTEL_AUDIT_WITNESS_DIR``,
+    ``OTEL_AUDIT_CHECKPOINT_RECORDS``, ``OTEL_AUDIT_CHECKPOINT_INTERVAL``);
+    ``OTEL_AUDIT_WITNESS`` (an ``s3://`` URL or a directory) adds a witness.
+    :func:`configure` and ``otel-audit serve`` both use it, so an application
+    and the OTLP ingest read the same variables the same way and fail the
+    same way on an unreadable key. Raises
+    :class:`~otel_audit.errors.AuditConfigurationError`.
+    """
+    key = _signing_key(signing_key)
+    all_witnesses = list(witnesses)
+    if witness_dir is None:
+        witness_dir = os.environ.get("OTEL_AUDIT_WITNESS_DIR") or None
+    if witness_dir is not None:
+        all_witnesses.insert(0, DirectoryWitness(witness_dir))
+    witness_url = os.environ.get("OTEL_AUDIT_WITNESS") or None
+    if witness_url:
+        # s3://bucket/prefix (Object Lock) or a directory; see otel_audit.witness_s3.
+        from otel_audit.witness_s3 import open_witness
+
+        all_witnesses.append(open_witness(witness_url, env=dict(os.environ)))
+    if all_witnesses and key is None:
+        _log.warning(
+            "otel-audit: a witness is configured but no signing key, so this process signs no checkpoints "
+            "(only checkpoints replayed from earlier processes' spools are witnessed). Set OTEL_AUDIT_SIGNING_KEY "
+            "(signing_key=, `otel-audit serve --signing-key`) to the key written by `otel-audit keygen`"
+        )
+    return {
+        "signing_key": key,
+        "checkpoint_records": _int_option(
+            checkpoint_records, "OTEL_AUDIT_CHECKPOINT_RECORDS", DEFAULT_CHECKPOINT_RECORDS
+        ),
+        "checkpoint_interval": _float_option(
+            checkpoint_interval, "OTEL_AUDIT_CHECKPOINT_INTERVAL", DEFAULT_CHECKPOINT_INTERVAL
+        ),
+        "witnesses": tuple(all_witnesses),
+    }
+
+
 def _signing_key(value: str | os.PathLike[str] | SigningKey | None) -> SigningKey | None:
     if isinstance(value, SigningKey):
         return value

@@ -56,11 +56,12 @@ class Ingest:
         *,
         tokens: tuple[str, ...] | None = (TOKEN,),
         ssl_context: ssl.SSLContext | None = None,
+        pipeline: dict[str, Any] | None = None,
         **config: Any,
     ) -> None:
         self.pipeline = AuditPipeline(
             PipelineConfig(dsn=dsn, spool=SpoolConfig(directory=spool_dir, block_timeout=1.0),
-                           application_name="otel-audit-ingest"),
+                           application_name="otel-audit-ingest", **(pipeline or {})),
             emitter={"service_name": "otel-audit-ingest"},
             emitter_kind="ingest",
         )

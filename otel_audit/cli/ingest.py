@@ -56,6 +56,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--event-prefix", metavar="PREFIX", default=None,
         help="records whose event name starts with PREFIX are audit records (default: $OTEL_AUDIT_EVENT_PREFIX)",
     )
+    anchoring = parser.add_argument_group(
+        "checkpoints (as otel_audit.configure(): sign the ingest's own chain so `verify --trusted-key` anchors it)"
+    )
+    anchoring.add_argument(
+        "--signing-key", type=Path, metavar="PEM", default=None,
+        help="Ed25519 private key written by `otel-audit keygen` (default: $OTEL_AUDIT_SIGNING_KEY); without one "
+        "the ingest's chain has no signed checkpoints and `verify --trusted-key` fails it as unanchored",
+    )
+    anchoring.add_argument(
+        "--witness-dir", type=Path, metavar="DIR", default=None,
+        help="copy every committed checkpoint to this directory, outside PostgreSQL (default: $OTEL_AUDIT_WITNESS_DIR)",
+    )
+    anchoring.add_argument(
+        "--checkpoint-records", type=int, metavar="N", default=None,
+        help="sign a checkpoint every N records (default: $OTEL_AUDIT_CHECKPOINT_RECORDS or 1000)",
+    )
+    anchoring.add_argument(
+        "--checkpoint-interval", type=float, metavar="SECONDS", default=None,
+        help="and every SECONDS, idle or not (default: $OTEL_AUDIT_CHECKPOINT_INTERVAL or 10)",
+    )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes,
                         help="largest request body, compressed and decompressed (default: %(default)s)")
@@ -98,6 +118,16 @@ def run(args: argparse.Namespace) -> int:
         dedup_capacity=args.dedup_capacity,
     )
     max_record_bytes = args.max_record_bytes or int(os.environ.get("OTEL_AUDIT_MAX_RECORD_BYTES") or 256 * 1024)
+    # The same settings, variables and start-up errors as otel_audit.configure() (an unreadable key stops here).
+    from otel_audit.configuration import checkpoint_options  # not at import: other commands stay light
+
+    checkpoints = checkpoint_options(
+        signing_key=args.signing_key,
+        witness_dir=args.witness_dir,
+        checkpoint_records=args.checkpoint_records,
+        checkpoint_interval=args.checkpoint_interval,
+    )
+    key = checkpoints["signing_key"]
     _check_schema(dsn)
 
     # The sink thread gives the GIL up on every write to PostgreSQL; with request
@@ -107,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.001)
     spool = SpoolConfig(directory=args.spool_dir or default_spool_dir(), block_timeout=1.0)
     pipeline = AuditPipeline(
-        PipelineConfig(dsn=dsn, spool=spool, max_record_bytes=max_record_bytes, application_name="otel-audit-ingest"),
+        PipelineConfig(dsn=dsn, spool=spool, max_record_bytes=max_record_bytes, application_name="otel-audit-ingest",
+                       **checkpoints),
         emitter={"service_name": "otel-audit-ingest", "host_name": socket.gethostname(),
                  "listen": f"{args.host}:{args.port}"},
         emitter_kind="ingest",
@@ -123,12 +154,24 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    signing = "no signing key" if key is None else (
+        f"checkpoints signed by key {key.key_id} every {checkpoints['checkpoint_records']} records and "
+        f"{checkpoints['checkpoint_interval']:g}s"
+    )
+    witnessed = "".join(f"; witness {w.description}" for w in checkpoints["witnesses"])
     print(
         f"otel-audit serve: listening on {server.url} (chain {pipeline.chain_id}; "
-        f"{'no authentication' if tokens is None else f'{len(tokens)} token(s)'}; spool {spool.directory})",
+        f"{'no authentication' if tokens is None else f'{len(tokens)} token(s)'}; {signing}{witnessed}; "
+        f"spool {spool.directory})",
         file=sys.stderr,
         flush=True,
     )
+    if key is None:  # after the start line, which tools wait for
+        _log.warning(
+            "otel-audit serve: no signing key (--signing-key / OTEL_AUDIT_SIGNING_KEY), so the records this ingest "
+            "seals are not anchored by signed checkpoints and `otel-audit verify --trusted-key` fails its chains as "
+            "unanchored; create one with `otel-audit keygen --out PATH`"
+        )
     stop.wait()
     print("otel-audit serve: stopping; finishing requests in progress", file=sys.stderr, flush=True)
     if server.shutdown(timeout=30.0):

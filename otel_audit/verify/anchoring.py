@@ -365,8 +365,13 @@ class Anchoring:
                 records = summary.records + summary.quarantined
                 self._add(
                     Kind.UNANCHORED, _E, chain_id, None,
-                    f"no checkpoint signed by a trusted key anchors this chain ({records} record(s)): its emitter "
-                    "ran without a signing key (set OTEL_AUDIT_SIGNING_KEY), or its checkpoints were deleted. "
+                    f"no checkpoint signed by a trusted key anchors this chain ({records} record(s)): "
+                    + (
+                        f"its {len(chain.db_numbers)} checkpoint(s) in the database are not signed by a trusted key "
+                        "(pass the public key of every emitter in use with --trusted-key)"
+                        if chain is not None and chain.db_numbers else _without_key(summary.emitter)
+                    )
+                    + ", or its checkpoints were deleted. "
                     "Truncation or a rewrite of this chain cannot be ruled out",
                     count=records,
                 )
@@ -479,6 +484,25 @@ class Anchoring:
 
 def _unix(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _without_key(emitter: Any) -> str:
+    """Which writer ran without a signing key, by the kind its registry entry names (advice only)."""
+    kind = emitter.get("kind") if isinstance(emitter, dict) else None
+    if kind == "ingest":
+        return (
+            "the OTLP ingest that sealed it (`otel-audit serve`) ran without a signing key (start it with "
+            "--signing-key or OTEL_AUDIT_SIGNING_KEY)"
+        )
+    if kind == "sdk":
+        return (
+            "the application that sealed it ran without a signing key (otel_audit.configure(signing_key=...) or "
+            "OTEL_AUDIT_SIGNING_KEY)"
+        )
+    return (
+        "its emitter ran without a signing key (OTEL_AUDIT_SIGNING_KEY for applications, `otel-audit serve "
+        "--signing-key` for the OTLP ingest)"
+    )
 
 
 def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
