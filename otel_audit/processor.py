@@ -30,7 +30,7 @@ from otel_audit.context import current_audit_context
 from otel_audit.core import attributes as A
 from otel_audit.core.chain import SealedRecord
 from otel_audit.core.recognize import Recognizer
-from otel_audit.core.record import HASH_ALGORITHM, RecordBuilder
+from otel_audit.core.record import HASH_ALGORITHM, RecordBuilder, resource_attributes
 from otel_audit.errors import AuditNotCommitted, AuditRecordInvalid, SpoolFull
 from otel_audit.pipeline import AuditPipeline
 
@@ -79,7 +79,7 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         self.event_prefix = self._recognizer.event_prefix
         self._builder = RecordBuilder()
         self._resource: Any = None
-        self._resource_fields: tuple[Any, Any, Any] = (None, None, None)
+        self._resource_fields: tuple[Any, Any, Any, dict[str, Any]] = (None, None, None, {})
         self._drop_lock = threading.Lock()
         self._dropped_since: tuple[int, float, float] | None = None  # count, first, last
         self._drop_logged = 0.0
@@ -190,9 +190,10 @@ class AuditLogRecordProcessor(LogRecordProcessor):
                 attrs.get(A.SERVICE_NAME),
                 attrs.get(A.SERVICE_INSTANCE_ID),
                 attrs.get(A.HOST_NAME) or _HOSTNAME,
+                resource_attributes(attrs),
             )
             self._resource = resource
-        service_name, instance_id, host_name = self._resource_fields
+        service_name, instance_id, host_name, resource_extra = self._resource_fields
         fallback_session = fallback_user = None
         if _SESSION not in amap or _USER not in amap:
             context = getattr(record, "context", None)
@@ -225,6 +226,7 @@ class AuditLogRecordProcessor(LogRecordProcessor):
             fallback_user_id=fallback_user,
             default_action=default_action,
             problems=problems or (),
+            resource=resource_extra,
         )
         if self.strict and draft.problems:
             raise AuditRecordInvalid(draft.problems)

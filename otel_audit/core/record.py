@@ -32,11 +32,13 @@ __all__ = [
     "RECORD_DOMAIN",
     "RECORD_FIELDS",
     "RECORD_FORMAT",
+    "RESOURCE_PREFIX",
     "RecordBuilder",
     "encode_draft",
     "format_timestamp",
     "record_hash",
     "record_seq",
+    "resource_attributes",
     "shrink_to_fit",
 ]
 
@@ -110,6 +112,18 @@ _INDEXED = (
     ("resource_type", A.AUDIT_RESOURCE_TYPE),
     ("resource_id", A.AUDIT_RESOURCE_ID),
 )
+
+#: Resource attributes other than service.name, service.instance.id and host.name (which have
+#: fields of their own) are kept in ``attributes`` under this prefix: ``resource.service.version``.
+RESOURCE_PREFIX = "resource."
+_LIFTED_RESOURCE_KEYS = frozenset((A.SERVICE_NAME, A.SERVICE_INSTANCE_ID, A.HOST_NAME))
+
+
+def resource_attributes(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The resource attributes a record keeps in ``attributes``: all but the three with fields of
+    their own, each under :data:`RESOURCE_PREFIX`. Computed once per resource by the caller."""
+    return {RESOURCE_PREFIX + str(key): value for key, value in resource.items() if key not in _LIFTED_RESOURCE_KEYS}
+
 
 #: Longest text kept in an indexed column; PostgreSQL's B-tree entries cannot exceed ~2.7 kB.
 MAX_INDEXED_CHARS = 1024
@@ -213,6 +227,7 @@ class RecordBuilder:
         fallback_user_id: Any = None,
         default_action: str | None = None,
         problems: Iterable[str] = (),
+        resource: Mapping[str, Any] | None = None,
     ) -> Draft:
         """Lift the audit fields out of ``attributes``, validate, normalize the rest.
 
@@ -246,6 +261,23 @@ class RecordBuilder:
             else:
                 norm = norm or Normalizer(problem_list)
                 rest[key] = norm.value(value, key)
+
+        if resource:  # from resource_attributes(): prefixed, never audit input fields
+            for key, value in resource.items():
+                if key in rest:
+                    problem_list.append(
+                        f"resource attribute {key[len(RESOURCE_PREFIX):]!r} not kept: the record has an attribute "
+                        f"{key!r} of its own"
+                    )
+                    continue
+                if not key.isascii():
+                    ascii_keys = False
+                kind = value.__class__
+                if kind is str or kind is int and -_SAFE <= value <= _SAFE:
+                    rest[key] = value
+                else:
+                    norm = norm or Normalizer(problem_list)
+                    rest[key] = norm.value(value, key)
 
         # Null fields are omitted from the document (see RECORD_FIELDS).
         doc: dict[str, Any] = {

@@ -21,6 +21,9 @@ scope                              ``scope.name`` (empty -> None)
 trace_id, span_id, trace_flags     ``trace_id``, ``span_id`` (big-endian), ``flags & 0xFF``
 service_name, service_instance_id, resource attributes ``service.name``,
 host_name                          ``service.instance.id``, ``host.name``
+resource                           every other resource attribute, kept in
+                                   ``attributes`` as ``resource.<key>``
+                                   (``resource.service.version``)
 problems                           ``dropped_attributes_count`` (as the processor notes
                                    the SDK's attribute limits)
 =================================  =============================================
@@ -38,8 +41,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from otel_audit.core import attributes as A
+from otel_audit.core.record import resource_attributes
 
-__all__ = ["any_value", "attribute_map", "builder_context", "resource_fields"]
+__all__ = ["any_value", "attribute_map", "builder_context", "resource_extra", "resource_fields"]
 
 _INPUT_FIELDS = A.INPUT_FIELDS
 
@@ -108,6 +112,12 @@ def resource_fields(resource_attributes: Any) -> tuple[Any, Any, Any]:
         if kv.key in wanted:
             wanted[kv.key] = any_value(kv.value)
     return wanted[A.SERVICE_NAME], wanted[A.SERVICE_INSTANCE_ID], wanted[A.HOST_NAME]
+
+
+def resource_extra(attributes: Any) -> dict[str, Any]:
+    """The other resource attributes, prefixed ``resource.``, as the processor keeps them
+    (:func:`otel_audit.core.record.resource_attributes`); the last value wins for a repeated key."""
+    return resource_attributes({kv.key: any_value(kv.value) for kv in attributes})
 
 
 def builder_context(record: LogRecord, arrival_ns: int) -> dict[str, Any]:

@@ -55,6 +55,9 @@ _log = logging.getLogger("otel_audit.ingest")
 
 LOGS_PATH = "/v1/logs"
 _READ_CHUNK = 256 * 1024
+#: A refused connection is drained after its answer until the client is silent this long
+#: (see ``_Handler._lingering_close``).
+_LINGER_SECONDS = 2.0
 
 _GRPC_CODES = {
     400: code_pb2.INVALID_ARGUMENT,
@@ -250,12 +253,38 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         ingest = self.server.ingest
         self.ingest = ingest
+        self._linger = False
         self.timeout = ingest.config.idle_timeout
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.settimeout(ingest.config.read_timeout)
             self.connection.do_handshake()  # errors end the connection (handle_error logs at debug)
             self.connection.settimeout(self.timeout)
+
+    def finish(self) -> None:
+        super().finish()
+        if self._linger:
+            self._lingering_close()
+
+    def _lingering_close(self) -> None:
+        """After an answer sent without reading the whole body: stop sending, then read and drop
+        what the client still sends before the socket is closed, until it stops (end of stream,
+        or nothing for ``_LINGER_SECONDS``) or the read timeout has passed.
+
+        Closing a socket with unread data makes the kernel reset the connection, and a client
+        that is still sending then never reads the answer (it sees EPIPE or ECONNRESET).
+        """
+        sock = self.connection
+        with contextlib.suppress(OSError, ValueError):
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + self.ingest.config.read_timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(min(remaining, _LINGER_SECONDS))
+                if not sock.recv(_READ_CHUNK):
+                    break
 
     def handle_one_request(self) -> None:
         self.connection.settimeout(self.ingest.config.idle_timeout)
@@ -290,7 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
             encoding_of(self.headers.get("Content-Type"))
             self._declared_length()
         except RequestError as exc:
-            exc.close = True  # the body will not be read
+            exc.close = True  # the body will not be read (a client that sends it anyway is drained)
+            self._linger = True
             self._reply_error(exc, _answer_encoding(self.headers.get("Content-Type")))
             return False
         return super().handle_expect_100()
@@ -306,7 +336,14 @@ class _Handler(BaseHTTPRequestHandler):
         body_read = False
         try:
             try:
-                self._authenticate()
+                try:
+                    self._authenticate()
+                except RequestError:
+                    # Read the (bounded) body before answering: a client still sending it when the
+                    # connection closes sees a broken pipe instead of the 401, and retries.
+                    if not self._discard_body():
+                        self._linger = True
+                    raise
                 encoding = encoding_of(self.headers.get("Content-Type"))
                 body, reserved = self._read_body()
                 body_read = True
@@ -323,6 +360,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.ingest.service.count("unauthorized" if exc.status == 401 else "bad_requests")
                 if not body_read:
                     exc.close = True  # the unread body must not be taken for the next request
+                    if exc.status != 401:
+                        self._linger = True
                 self._reply_error(exc, encoding)
                 return
             except Exception:
@@ -441,6 +480,57 @@ class _Handler(BaseHTTPRequestHandler):
             self.ingest.release(reserve)
             raise
         return body, reserve
+
+    def _discard_body(self) -> bool:
+        """Read and drop the body of a request that is refused (no token): at most
+        ``max_body_bytes``, within the read timeout, nothing kept in memory.
+
+        Returns whether the whole body was read (the connection is closed after the
+        answer either way; when it was not, :meth:`_lingering_close` drains the rest).
+        """
+        limit = self.ingest.config.max_body_bytes
+        deadline = time.monotonic() + self.ingest.config.read_timeout
+        transfer = self.headers.get("Transfer-Encoding")
+        length = self.headers.get("Content-Length")
+        try:
+            if transfer is not None:
+                if transfer.strip().lower() != "chunked" or length is not None:
+                    return False
+                total = 0
+                while True:
+                    self._check_deadline(deadline)
+                    line = self.rfile.readline(1026)
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                    if size == 0:
+                        break
+                    total += size
+                    if total > limit or not self._skip(size + 2, deadline):
+                        return False
+                for _ in range(100):
+                    line = self.rfile.readline(8192)
+                    if line in (b"\r\n", b"\n"):
+                        return True
+                    if not line.endswith(b"\n"):
+                        return False
+                return False
+            if length is None or not length.strip().isdigit() or len(length.strip()) > 15:
+                return length is None  # no body declared: nothing to read
+            size = int(length)
+            return size <= limit and self._skip(size, deadline)
+        except (OSError, ValueError):
+            return False
+
+    def _skip(self, size: int, deadline: float) -> bool:
+        remaining = size
+        while remaining:
+            self._check_deadline(deadline)
+            chunk = self.rfile.read1(min(remaining, _READ_CHUNK)) if hasattr(self.rfile, "read1") else (
+                self.rfile.read(min(remaining, _READ_CHUNK))
+            )
+            if not chunk:
+                return False
+            remaining -= len(chunk)
+        return True
 
     def _read_exact(self, size: int, deadline: float) -> bytes:
         parts = []

@@ -46,7 +46,7 @@ from otel_audit.core import attributes as A
 from otel_audit.core.recognize import Recognizer
 from otel_audit.core.record import Draft, RecordBuilder
 from otel_audit.errors import SpoolFull
-from otel_audit.ingest.otlp import attribute_map, builder_context, resource_fields
+from otel_audit.ingest.otlp import attribute_map, builder_context, resource_extra, resource_fields
 from otel_audit.ingest.presealed import LinkTracker, SealedInput, SealRejected, has_seal, read_seal
 from otel_audit.pipeline import AuditPipeline
 
@@ -299,6 +299,7 @@ class IngestService:
         for resource_logs in request.resource_logs:
             resource = resource_logs.resource
             service_name, instance_id, host_name = resource_fields(resource.attributes)
+            extra = resource_extra(resource.attributes)
             resource_key = hashlib.blake2b(
                 resource.SerializeToString(deterministic=True) + b"\x00" + resource_logs.schema_url.encode(),
                 digest_size=16,
@@ -342,6 +343,7 @@ class IngestService:
                         host_name=host_name,
                         default_action=default_action or None,
                         problems=problems,
+                        resource=extra,
                     )
                     # The retry key: what the record is, where it came from, and which
                     # occurrence of identical records in this request it is.
