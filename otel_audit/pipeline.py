@@ -34,6 +34,7 @@ from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError, SpoolFull
 from otel_audit.sink.checkpoints import decode_checkpoints
 from otel_audit.sink.writer import PostgresSink
+from otel_audit.spool.frames import KIND_DELIVERED_GENESIS, delivered_genesis_frame
 from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition
 from otel_audit.stats import PipelineStats
 from otel_audit.witness import Witness, WitnessPublisher
@@ -197,12 +198,16 @@ class AuditPipeline:
                 "spooled but may not survive a power loss. Check the disk, or use spool_fsync='interval'."
             )
 
-    def relay(self, canonical: bytes, digest: bytes, *, genesis: bytes | None = None) -> SpoolPosition:
+    def relay(
+        self, canonical: bytes, digest: bytes, *, genesis: bytes | None = None, delivered_by: str | None = None
+    ) -> SpoolPosition:
         """Spool a record sealed by another emitter; it is stored under its own chain.
 
         The caller (the OTLP ingest) has checked that ``digest`` is the SHA-256
         of the record (with its domain tag) and that ``genesis``, if given, is
-        the genesis of the record's chain. Durable against a process crash on
+        the genesis of the record's chain; ``delivered_by`` names the ingest token
+        that delivered it, stored with the chain's registry entry
+        (``audit_chains.delivered_by``). Durable against a process crash on
         return, like :meth:`seal`; returns the position to wait for with
         :meth:`wait_position`. Raises :class:`SpoolFull` if the spool cannot
         take it.
@@ -212,7 +217,10 @@ class AuditPipeline:
             if spool is None:
                 spool = self._relay_spool = self.sink.open_relay_spool()
             if genesis is not None:
-                spool.append(KIND_GENESIS, genesis, bytes.fromhex(genesis_hash(genesis)))
+                if delivered_by is None:
+                    spool.append(KIND_GENESIS, genesis, bytes.fromhex(genesis_hash(genesis)))
+                else:
+                    spool.append(KIND_DELIVERED_GENESIS, *delivered_genesis_frame(genesis, delivered_by))
             position = spool.append(KIND_RECORD, canonical, digest)
             self.stats.relayed += 1
         if self.config.spool.fsync == "always":

@@ -54,7 +54,7 @@ class Ingest:
         dsn: str,
         spool_dir: Path,
         *,
-        tokens: tuple[str, ...] | None = (TOKEN,),
+        tokens: tuple[str, ...] | TokenSet | None = (TOKEN,),
         ssl_context: ssl.SSLContext | None = None,
         pipeline: dict[str, Any] | None = None,
         **config: Any,
@@ -67,7 +67,9 @@ class Ingest:
         )
         self.service = IngestService(self.pipeline, IngestConfig(**config))
         self.server = IngestServer(
-            self.service, TokenSet(tokens) if tokens else None, host="127.0.0.1", port=0, ssl_context=ssl_context
+            self.service,
+            tokens if isinstance(tokens, TokenSet) else TokenSet(tokens) if tokens else None,
+            host="127.0.0.1", port=0, ssl_context=ssl_context,
         ).start()
         self.host, self.port = self.server.address
         self.tls = ssl_context is not None

@@ -284,11 +284,14 @@ def test_presealed_records_keep_their_chain_and_are_not_duplicated(db: str, tmp_
         assert (stats.relayed, stats.sealed, stats.link_breaks) == (40, 0, 0)
     finally:
         assert ingest.close()
-    assert rows(db, "SELECT chain_id::text, count(*) FROM audit_logs GROUP BY 1") == [(app_chain, 20)]
+    # The app's records once; in the ingest's own chain only its attestation that it accepted record 1.
+    assert sorted(rows(db, "SELECT chain_id::text, count(*) FROM audit_logs GROUP BY 1")) == sorted(
+        [(app_chain, 20), (ingest.chain_id, 1)])
+    assert rows(db, "SELECT action, resource_id FROM audit_logs WHERE chain_id = %s", (ingest.chain_id,)) == [
+        ("otel_audit.chain_accepted", app_chain)]
     assert rows(db, "SELECT count(*) FROM audit_quarantine") == [(0,)]
     report = verify(db)
-    # The only finding: the ingest's own chain is empty (it sealed nothing itself).
-    assert report.ok and [f.kind.value for f in report.findings] == ["empty_chain"], [str(f) for f in report.findings]
+    assert report.ok and not report.findings, [str(f) for f in report.findings]
 
 
 def test_presealed_records_whose_emitter_never_reached_the_database(db: str, tmp_path: Path) -> None:
@@ -309,8 +312,9 @@ def test_presealed_records_whose_emitter_never_reached_the_database(db: str, tmp
     finally:
         proxy.close()
     report = verify(db)
-    assert report.ok and [f.kind.value for f in report.findings] == ["empty_chain"], [str(f) for f in report.findings]
-    assert report.records == 10 and len(report.chains) == 2  # the app's chain (10) and the ingest's (empty)
+    assert report.ok and not report.findings, [str(f) for f in report.findings]
+    # The app's chain (10) and the ingest's (its attestation that it registered the app's chain).
+    assert report.records == 11 and len(report.chains) == 2
 
 
 def test_tampered_presealed_records_are_rejected_through_partial_success(db: str, tmp_path: Path) -> None:
@@ -585,7 +589,7 @@ def test_the_insert_only_writer_role_is_enough_for_the_ingest(db: str, tmp_path:
             assert ingest.export(audit_request(3)).status == 200
         finally:
             assert ingest.close()
-        assert rows(db, "SELECT count(*) FROM audit_logs") == [(13,)]
+        assert rows(db, "SELECT count(*) FROM audit_logs") == [(14,)]  # 10 relayed, 3 sealed, 1 attestation
         with psycopg.connect(writer_dsn, autocommit=True) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT canonical FROM audit_logs")

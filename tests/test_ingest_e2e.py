@@ -141,15 +141,18 @@ def test_many_senders_through_serve_every_audit_record_once(db: str, tmp_path: P
     assert rows(db, "SELECT count(*) FROM audit_logs WHERE attributes->>'test.id' LIKE 'plain-%'") == [(0,)]
 
     # The SDK senders' records are in the ingest's chain; the otel-audit app's under its own chain only.
+    # The ingest's chain also holds its attestation that it accepted the app's record 1 (chain_accepted).
     chains = dict(rows(db, "SELECT c.emitter->>'kind', count(l.*) FROM audit_chains c "
                            "LEFT JOIN audit_logs l USING (chain_id) GROUP BY 1"))
-    assert chains == {"ingest": 3 * AUDIT_PER_SENDER, "sdk": AUDIT_PER_SENDER}
-    by_service = dict(rows(db, "SELECT service_name, count(*) FROM audit_logs GROUP BY 1"))
+    assert chains == {"ingest": 3 * AUDIT_PER_SENDER + 1, "sdk": AUDIT_PER_SENDER}
+    assert rows(db, "SELECT count(*) FROM audit_logs WHERE action = 'otel_audit.chain_accepted'") == [(1,)]
+    by_service = dict(rows(db, "SELECT service_name, count(*) FROM audit_logs "
+                               "WHERE action <> 'otel_audit.chain_accepted' GROUP BY 1"))
     assert by_service == {"svc0": AUDIT_PER_SENDER, "svc1": AUDIT_PER_SENDER, "svc2": AUDIT_PER_SENDER,
                           "pyapp": AUDIT_PER_SENDER}
     report = verify(db)
     assert report.ok and not report.findings, [str(f) for f in report.findings]
-    assert report.records == 4 * AUDIT_PER_SENDER
+    assert report.records == 4 * AUDIT_PER_SENDER + 1
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM audit_quarantine").fetchone() == (0,)
 

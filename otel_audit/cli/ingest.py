@@ -33,12 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "are sealed into this process's own chain, records sealed by an otel-audit processor are stored under "
         "their original chain, other records are acknowledged and ignored. A request is answered 200 only once "
         "its audit records are committed to PostgreSQL; 429/503 with Retry-After tell the sender to retry. "
-        f"Bearer tokens come from --token-file (one per line) and ${TOKENS_ENV} (comma-separated).",
+        f"Bearer tokens come from --token-file (one per line: TOKEN [name=NAME] [services=PATTERN,...]) and "
+        f"${TOKENS_ENV} (entries separated by ';'); a token bound to services may deliver records only for those.",
     )
     add_dsn(parser)
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
     parser.add_argument("--port", type=int, default=4318, help="port (default: 4318, the OTLP/HTTP convention)")
-    parser.add_argument("--token-file", type=Path, metavar="FILE", help="accepted bearer tokens, one per line")
+    parser.add_argument(
+        "--token-file", type=Path, metavar="FILE",
+        help="accepted bearer tokens, one per line: TOKEN [name=NAME] [services=PATTERN[,PATTERN...]]",
+    )
     parser.add_argument(
         "--insecure-no-auth", action="store_true", help="accept requests without a token (testing only; logged)"
     )
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     witnessed = "".join(f"; witness {w.description}" for w in checkpoints["witnesses"])
     print(
         f"otel-audit serve: listening on {server.url} (chain {pipeline.chain_id}; "
-        f"{'no authentication' if tokens is None else f'{len(tokens)} token(s)'}; {signing}{witnessed}; "
+        f"{'no authentication' if tokens is None else _describe_tokens(tokens)}; {signing}{witnessed}; "
         f"spool {spool.directory})",
         file=sys.stderr,
         flush=True,
@@ -200,6 +204,14 @@ def _tokens(args: argparse.Namespace) -> TokenSet | None:
             "--insecure-no-auth disables authentication for tests"
         )
     return tokens
+
+
+def _describe_tokens(tokens: TokenSet) -> str:
+    """``3 token(s): collector-eu (services payroll), ...``: names and bindings, never a token."""
+    return f"{len(tokens)} token(s): " + ", ".join(
+        identity.name if identity.services is None else f"{identity.name} (services {','.join(identity.services)})"
+        for identity in tokens.identities
+    )
 
 
 def _check_schema(dsn: str) -> None:

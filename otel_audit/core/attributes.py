@@ -79,3 +79,15 @@ INPUT_FIELDS: dict[str, str] = {
 
 ACTOR_TYPES = frozenset({"user", "service", "admin", "system"})
 RESULTS = frozenset({"success", "failure", "denied"})
+
+# --- records otel-audit writes about itself ---------------------------------------
+#: Actions otel-audit seals about its own work start with this prefix. The OTLP ingest
+#: flags a record it receives with such an action (a problems entry): only otel-audit
+#: itself writes them, and the verifier relies on some of them (attestations).
+RESERVED_ACTION_PREFIX = "otel_audit."
+#: The ingest registered a chain from a pre-sealed record 1 (resource ``audit_chain`` /
+#: chain id); it attests which token delivered it (``audit_chains.delivered_by``).
+CHAIN_ACCEPTED = "otel_audit.chain_accepted"
+#: Attributes of that record: the delivering token's name and the chain's genesis hash.
+ATTESTED_TOKEN = "otel_audit.ingest.token"
+ATTESTED_GENESIS_HASH = "otel_audit.chain.genesis_hash"

@@ -80,6 +80,15 @@ class SealedInput:
     canonical: bytes
     genesis: bytes | None  # only for seq 1, and only if it is this chain's genesis
     genesis_problem: str | None  # a genesis was attached but does not belong to this record
+    service_name: Any = None  # the sealed document's service_name
+    genesis_service: Any = None  # the genesis's emitter.service_name (with ``genesis`` only)
+
+    @property
+    def services(self) -> tuple[Any, ...]:
+        """The service names this record claims: its own, and its chain's when the genesis came with it."""
+        if self.genesis is None:
+            return (self.service_name,)
+        return (self.service_name, self.genesis_service)
 
 
 def has_seal(keys: Any) -> bool:
@@ -149,11 +158,12 @@ def read_seal(attrs: Mapping[str, Any], *, max_record_bytes: int) -> SealedInput
     if problem is not None:
         raise SealRejected(f"{where}: {problem}")
 
-    genesis = genesis_problem = None
+    genesis = genesis_problem = genesis_service = None
     raw_genesis = attrs.get(A.CHAIN_GENESIS)
     if raw_genesis is not None:
-        genesis, genesis_problem = _check_genesis(raw_genesis, chain_id, seq, prev_hash)
-    return SealedInput(record_id, chain_id, seq, prev_hash, hex_digest, digest, canonical, genesis, genesis_problem)
+        genesis, genesis_problem, genesis_service = _check_genesis(raw_genesis, chain_id, seq, prev_hash)
+    return SealedInput(record_id, chain_id, seq, prev_hash, hex_digest, digest, canonical, genesis, genesis_problem,
+                       doc.get("service_name"), genesis_service)
 
 
 def document_problem(doc: Any) -> str | None:
@@ -213,18 +223,19 @@ def document_problem(doc: Any) -> str | None:
     return None
 
 
-def _check_genesis(raw: Any, chain_id: str, seq: int, prev_hash: str) -> tuple[bytes | None, str | None]:
+def _check_genesis(raw: Any, chain_id: str, seq: int, prev_hash: str) -> tuple[bytes | None, str | None, Any]:
+    """(genesis bytes, problem, the genesis's emitter.service_name)."""
     if seq != 1:
-        return None, f"{A.CHAIN_GENESIS} is attached to record {seq}, not to record 1; ignored"
+        return None, f"{A.CHAIN_GENESIS} is attached to record {seq}, not to record 1; ignored", None
     if type(raw) is not str:
-        return None, f"{A.CHAIN_GENESIS} is not text; ignored"
+        return None, f"{A.CHAIN_GENESIS} is not text; ignored", None
     genesis = raw.encode("utf-8", "replace")
     computed = genesis_hash(genesis)
     if computed != prev_hash:
         return None, (
             f"record 1 links to prev_hash {prev_hash}, but the attached {A.CHAIN_GENESIS} hashes to {computed}; "
             "the chain was not registered from it"
-        )
+        ), None
     try:
         doc = orjson.loads(genesis)
         ok = (
@@ -241,8 +252,8 @@ def _check_genesis(raw: Any, chain_id: str, seq: int, prev_hash: str) -> tuple[b
     except (orjson.JSONDecodeError, CanonicalEncodingError):
         ok = False
     if not ok:
-        return None, f"{A.CHAIN_GENESIS} is not a canonical otel-audit genesis of chain {chain_id}; ignored"
-    return genesis, None
+        return None, f"{A.CHAIN_GENESIS} is not a canonical otel-audit genesis of chain {chain_id}; ignored", None
+    return genesis, None, doc["emitter"].get("service_name")
 
 
 def _is_uuid(value: Any) -> bool:

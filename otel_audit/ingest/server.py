@@ -45,7 +45,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-from otel_audit.ingest.auth import TokenSet
+from otel_audit.ingest.auth import ANONYMOUS, TokenIdentity, TokenSet
 from otel_audit.ingest.decode import JSON, PROTOBUF, RequestError, decode_request, encoding_of
 from otel_audit.ingest.service import ExportResult, IngestConfig, IngestService
 
@@ -254,6 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
         ingest = self.server.ingest
         self.ingest = ingest
         self._linger = False
+        self._identity: TokenIdentity | None = None
         self.timeout = ingest.config.idle_timeout
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
@@ -287,6 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
                     break
 
     def handle_one_request(self) -> None:
+        self._identity = None
         self.connection.settimeout(self.ingest.config.idle_timeout)
         super().handle_one_request()
 
@@ -303,7 +305,14 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("otel-audit serve: %s %s", self.address_string(), format % args)
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        _log.debug("otel-audit serve: %s %r -> %s", self.address_string(), self.requestline, code)
+        identity = self._identity
+        _log.debug(
+            "otel-audit serve: %s token %s %r -> %s",
+            self.address_string(),
+            "-" if identity is None else identity.name,  # the token's name, never the token
+            self.requestline,
+            code,
+        )
 
     # ------------------------------------------------------------------ methods
     def handle_expect_100(self) -> bool:
@@ -337,7 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             try:
                 try:
-                    self._authenticate()
+                    identity = self._authenticate()
                 except RequestError:
                     # Read the (bounded) body before answering: a client still sending it when the
                     # connection closes sees a broken pipe instead of the 401, and retries.
@@ -355,7 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
                     max_records=self.ingest.config.max_records,
                 )
                 del body
-                result = self.ingest.service.export(request, peer=self.client_address[0])
+                result = self.ingest.service.export(request, peer=self.client_address[0], token=identity)
             except RequestError as exc:
                 self.ingest.service.count("unauthorized" if exc.status == 401 else "bad_requests")
                 if not body_read:
@@ -412,11 +421,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _other_method  # noqa: N815
 
     # ------------------------------------------------------------------ request parts
-    def _authenticate(self) -> None:
+    def _authenticate(self) -> TokenIdentity:
+        """The identity of the request's bearer token (:data:`ANONYMOUS` when authentication is off)."""
         tokens = self.ingest.tokens
         if tokens is None:
-            return
-        if not tokens.check(self.headers.get("Authorization")):
+            self._identity = ANONYMOUS
+            return ANONYMOUS
+        identity = tokens.identify(self.headers.get("Authorization"))
+        self._identity = identity
+        if identity is None:
             raise RequestError(
                 401,
                 "missing or invalid bearer token: send `Authorization: Bearer <token>` with one of the tokens "
@@ -424,6 +437,7 @@ class _Handler(BaseHTTPRequestHandler):
                 close=True,
                 headers={"WWW-Authenticate": 'Bearer realm="otel-audit"'},
             )
+        return identity
 
     def _declared_length(self) -> int | None:
         """Content-Length as an int (None for a chunked body); refuses what cannot be read safely."""

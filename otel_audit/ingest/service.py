@@ -17,6 +17,17 @@ returns what to answer. Per record:
   a refused record is dropped by the collector;
 * anything else: acknowledged and ignored.
 
+Each request carries the identity of its bearer token
+(:class:`~otel_audit.ingest.auth.TokenIdentity`), which may be bound to the
+services it may deliver for: a pre-sealed record claiming a service the token
+may not deliver (its own ``service_name`` or its chain's genesis) is refused
+through ``partial_success`` and logged; a record the ingest seals itself with
+such a ``service.name`` is stored with a problem note, never dropped. When a
+pre-sealed record 1 registers a chain, the ingest first seals (and commits) an
+``otel_audit.chain_accepted`` record in its own chain naming the token, then
+registers the chain with that name in ``audit_chains.delivered_by``; the
+verifier holds the column to the record.
+
 Success is answered only once every audit record of the request is committed
 to PostgreSQL. Durability and retries are explained in ``docs/ingest.md``;
 in short:
@@ -36,6 +47,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,9 +55,11 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otel_audit.core import attributes as A
+from otel_audit.core.chain import genesis_hash
 from otel_audit.core.recognize import Recognizer
 from otel_audit.core.record import Draft, RecordBuilder
 from otel_audit.errors import SpoolFull
+from otel_audit.ingest.auth import ANONYMOUS, TokenIdentity
 from otel_audit.ingest.otlp import attribute_map, builder_context, resource_extra, resource_fields
 from otel_audit.ingest.presealed import LinkTracker, SealedInput, SealRejected, has_seal, read_seal
 from otel_audit.pipeline import AuditPipeline
@@ -90,6 +104,7 @@ class IngestConfig:
     dedup_capacity: int = 1_000_000  # records remembered for retries of unanswered requests
     link_chains: int = 4096
     link_window: int = 64
+    attested_chains: int = 65536  # (chain, token) attestations remembered, so a redelivery is not attested twice
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_records", "max_attributes", "max_connections", "max_inflight_bytes"):
@@ -109,6 +124,10 @@ class IngestStats:
     relayed: int = 0  # pre-sealed records stored under their own chain
     ignored: int = 0  # non-audit records acknowledged and dropped
     rejected: int = 0  # pre-sealed records refused (partial success)
+    refused_service: int = 0  # of those: the token may not deliver for the record's service
+    flagged_service: int = 0  # records sealed with a problem: the token may not claim their service
+    flagged_reserved: int = 0  # records sealed with a problem: an action only otel-audit itself writes
+    attested: int = 0  # otel_audit.chain_accepted records (a relayed chain registered)
     retried: int = 0  # records of a retry that re-used an earlier seal
     link_breaks: int = 0
     refused_unavailable: int = 0  # requests answered 503 before sealing
@@ -137,8 +156,14 @@ class ExportResult:
 class _Plan:
     own: list[tuple[bytes, Draft]] = field(default_factory=list)
     relay: list[SealedInput] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # every refused pre-sealed record (partial success)
+    bad_seals: list[str] = field(default_factory=list)  # of those: the seal did not check out
     records: int = 0
+    #: (service, chain id) -> pre-sealed records refused because the token may not deliver that service
+    refused: dict[tuple[Any, str], int] = field(default_factory=dict)
+    #: service -> records sealed with a problem note because the token may not claim that service
+    flagged: dict[Any, int] = field(default_factory=dict)
+    reserved: int = 0  # records sealed with a problem note: a reserved otel_audit.* action
 
 
 class _RecentSeals:
@@ -189,6 +214,9 @@ class IngestService:
         self._builder = RecordBuilder()
         self._links = LinkTracker(self.config.link_chains, self.config.link_window)
         self._recent = _RecentSeals(self.config.dedup_capacity)
+        #: (chain id, token name) -> spool position of its otel_audit.chain_accepted record
+        self._attested: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._by_token: dict[str, dict[str, int]] = {}
         self._seal_lock = threading.Lock()
         # Building drafts is pure Python, bound by the GIL: running it for one request
         # at a time costs no throughput, and leaves the sink thread (which gives the
@@ -199,9 +227,12 @@ class IngestService:
         self._closing = False
 
     # ------------------------------------------------------------------ API
-    def export(self, request: ExportLogsServiceRequest, *, peer: str | None = None) -> ExportResult:
-        """Store the audit records of one request; returns the answer for the sender."""
+    def export(
+        self, request: ExportLogsServiceRequest, *, peer: str | None = None, token: TokenIdentity = ANONYMOUS
+    ) -> ExportResult:
+        """Store the audit records of one request sent with ``token``; returns the answer for the sender."""
         self._count(requests=1)
+        self._count_token(token, requests=1)
         if not self._has_audit_records(request):
             n = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
             self._count(records=n, ignored=n)
@@ -210,9 +241,12 @@ class IngestService:
         if refusal is not None:
             return refusal
         with self._plan_lock:
-            plan = self._plan(request)
+            plan = self._plan(request, token)
         self._count(records=plan.records, ignored=plan.records - len(plan.own) - len(plan.relay) - len(plan.rejected))
-        return self._store(plan, peer)
+        refusal = self._attest(plan, peer, token)
+        if refusal is not None:
+            return refusal
+        return self._store(plan, peer, token)
 
     def delivered(self, result: ExportResult) -> None:
         """The success answer for ``result`` was written: its records need no retry memory."""
@@ -237,6 +271,8 @@ class IngestService:
         data: dict[str, Any] = {"ingest": self.stats.snapshot(), "pipeline": self.pipeline.snapshot()}
         data["ingest"]["retry_memory_records"] = len(self._recent)
         data["ingest"]["retry_memory_evicted"] = self._recent.evicted
+        with self._stats_lock:  # token names, never tokens
+            data["tokens"] = {name: dict(counts) for name, counts in self._by_token.items()}
         return data
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -287,9 +323,10 @@ class IngestService:
             )
         return None
 
-    def _plan(self, request: ExportLogsServiceRequest) -> _Plan:
+    def _plan(self, request: ExportLogsServiceRequest, token: TokenIdentity = ANONYMOUS) -> _Plan:
         """Classify every record; build drafts and check seals (no side effects)."""
         plan = _Plan()
+        bound = token.bound
         max_attributes = self.config.max_attributes
         recognizer = self._recognizer
         active = recognizer.active
@@ -300,6 +337,7 @@ class IngestService:
             resource = resource_logs.resource
             service_name, instance_id, host_name = resource_fields(resource.attributes)
             extra = resource_extra(resource.attributes)
+            not_allowed = bound and not token.may_deliver(service_name)
             resource_key = hashlib.blake2b(
                 resource.SerializeToString(deterministic=True) + b"\x00" + resource_logs.schema_url.encode(),
                 digest_size=16,
@@ -316,7 +354,7 @@ class IngestService:
                     notes: list[str] = []
                     attrs = attribute_map(record, max_attributes, notes)
                     if _CANONICAL in attrs or (notes and _CANONICAL in {kv.key for kv in record.attributes}):
-                        self._plan_sealed(plan, record, attrs if not notes else None)
+                        self._plan_sealed(plan, record, attrs if not notes else None, token)
                         continue
                     problems: list[str] = []
                     default_action = None
@@ -345,6 +383,19 @@ class IngestService:
                         problems=problems,
                         resource=extra,
                     )
+                    if not_allowed:
+                        draft.problems.append(
+                            f"the ingest token {token.name!r} may not deliver records of service {service_name!r} "
+                            f"(it may deliver for: {', '.join(token.services or ())}); sealed by the ingest as sent"
+                        )
+                        plan.flagged[service_name] = plan.flagged.get(service_name, 0) + 1
+                    action = draft.doc.get("action")
+                    if action.__class__ is str and action.startswith(A.RESERVED_ACTION_PREFIX):
+                        draft.problems.append(
+                            f"action {action!r} is reserved for records otel-audit writes about itself; this one "
+                            f"arrived through the OTLP ingest (token {token.name!r}), so it is no such record"
+                        )
+                        plan.reserved += 1
                     # The retry key: what the record is, where it came from, and which
                     # occurrence of identical records in this request it is.
                     key = hashlib.blake2b(scope_key + record.SerializeToString(deterministic=True), digest_size=16)
@@ -356,15 +407,94 @@ class IngestService:
                     plan.own.append((key.digest(), draft))
         return plan
 
-    def _plan_sealed(self, plan: _Plan, record: Any, attrs: dict[str, Any] | None) -> None:
+    def _plan_sealed(self, plan: _Plan, record: Any, attrs: dict[str, Any] | None, token: TokenIdentity) -> None:
         if attrs is None:  # the attribute limit applied: a seal is read from all of them
             attrs = attribute_map(record, len(record.attributes), [])
         try:
-            plan.relay.append(read_seal(attrs, max_record_bytes=self.pipeline.config.max_record_bytes))
+            item = read_seal(attrs, max_record_bytes=self.pipeline.config.max_record_bytes)
         except SealRejected as exc:
             plan.rejected.append(str(exc))
+            plan.bad_seals.append(str(exc))
+            return
+        if token.bound:
+            for service in item.services:
+                if not token.may_deliver(service):
+                    plan.rejected.append(
+                        f"sealed record {item.chain_id}/{item.seq}: the ingest token {token.name!r} may not deliver "
+                        f"records of service {service!r}"
+                    )
+                    key = (service, item.chain_id)
+                    plan.refused[key] = plan.refused.get(key, 0) + 1
+                    return
+        plan.relay.append(item)
 
-    def _store(self, plan: _Plan, peer: str | None) -> ExportResult:
+    def _attest(self, plan: _Plan, peer: str | None, token: TokenIdentity) -> ExportResult | None:
+        """Before a pre-sealed record 1 registers its chain: seal and commit, in the ingest's own chain,
+        an ``otel_audit.chain_accepted`` record naming the delivering token (once per chain and token).
+
+        Committed first, so that no registry entry naming a token exists without the record that
+        attests it. Returns the refusal to answer if that cannot be done now.
+        """
+        new = [item for item in plan.relay if item.genesis is not None]
+        if not new:
+            return None
+        positions = []
+        try:
+            with self._seal_lock:
+                attested = self._attested
+                for item in new:
+                    key = (item.chain_id, token.name)
+                    position = attested.get(key)
+                    if position is None:
+                        position = self.pipeline.seal(self._attestation(item, token, peer)).position
+                        attested[key] = position
+                        if len(attested) > self.config.attested_chains:
+                            attested.popitem(last=False)
+                        self._count(attested=1)
+                    positions.append(position)
+        except SpoolFull as exc:
+            self._count(refused_busy=1)
+            return ExportResult(
+                503, f"the ingest's spool is full ({exc}); retry later", retry_after=self.config.retry_after_unavailable
+            )
+        if not self._wait(max(positions), None):
+            self._count(commit_timeouts=1)
+            return ExportResult(
+                503,
+                f"a new chain's registration could not be committed to PostgreSQL within "
+                f"{self.config.commit_timeout:g}s (last error: {self.pipeline.stats.last_error or 'none'}); retry",
+                retry_after=self.config.retry_after_unavailable,
+            )
+        return None
+
+    def _attestation(self, item: SealedInput, token: TokenIdentity, peer: str | None) -> Draft:
+        assert item.genesis is not None
+        service = item.genesis_service
+        attrs: dict[str, Any] = {
+            A.AUDIT_ACTION: A.CHAIN_ACCEPTED,
+            A.AUDIT_ACTOR_ID: token.name,
+            A.AUDIT_ACTOR_TYPE: "service",
+            A.AUDIT_RESOURCE_TYPE: "audit_chain",
+            A.AUDIT_RESOURCE_ID: item.chain_id,
+            A.AUDIT_RESULT: "success",
+            A.ATTESTED_TOKEN: token.name,
+            A.ATTESTED_GENESIS_HASH: genesis_hash(item.genesis),
+        }
+        if service.__class__ is str:
+            attrs["otel_audit.chain.service_name"] = service
+        if peer:
+            attrs[A.CLIENT_ADDRESS] = peer
+        return self._builder.build(
+            attrs,
+            time_unix_nano=time.time_ns(),
+            body=f"chain {item.chain_id} registered from a pre-sealed record 1 delivered with ingest token "
+            f"{token.name!r}",
+            severity_text="INFO",
+            severity_number=9,
+            scope="otel_audit.ingest",
+        )
+
+    def _store(self, plan: _Plan, peer: str | None, token: TokenIdentity = ANONYMOUS) -> ExportResult:
         pipeline = self.pipeline
         keys: list[bytes] = []
         own_position: int | None = None
@@ -390,8 +520,11 @@ class IngestService:
                         problem = item.genesis_problem
                     if problem is not None:
                         breaks.setdefault(item.chain_id, []).append((item.seq, problem))
-                    relay_position = pipeline.relay(item.canonical, item.digest, genesis=item.genesis)
-                for draft in self._event_drafts(plan, breaks, peer):
+                    relay_position = pipeline.relay(
+                        item.canonical, item.digest, genesis=item.genesis,
+                        delivered_by=token.name if item.genesis is not None else None,
+                    )
+                for draft in self._event_drafts(plan, breaks, peer, token):
                     own_position = max(own_position or 0, pipeline.seal(draft).position)
         except SpoolFull as exc:
             self._count(refused_busy=1)
@@ -402,15 +535,38 @@ class IngestService:
                 retry_after=self.config.retry_after_unavailable,
             )
         n_breaks = sum(len(v) for v in breaks.values())
+        n_refused = sum(plan.refused.values())
+        n_flagged = sum(plan.flagged.values())
         self._count(sealed=len(plan.own) - reused, retried=reused, relayed=len(plan.relay),
-                    rejected=len(plan.rejected), link_breaks=n_breaks)
+                    rejected=len(plan.rejected), link_breaks=n_breaks, refused_service=n_refused,
+                    flagged_service=n_flagged, flagged_reserved=plan.reserved)
+        self._count_token(token, records=plan.records, sealed=len(plan.own) - reused, relayed=len(plan.relay),
+                          rejected=len(plan.rejected), refused_service=n_refused, flagged_service=n_flagged)
+        for (service, chain_id), n in list(plan.refused.items())[:_MAX_EXAMPLES]:
+            _log.warning(
+                "otel-audit serve: ingest token %r may not deliver records of service %r: refused %d pre-sealed "
+                "record(s) of chain %s from %s (the token may deliver for: %s)",
+                token.name, service, n, chain_id, peer or "?", ", ".join(token.services or ()),
+            )
+        for service, n in list(plan.flagged.items())[:_MAX_EXAMPLES]:
+            _log.warning(
+                "otel-audit serve: ingest token %r may not deliver records of service %r: sealed %d record(s) with a "
+                "problem note (from %s; the token may deliver for: %s)",
+                token.name, service, n, peer or "?", ", ".join(token.services or ()),
+            )
+        if plan.reserved:
+            _log.warning(
+                "otel-audit serve: %d record(s) from %s (token %r) use an action reserved for otel-audit's own "
+                "records (%s*); sealed with a problem note",
+                plan.reserved, peer or "?", token.name, A.RESERVED_ACTION_PREFIX,
+            )
         for chain_id, items in breaks.items():
             for seq, problem in items[:_MAX_EXAMPLES]:
                 _log.warning("otel-audit serve: chain %s seq %d: %s", chain_id, seq, problem)
-        if plan.rejected:
+        if plan.bad_seals:
             _log.warning(
-                "otel-audit serve: rejected %d pre-sealed record(s) from %s: %s",
-                len(plan.rejected), peer or "?", "; ".join(plan.rejected[:3]),
+                "otel-audit serve: rejected %d pre-sealed record(s) from %s (token %r): %s",
+                len(plan.bad_seals), peer or "?", token.name, "; ".join(plan.bad_seals[:3]),
             )
 
         if not self._wait(own_position, relay_position):
@@ -449,7 +605,10 @@ class IngestService:
                     return False
         return True
 
-    def _event_drafts(self, plan: _Plan, breaks: dict[str, list[tuple[int, str]]], peer: str | None) -> list[Draft]:
+    def _event_drafts(
+        self, plan: _Plan, breaks: dict[str, list[tuple[int, str]]], peer: str | None,
+        token: TokenIdentity = ANONYMOUS,
+    ) -> list[Draft]:
         """Records in the ingest's own chain about what arrived: link breaks, rejected seals."""
         drafts = []
         now = time.time_ns()
@@ -458,6 +617,7 @@ class IngestService:
             A.AUDIT_ACTOR_TYPE: "system",
             A.AUDIT_RESOURCE_TYPE: "audit_chain",
             A.AUDIT_RESULT: "failure",
+            A.ATTESTED_TOKEN: token.name,
         }
         if peer:
             common[A.CLIENT_ADDRESS] = peer
@@ -499,6 +659,17 @@ class IngestService:
             stats = self.stats
             for name, value in increments.items():
                 setattr(stats, name, getattr(stats, name) + value)
+
+    def _count_token(self, token: TokenIdentity, **increments: int) -> None:
+        with self._stats_lock:
+            counts = self._by_token.get(token.name)
+            if counts is None:
+                counts = self._by_token[token.name] = {
+                    "requests": 0, "records": 0, "sealed": 0, "relayed": 0, "rejected": 0, "refused_service": 0,
+                    "flagged_service": 0,
+                }
+            for name, value in increments.items():
+                counts[name] += value
 
     def count(self, name: str, n: int = 1) -> None:
         """Counters the HTTP layer keeps (bad requests, unauthorized, internal errors)."""

@@ -18,6 +18,7 @@ __all__ = [
     "CONFLICTING_STAGED",
     "CREATE_STAGE",
     "INSERT_CHAINS",
+    "INSERT_DELIVERED_CHAINS",
     "LOG_COLUMNS",
     "PROJECT_STAGE",
     "STAGE_TABLE",
@@ -84,6 +85,16 @@ INSERT_CHAINS = (
     "INSERT INTO audit_chains (chain_id, created_at, emitter, genesis, genesis_hash) "
     "SELECT (d->>'chain_id')::uuid, (d->>'created')::timestamptz, coalesce(d->'emitter', '{}'::jsonb), g, h "
     "FROM (SELECT %(g)s::bytea AS g, %(h)s::text AS h, "
+    "pg_catalog.convert_from(%(g)s::bytea, 'UTF8')::jsonb AS d) s "
+    "ON CONFLICT (chain_id) DO NOTHING"
+)
+
+#: A chain registered by the OTLP ingest from a relayed record 1: also records the name of the
+#: token that delivered it (attested by an ``otel_audit.chain_accepted`` record in the ingest's chain).
+INSERT_DELIVERED_CHAINS = (
+    "INSERT INTO audit_chains (chain_id, created_at, emitter, genesis, genesis_hash, delivered_by) "
+    "SELECT (d->>'chain_id')::uuid, (d->>'created')::timestamptz, coalesce(d->'emitter', '{}'::jsonb), g, h, t "
+    "FROM (SELECT %(g)s::bytea AS g, %(h)s::text AS h, %(t)s::text AS t, "
     "pg_catalog.convert_from(%(g)s::bytea, 'UTF8')::jsonb AS d) s "
     "ON CONFLICT (chain_id) DO NOTHING"
 )

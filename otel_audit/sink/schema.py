@@ -352,6 +352,15 @@ COMMENT ON TABLE audit_legal_holds IS
     'released. Append-only (a release is a row of audit_legal_hold_releases).';
 """
 
+_V5 = """
+ALTER TABLE audit_chains ADD COLUMN IF NOT EXISTS delivered_by text;
+
+COMMENT ON COLUMN audit_chains.delivered_by IS
+    'Name of the ingest token that delivered this chain''s record 1 when the OTLP ingest registered it (a relayed '
+    'pre-sealed chain); NULL when the chain''s own emitter registered it. The ingest seals an '
+    'otel_audit.chain_accepted record in its own chain that the verifier holds this column to.';
+"""
+
 #: Every append-only otel-audit table (writers may insert into each).
 AUDIT_TABLES = ("audit_chains", "audit_logs", "audit_quarantine", "audit_checkpoints")
 #: Tables auditors read besides those (retention and legal holds; written by administrators only).
@@ -389,7 +398,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "audit_retention (signed retention checkpoints), audit_legal_holds; append-only triggers",
         _V4 + "".join(_append_only(t) for t in ("audit_retention", "audit_legal_holds", "audit_legal_hold_releases")),
     ),
+    Migration(5, "audit_chains.delivered_by (the ingest token that delivered a relayed chain)", _V5),
 )
+
+#: The schema version that added ``audit_chains.delivered_by``.
+DELIVERED_BY_VERSION = 5
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

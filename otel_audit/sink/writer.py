@@ -52,12 +52,20 @@ from typing import Any
 import orjson
 import psycopg
 
-from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
+from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD, genesis_hash
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.record import record_seq
 from otel_audit.sink.checkpoints import store_checkpoints
 from otel_audit.sink.partitions import ensure_partitions
-from otel_audit.sink.rows import CONFLICTING_STAGED, CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE
+from otel_audit.sink.rows import (
+    CONFLICTING_STAGED,
+    CREATE_STAGE,
+    INSERT_CHAINS,
+    INSERT_DELIVERED_CHAINS,
+    PROJECT_STAGE,
+    STAGE_TABLE,
+)
+from otel_audit.spool.frames import KIND_DELIVERED_GENESIS, parse_delivered_genesis
 from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition, list_chain_dirs
 from otel_audit.stats import PipelineStats
 
@@ -407,6 +415,9 @@ class PostgresSink:
                 records.append((frame[1], frame[2]))
             elif kind == KIND_GENESIS:
                 chains.append({"g": frame.payload, "h": frame.digest.hex()})
+            elif kind == KIND_DELIVERED_GENESIS:
+                genesis, delivered_by = parse_delivered_genesis(frame.payload)
+                chains.append({"g": genesis, "h": genesis_hash(genesis), "t": delivered_by})
             elif kind == KIND_CHECKPOINT:
                 checkpoints.append((frame.payload, frame.digest))
         return _Batch(records, chains, checkpoints, frames[-1][1])
@@ -520,7 +531,14 @@ class PostgresSink:
             with conn.transaction():
                 cur = conn.cursor()
                 if chains:
-                    cur.executemany(INSERT_CHAINS, chains)
+                    # Only the ingest writes delivered_by: an application's sink keeps working on a
+                    # database whose schema predates that column.
+                    plain = [c for c in chains if "t" not in c]
+                    delivered = [c for c in chains if "t" in c]
+                    if plain:
+                        cur.executemany(INSERT_CHAINS, plain)
+                    if delivered:
+                        cur.executemany(INSERT_DELIVERED_CHAINS, delivered)
                 if records:
                     with cur.copy(_COPY_STAGE) as copy:
                         copy.write(stage_copy_data(records))

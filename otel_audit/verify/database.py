@@ -35,6 +35,7 @@ from otel_audit.core.keys import VerifyKey
 from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
+from otel_audit.verify.delivery import check_deliveries
 from otel_audit.verify.parallel import can_fork, chain_heights, default_workers, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import RangeResult
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
@@ -181,6 +182,7 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
                 walker.observed if walker is not None else {},
                 registry.get(chain_id) if summary is not None and summary.registered else None,
             )
+    check_deliveries(conn, report, options.chain_ids)
     for check in options.extra_checks:
         check(conn, report)
 

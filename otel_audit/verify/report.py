@@ -31,6 +31,7 @@ class Kind(str, Enum):
     # Chains
     UNREGISTERED_CHAIN = "unregistered_chain"  # records of a chain missing from audit_chains
     GENESIS_MODIFIED = "genesis_modified"  # the chain registry entry does not match its hash
+    DELIVERY_UNATTESTED = "delivery_unattested"  # audit_chains.delivered_by without the ingest's attestation
     # Anchoring: signed checkpoints and witnesses
     TRUNCATED = "truncated"  # records at the end of a chain deleted: a trusted checkpoint covers more
     REWRITTEN = "rewritten"  # the chain differs from a checkpointed head: edited and its hashes recomputed
