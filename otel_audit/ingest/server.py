@@ -7,7 +7,9 @@ code   when                                                         retried by
 200    records committed (OTLP ``partial_success`` names rejected   -
        pre-sealed records)
 400    malformed body, bad ids, bad chunked/gzip framing            no (dropped)
-401    no or wrong bearer token (``WWW-Authenticate: Bearer``)      no (dropped)
+401    no or wrong bearer token (``WWW-Authenticate: Bearer``;     no (dropped)
+       the body is read and dropped first, then the connection
+       closes, so a client still sending gets the answer)
 404    any path but ``/v1/logs`` (and ``/health``, ``/stats``)      no
 405    a method other than POST on ``/v1/logs``                     no
 411    neither Content-Length nor chunked transfer encoding         no
