@@ -61,6 +61,7 @@ def test_serve_checkpoints_by_count_when_idle_and_at_sigterm_and_witnesses_them(
     })
     try:
         assert "checkpoints signed by key" in by_count.started and "every 10 records" in by_count.started
+        wait_until(lambda: checkpoints(db, by_count.chain_id))  # the first one, signed on its own thread at start
         assert by_count.export(audit_request(25, tag="count"), token=TOKEN).status == 200
         wait_until(lambda: any(seq >= 20 for _, seq, _ in checkpoints(db, by_count.chain_id)))
     finally:
@@ -75,6 +76,7 @@ def test_serve_checkpoints_by_count_when_idle_and_at_sigterm_and_witnesses_them(
     idle = ServeProcess(db, tmp_path / "spool-b", "--signing-key", str(private), "--witness-dir", str(witness),
                         "--checkpoint-records", "1000", "--checkpoint-interval", "0.2", env=ENV)
     try:
+        wait_until(lambda: checkpoints(db, idle.chain_id))
         assert idle.export(audit_request(5, tag="idle"), token=TOKEN).status == 200
         wait_until(lambda: sum(1 for _, seq, _ in checkpoints(db, idle.chain_id) if seq == 5) >= 3)
     finally:
