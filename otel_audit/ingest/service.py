@@ -236,6 +236,7 @@ class IngestService:
         if not self._has_audit_records(request):
             n = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
             self._count(records=n, ignored=n)
+            self._count_token(token, records=n)
             return ExportResult(200)
         refusal = self._admission()
         if refusal is not None:

@@ -710,6 +710,8 @@ def _describe(exc: BaseException) -> str:
     hint = ""
     if state == "42P01":
         hint = " (the otel-audit tables are missing: run `otel-audit db init --dsn ...`)"
+    elif state == "42703":
+        hint = " (the otel-audit schema is older than this otel-audit: run `otel-audit db init --dsn ...`)"
     elif state == "42501":
         hint = " (the role lacks privileges: see 'Writer and reader roles' in docs/storage.md)"
     return f"{type(exc).__name__}{f' [{state}]' if state else ''}: {text}{hint}"
