@@ -366,3 +366,24 @@ def test_the_request_log_and_stats_name_the_token_never_show_it(
     assert stats.status == 200 and orjson.loads(stats.body)["tokens"]["collector-eu"]["sealed"] == 1
     everything = "\n".join(r.getMessage() for r in caplog.records) + stats.body.decode()
     assert PAYROLL_TOKEN not in everything
+
+
+def test_an_attestation_gone_with_the_oldest_records_of_the_ingest_chain_is_a_warning_not_an_error(
+    db: str, tmp_path: Path, cut_app_sink: PgProxy
+) -> None:
+    """Retention moves the oldest records to the archive; the attestation may be among them."""
+    otlp, handle, chain_id = presealed(cut_app_sink.dsn, tmp_path / "app", "payroll", 2)
+    ingest = bound_ingest(db, tmp_path)
+    try:
+        assert ingest.export(otlp, token=PAYROLL_TOKEN).status == 200  # attestation: the ingest chain's seq 1
+        assert ingest.export(request([record(AUDIT)], service="payroll"), token=PAYROLL_TOKEN).status == 200
+    finally:
+        assert ingest.close()
+        handle.shutdown(timeout=1)
+    _tamper(db, "DELETE FROM audit_logs WHERE chain_id = %s AND seq = 1", (ingest.chain_id,))
+    report = verify(db)
+    assert _unattested(report) == [(chain_id, "warning")]
+    (finding,) = [f for f in report.findings if f.kind.value == "delivery_unattested"]
+    assert "look for the attestation in the archive" in finding.detail and ingest.chain_id in finding.detail
+    # The removed records themselves are still reported by the walk.
+    assert ("missing", ingest.chain_id) in [(f.kind.value, f.chain_id) for f in report.errors]

@@ -24,7 +24,12 @@ The column is a stored copy of sealed data, so it is checked like every other:
 * ``delivered_by`` NULL with attestations present is normal (the chain's own
   emitter registered it before the ingest's copy arrived): the attested token
   names are reported in the chain summary (``delivered_by_attested``), so
-  clearing the column hides nothing from ``verify --json``.
+  clearing the column hides nothing from ``verify --json``;
+* when an ingest chain no longer starts at record 1 in PostgreSQL (retention
+  moved its oldest records to the archive), an attestation may have left with
+  them: an unconfirmed ``delivered_by`` is then a warning that says to check
+  the archive, not an error. (A prefix removed any other way is an error of
+  the chain walk already.)
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ def check_deliveries(conn: psycopg.Connection, report: VerificationReport, chain
         params = (sorted(wanted),)
     registry = [(c, bytes(g), d) for c, g, d in conn.execute(query, params)]
     attested = read_attestations(conn)
+    trimmed: list[str] | None = None  # ingest chains whose oldest records are gone (computed when needed)
     report.checks.append("registry delivered_by against the ingest's attestations")
     for chain_id, genesis, delivered_by in registry:
         tokens = attested.get(chain_id, {})
@@ -88,6 +94,16 @@ def check_deliveries(conn: psycopg.Connection, report: VerificationReport, chain
             why = f"the ingest attested delivery by {seen} only"
         else:
             why = "no intact otel_audit.chain_accepted record in an ingest's chain attests any delivery of it"
+        if trimmed is None:
+            trimmed = _trimmed_ingest_chains(conn)
+        if trimmed:
+            report.add(Finding(
+                Kind.DELIVERY_UNATTESTED, Severity.WARNING, chain_id, 0,
+                f"the registry says ingest token {delivered_by!r} delivered this chain (audit_chains.delivered_by), "
+                f"but {why} in PostgreSQL; the oldest records of ingest chain(s) {', '.join(trimmed[:3])} are not in "
+                "PostgreSQL any more (archived by retention?): look for the attestation in the archive",
+            ))
+            continue
         report.add(Finding(
             Kind.DELIVERY_UNATTESTED, Severity.ERROR, chain_id, 0,
             f"the registry says ingest token {delivered_by!r} delivered this chain (audit_chains.delivered_by), but "
@@ -140,12 +156,30 @@ def _attestation(doc: Any, chain_id: str, seq: int) -> tuple[str, str, str] | No
     return target, token, gh
 
 
-def _ingest_chains(conn: psycopg.Connection, chain_ids: set[str]) -> set[str]:
-    """Those of ``chain_ids`` whose registered genesis names an ingest emitter (its bytes, not the column)."""
+def _trimmed_ingest_chains(conn: psycopg.Connection) -> list[str]:
+    """Ingest chains whose records in PostgreSQL do not start at seq 1 (one index probe each)."""
+    chains = sorted(_ingest_chains(conn, None))
+    if not chains:
+        return []
+    rows = conn.execute(
+        "SELECT x.c::text FROM pg_catalog.unnest(%s::uuid[]) AS x(c) "
+        "WHERE EXISTS (SELECT 1 FROM audit_logs WHERE chain_id = x.c) "
+        "AND NOT EXISTS (SELECT 1 FROM audit_logs WHERE chain_id = x.c AND seq = 1)",
+        (chains,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _ingest_chains(conn: psycopg.Connection, chain_ids: set[str] | None) -> set[str]:
+    """Those of ``chain_ids`` (all when None) whose registered genesis names an ingest emitter (its bytes,
+    not the ``emitter`` column)."""
     out = set()
-    for chain_id, genesis in conn.execute(
-        "SELECT chain_id::text, genesis FROM audit_chains WHERE chain_id = ANY(%s::uuid[])", (sorted(chain_ids),)
-    ):
+    query = "SELECT chain_id::text, genesis FROM audit_chains"
+    params: tuple[Any, ...] = ()
+    if chain_ids is not None:
+        query += " WHERE chain_id = ANY(%s::uuid[])"
+        params = (sorted(chain_ids),)
+    for chain_id, genesis in conn.execute(query, params):
         try:
             doc = orjson.loads(bytes(genesis))
         except orjson.JSONDecodeError:
