@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,6 +17,17 @@ from otel_audit.cli.common import EXIT_ERROR, CommandParser, UsageError
 from otel_audit.errors import AuditError
 
 __all__ = ["main"]
+
+EXIT_BROKEN_PIPE = 128 + 13  # the status of a process killed by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _error(command: str, message: str) -> None:
@@ -53,7 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     own.propagate = False
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away (| head) is handled below
+        return code
+    except BrokenPipeError:
+        # The reader stopped reading (`otel-audit query ... | head`): end quietly, as a Unix tool killed by
+        # SIGPIPE does (status 128 + 13), and keep Python from complaining about stdout when it exits.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except UsageError as exc:
         _error(args.command, str(exc))
         return EXIT_ERROR

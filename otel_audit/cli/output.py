@@ -35,13 +35,13 @@ import re
 import sys
 import unicodedata
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["csv_cell", "display_width", "escape_text", "print_json", "render", "write_line"]
+__all__ = ["csv_cell", "display_width", "escape_text", "json_text", "print_json", "render", "render_timeline", "write_line"]
 
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -143,6 +143,62 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out:
         for row in cells:
             out.write("  ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
+
+
+def render_timeline(result: Any, title: str, out: TextIO | None = None) -> None:
+    """Records in time order as a story: when (and how long after the first), where, who, what, on what, result.
+
+    ``result`` is a :class:`otel_audit.query.QueryResult` holding (at least) the
+    timeline columns. Every stored value is escaped as in tables.
+    """
+    out = out if out is not None else sys.stdout
+    rows = result.as_dicts()
+    if not rows:
+        out.write(f"Timeline of {escape_text(title)}: no records\n")
+        return
+    times = [r["timestamp"] for r in rows if isinstance(r.get("timestamp"), datetime)]
+    first, last = (min(times), max(times)) if times else (None, None)
+    services = sorted({str(r.get("service_name")) for r in rows if r.get("service_name")})
+    actors = sorted({str(r.get("actor_id")) for r in rows if r.get("actor_id")})
+    head = f"Timeline of {title}: {len(rows)} record{'s' if len(rows) != 1 else ''}"
+    if first is not None and last is not None:
+        head += f", {_stamp(first)} to {_stamp(last)} ({(last - first).total_seconds():.3f}s)"
+    out.write(escape_text(head) + "\n")
+    if services:
+        out.write(escape_text(f"services: {', '.join(services)}; actors: {', '.join(actors) or '-'}") + "\n")
+    lines = []
+    for r in rows:
+        ts = r.get("timestamp")
+        offset = f"+{(ts - first).total_seconds():.3f}s" if isinstance(ts, datetime) and first is not None else "?"
+        actor = f"{_e(r.get('actor_id'))} ({_e(r.get('actor_type'))})"
+        result_word = r.get("result")
+        shown = _e(result_word) if result_word == "success" else _e(result_word).upper() if result_word else "NO RESULT"
+        where = _e(r.get("service_name")) + (f"@{_e(r.get('host_name'))}" if r.get("host_name") else "")
+        lines.append([
+            _stamp(ts) if isinstance(ts, datetime) else _e(ts), offset, f"[{where}]", actor, _e(r.get("action")),
+            f"{_e(r.get('resource_type'))}/{_e(r.get('resource_id'))}", shown, r,
+        ])
+    widths = [max(display_width(line[i]) for line in lines) for i in range(7)]
+    for line in lines:
+        r = line[7]
+        text = "  ".join(_pad(str(cell), w) for cell, w in zip(line[:7], widths, strict=True)).rstrip()
+        extras = []
+        if r.get("reason"):
+            extras.append(f"reason: {_e(r['reason'])}")
+        if r.get("problems"):
+            extras.append(f"PROBLEMS: {_e('; '.join(str(p) for p in r['problems']))}")
+        ref = f"chain {_e(r.get('chain_id'))[:8]} seq {_e(r.get('seq'))}"
+        if r.get("span_id"):
+            ref += f" span {_e(r.get('span_id'))}"
+        out.write(text + ("  " + "  ".join(extras) if extras else "") + f"  ({ref})\n")
+
+
+def _e(value: Any) -> str:
+    return escape_text(_cell(value)) if value is not None else "-"
+
+
+def _stamp(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def write_line(text: str, out: TextIO | None = None) -> None:
