@@ -47,7 +47,7 @@ table { border-collapse: collapse; width: 100%; margin: 6px 0 12px; font-size: 1
 th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: left; vertical-align: top; }
 th { background: var(--bg2); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.scroll { overflow-x: auto; } td.id { white-space: nowrap; font-family: ui-monospace, SFMono-Regular, Menlo,
+.scroll { overflow-x: auto; } .nw { white-space: nowrap; } td.id { white-space: nowrap; font-family: ui-monospace, SFMono-Regular, Menlo,
   Consolas, monospace; font-size: 11px; }
 td.mono, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px;
   overflow-wrap: anywhere; }
@@ -209,7 +209,7 @@ def _verdict(report: Mapping[str, Any]) -> list[str]:
         out.append(_table(
             ["key id", "trusted", "checkpoints", "chains", "first", "last"],
             [[s["key_id"], "not checked" if s["trusted"] is None else "yes" if s["trusted"] else "NO", s["checkpoints"],
-              s["chains"], s["first"], s["last"]] for s in signers],
+              s["chains"], _when(s["first"]), _when(s["last"])] for s in signers],
             numeric=(2, 3), mono=(0,),
         ))
     out.append("</section>")
@@ -261,7 +261,8 @@ def _coverage(report: Mapping[str, Any]) -> list[str]:
         emitter = f"{ch['service'] or '?'}@{ch['host'] or '?'}" + (f" pid {ch['pid']}" if ch["pid"] is not None else "")
         seqs = f"{ch['first_seq_in_period']}..{ch['last_seq_in_period']}" if ch["first_seq_in_period"] else ""
         rows.append([ch["chain_id"], emitter, ch["records_in_period"],
-                     _Raw(f"{text(_when(ch['first_in_period']))}<br>{text(_when(ch['last_in_period']))}"), seqs, state,
+                     _Raw(f'<span class="nw">{text(_when(ch["first_in_period"]))}</span><br>'
+                          f'<span class="nw">{text(_when(ch["last_in_period"]))}</span>'), seqs, state,
                      ch["unanchored"], f"{ch['problem_records_in_period']} / {ch['quarantined_in_period']}", errors,
                      kinds])
         attrs.append(f' class="chain" data-chain="{text(ch["chain_id"])}"')
