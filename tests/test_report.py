@@ -210,3 +210,18 @@ def test_report_usage_errors(db: str, empty_db: str, tmp_path: Path) -> None:
     nothing = cli("report", "--dsn", db, "--out", str(tmp_path / "empty.html"))
     assert nothing.returncode == 0 and "0 records" in nothing.stderr
     assert (tmp_path / "empty.html").read_text().count('<svg class="chart"') == 6
+
+
+def test_the_default_period_takes_in_the_records_just_written(db: str, spool_dir: Path) -> None:
+    from otel_audit.cli.main import build_parser
+    from otel_audit.cli.report import _report_options
+
+    app = App(db, spool_dir)
+    app.log(**{"audit.result": "denied"})
+    assert app.close()
+    opts = _report_options(build_parser().parse_args(["report", "--dsn", db]))
+    ((written,),) = stored(db, "SELECT timestamp FROM audit_logs")
+    assert opts.since <= written < opts.until  # the end (excluded) is now rounded up, never down
+    assert opts.until.microsecond == 0 and opts.until - opts.since == timedelta(days=30)
+    report = report_of(db, opts)
+    assert report["activity"]["records"] == 1 and report["failed_attempts"]["threshold"] == 5

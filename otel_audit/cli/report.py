@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
@@ -116,9 +116,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _report_options(args: argparse.Namespace):  # noqa: ANN202
     from otel_audit.report import ReportOptions
 
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(timezone.utc)
+    # The default end is now, rounded up to a whole second (a readable period that still takes in
+    # the records written during the current second; the end is excluded).
+    end = now.replace(microsecond=0) + timedelta(seconds=1 if now.microsecond else 0)
     try:
-        until = parse_time(args.until, end=True, now=now) if args.until else now
+        until = parse_time(args.until, end=True, now=now) if args.until else end
         since = parse_time(args.since, now=until) if args.since else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
