@@ -9,8 +9,10 @@ import os
 import subprocess
 import sys
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from otel_audit.core.checkpoint import parse_checkpoint
@@ -141,3 +143,39 @@ def test_evidence_usage_errors(db: str, tmp_path: Path) -> None:
 
 
 
+
+
+def test_a_pack_carries_the_manifests_of_the_archive_that_holds_its_records(db: str, tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    from otel_audit.archive import DirectoryStore, archive_database
+    from otel_audit.core.keys import generate_signing_key, write_keypair
+    from tests.trail import TrailChain, ns, store
+
+    key = generate_signing_key()
+    _, public = write_keypair(key, tmp_path / "keys" / "signing")
+    chain = TrailChain(key)
+    chain.log_many("2024-02-01T00:00:00Z", 6, step_seconds=86400, **{"audit.result": "denied"})
+    chain.checkpoint(ns("2024-03-01T00:00:00Z"))
+    chain.log_many("2025-02-01T00:00:00Z", 3, step_seconds=86400, **{"audit.result": "denied"})
+    chain.checkpoint(ns("2025-03-01T00:00:00Z"), closed=True)
+    store(db, chain)
+    dest = DirectoryStore(tmp_path / "archive", create=True)
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert archive_database(conn, dest, before=datetime(2025, 1, 1, tzinfo=timezone.utc), key=key).records == 6
+
+    pack = tmp_path / "pack.zip"
+    result = cli("evidence", "--dsn", db, "--trusted-key", str(public), "--since", "2024-01-01", "--until",
+                 "2025-12-31", "--archive", str(dest.root), "--out", str(pack))
+    assert result.returncode == 0, result.stderr
+    assert "9 record proof(s)" in result.stderr and "1 archive manifest(s)" in result.stderr
+    root = unpack(pack, tmp_path / "x")
+    (manifest_file,) = root.glob("archive/manifests/*")
+    assert manifest_file.read_bytes() == (dest.root / "manifests" / manifest_file.name).read_bytes()
+    meta = json.loads((root / "MANIFEST.json").read_text())
+    archived = meta["archive"]["records_archived"]
+    records = json.loads((root / "records.json").read_text())["records"]
+    in_2024 = {r["id"] for r in records if r["timestamp"].startswith("2024")}
+    assert set(archived) == in_2024 and len(in_2024) == 6 and set(archived.values()) == {manifest_file.name}
+    assert "6 of the chosen records are in its runs" in (root / "README.txt").read_text()
+    # The manifest in the pack is the archive's own: verify-archive accepts the archive it came from.
+    assert cli("verify-archive", str(dest.root), "--trusted-key", str(public)).returncode == 0

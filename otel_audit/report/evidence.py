@@ -11,8 +11,8 @@ One zip file holding:
                           each signed checkpoint a proof rests on (body, newline, base64 signature)
 ``keys/<key id>.pub``     the public keys given with ``--trusted-key`` (copies: the auditor should
                           get the keys from their owners and compare the key ids)
-``archive/manifests/...`` the signed archive manifests, where an archive was given and the
-                          archive support is installed (see :func:`archive_manifests`)
+``archive/manifests/...`` the signed manifests of the archive given with ``--archive`` (and, in
+                          MANIFEST.json, which chosen records its runs hold): :func:`archive_manifests`
 ``check_proof.py``        an independent proof checker (standard library and ``cryptography``)
 ``MANIFEST.json``         pack metadata, the selection, records that could not be proven and why,
                           and the SHA-256 of every other file
@@ -100,7 +100,7 @@ def write_evidence_pack(conn: psycopg.Connection, out: Path, options: EvidenceOp
         files[f"checkpoints/{chain_id}/{n:012d}.checkpoint"] = envelope
     for key_id, (path, pem) in sorted(keys.items()):
         files[f"keys/{key_id}.pub"] = pem
-    manifests, archive_note = archive_manifests(options.archive)
+    manifests, archive_note, archived = archive_manifests(options.archive, chosen)
     for name, data in manifests.items():
         files[f"archive/manifests/{name}"] = data
     files["check_proof.py"] = CHECK_PROOF_PY.encode("utf-8")
@@ -120,7 +120,8 @@ def write_evidence_pack(conn: psycopg.Connection, out: Path, options: EvidenceOp
         "records_included": len(chosen),
         "proofs": sorted(proofs),
         "unproven": unproven,
-        "archive": {"location": options.archive, "manifests": sorted(manifests), "note": archive_note},
+        "archive": {"location": options.archive, "manifests": sorted(manifests), "note": archive_note,
+                    "records_archived": archived},
     }
     files["README.txt"] = _readme(meta, report, proofs, unproven, keys).encode("utf-8")
     sums = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
@@ -207,25 +208,50 @@ def _b64decode(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
-def archive_manifests(location: str | None) -> tuple[dict[str, bytes], str | None]:
-    """The signed manifests of the archive at ``location``, by file name, and a note for the README.
+def archive_manifests(
+    location: str | None, records: Sequence[Mapping[str, Any]] = ()
+) -> tuple[dict[str, bytes], str | None, dict[str, str]]:
+    """The signed manifests of the archive at ``location`` (file name -> bytes as stored), a note for the
+    README, and which of ``records`` an archive run holds (record id -> manifest file name).
 
-    The hook for archives (``otel_audit.archive``): when that package is
-    installed, every manifest it lists is copied as stored; otherwise the
-    pack says that archived records are not covered.
+    Needs the archive support (``pip install 'otel-audit[archive]'``); without it, or without
+    ``location``, the pack says that archived records are not covered. The manifests are copied as
+    stored, whatever their state: ``otel-audit verify-archive`` judges them (and a pack whose
+    manifests do not chain says so in its note).
     """
     if location is None:
-        return {}, "no archive was given (--archive): records archived out of PostgreSQL are not covered by this pack"
+        return {}, "no archive was given (--archive): records archived out of PostgreSQL are not covered by this pack", {}
     try:
         archive: Any = importlib.import_module("otel_audit.archive")
+        importlib.import_module("pyarrow")
     except ImportError:
-        return {}, (f"an archive was given ({location}) but this otel-audit has no archive support installed: its "
-                    "manifests are not in this pack")
-    store = archive.open_store(location)
-    out: dict[str, bytes] = {}
-    for name in store.list("manifests/"):
-        out[name.rsplit("/", 1)[-1]] = store.get(name)
-    return out, f"{len(out)} signed manifest(s) of the archive at {location}; check them with `otel-audit verify-archive`"
+        return {}, (f"an archive was given ({location}) but this otel-audit has no archive support installed "
+                    "(pip install 'otel-audit[archive]'): its manifests are not in this pack"), {}
+    try:
+        store = archive.open_store(location, require_lock=False)
+        names = store.list("manifests/")
+        out = {name.rsplit("/", 1)[-1]: store.get(name) for name in names}
+    except Exception as exc:  # noqa: BLE001 (any store error becomes the note: the pack is still written)
+        return {}, f"the archive at {location} could not be read ({exc}): its manifests are not in this pack", {}
+    if not out:
+        return {}, f"the archive at {location} holds no manifest (nothing archived yet, or not an archive)", {}
+    held: dict[str, str] = {}
+    try:
+        manifests = archive.load_manifests(store)
+    except Exception as exc:  # noqa: BLE001
+        note = (f"{len(out)} manifest(s) of the archive at {location}, which do NOT chain ({exc}); run "
+                "`otel-audit verify-archive` on the archive")
+        return out, note, held
+    for manifest in manifests:
+        name = next((n for n, data in out.items() if data.startswith(manifest.body)), None)
+        for entry in manifest.doc["chains"]:
+            for record in records:
+                if str(record.get("chain_id")) == entry["chain_id"] and \
+                        entry["first_seq"] <= int(record["seq"]) <= entry["last_seq"] and name and record.get("id"):
+                    held[str(record["id"])] = name
+    note = (f"{len(out)} signed manifest(s) of the archive at {location}; {len(held)} of the chosen records are "
+            f"in its runs. Check the archive with `otel-audit verify-archive {location} --trusted-key ...`")
+    return out, note, held
 
 
 def _readme(
