@@ -222,3 +222,14 @@ def test_the_library_functions_keep_their_questions(trail: dict) -> None:
         with pytest.raises(ValueError, match="limit"):
             q.find_records(conn, q.RecordFilter(), limit=0)
     assert stored(trail["dsn"], "SELECT count(*) FROM audit_logs")[0][0] == trail["total"]
+
+
+def test_archive_queries_refuse_filters_they_cannot_apply(db: str, tmp_path: Path) -> None:
+    for args, says in (
+        (["session", "s-1"], "--archive answers the questions"),
+        (["actor", "alice", "--result", "denied"], "does not apply --result"),
+        (["trace", "0" * 32, "--since", "1d"], "does not apply --since"),
+        (["resource", "t", "i", "--wide"], "does not apply --wide"),
+    ):
+        result = cli("query", *args, "--archive", str(tmp_path), "--dsn", db)
+        assert result.returncode == 2 and says in result.stderr, (args, result.stderr)
