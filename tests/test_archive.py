@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 import pytest
@@ -257,30 +257,47 @@ def test_a_chain_that_does_not_verify_is_not_archived(db: str, tmp_path: Path, k
     assert not list((dest / "manifests").glob("*")) if (dest / "manifests").exists() else True
 
 
+def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 120) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False when it ended on its own first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            return True
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+    return False
+
+
 def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str, tmp_path: Path, key) -> None:  # noqa: ANN001
     populate(db, key, sizes=(2000, 1500, 700, 30))
     keyfile, pub = write_keypair(key, tmp_path / "k")
-    dest = tmp_path / "archive"
-    command = [sys.executable, "-m", "otel_audit", "archive", "--dsn", db, "--before", "2025-01-01", "--to",
-               str(dest), "--signing-key", str(keyfile), "--records-per-file", "150"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    rng = random.Random(11)
-    killed, leftovers = 0, 0
-    plan = dest / "plans" / "000001.json"
-    for _ in range(3):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not plan.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.8))  # somewhere while the bundles are written
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed += 1
-        proc.wait(timeout=60)
-        if (dest / "manifests").exists() and list((dest / "manifests").iterdir()):
+    # The archive state lives in the destination only, so each try starts a fresh destination; a try counts when
+    # a run was killed right after its plan and again after one and after two more bundles (checked, never slept).
+    for attempt in range(3):
+        dest = tmp_path / f"archive{attempt}"
+        command = [sys.executable, "-m", "otel_audit", "archive", "--dsn", db, "--before", "2025-01-01", "--to",
+                   str(dest), "--signing-key", str(keyfile), "--records-per-file", "150"]
+        plan = dest / "plans" / "000001.json"
+
+        def bundles() -> int:
+            return len(list((dest / "records").rglob("*.parquet"))) if (dest / "records").exists() else 0
+
+        kills = []
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kills.append(_kill_when(proc, plan.exists))
+        for more in (1, 2):
+            start = bundles()
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            kills.append(_kill_when(proc, lambda start=start, more=more: bundles() >= start + more))
+        if all(kills):
             break
-        leftovers = len(list((dest / "records").rglob("*.parquet"))) if (dest / "records").exists() else 0
-    assert killed >= 1
+    assert all(kills), f"three tries in a row finished before they could be killed: {kills}"
+    leftovers = bundles()
+    assert leftovers >= 2  # the rerun has bundles of the killed runs to take over
+    assert not (dest / "manifests").exists() or not list((dest / "manifests").iterdir())
     assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
     store_ = DirectoryStore(dest)
     manifests = load_manifests(store_)
@@ -288,7 +305,6 @@ def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str
     report = verify_archive(store_, trusted(key))
     assert report.ok and not report.warnings, errors(report) + [str(f) for f in report.warnings]
     assert report.records == 2000 + 1500 + 700 + 30
-    assert leftovers > 0 or killed == 3  # the rerun found bundles of a killed attempt (or every kill came early)
 
 
 # ---------------------------------------------------------------------------------------------------- S3
