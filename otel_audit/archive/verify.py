@@ -122,7 +122,7 @@ def verify_archive(
             progress(result.rows)
     _join_chains(manifests, listed, results, checkpoints, report)
     if conn is not None:
-        _join_database(conn, manifests, report)
+        _join_database(conn, manifests, trusted_keys, report)
         report.checks.append("join with the live database")
     report.records = sum(r.rows for r in results.values())
     report.duration_seconds = time.monotonic() - started
@@ -573,10 +573,12 @@ def _join_chains(
 
 
 # ------------------------------------------------------------------------------------------------ live database
-def _join_database(conn: Any, manifests: list[Manifest], report: VerificationReport) -> None:
+def _join_database(
+    conn: Any, manifests: list[Manifest], trusted: Mapping[str, VerifyKey], report: VerificationReport
+) -> None:
     if not manifests:
         return
-    _check_retention_references(conn, manifests, report)
+    _check_retention_references(conn, manifests, trusted, report)
     state = manifests[-1].doc["state"]["chains"]
     ids = [c for c, v in state.items() if v["last_seq"]]
     if not ids:
@@ -627,26 +629,19 @@ def _join_database(conn: Any, manifests: list[Manifest], report: VerificationRep
                                    f"(prev_hash {prev}, archived hash {archived_hash})"))
 
 
-def _check_retention_references(conn: Any, manifests: list[Manifest], report: VerificationReport) -> None:
-    """Each retention checkpoint of the database names the manifest it relied on: this archive must still hold it.
+def _check_retention_references(
+    conn: Any, manifests: list[Manifest], trusted: Mapping[str, VerifyKey], report: VerificationReport
+) -> None:
+    """Each retention checkpoint of the database names the manifest it relied on: this archive must still hold it,
+    with each chain up to the seq and head the checkpoint claims.
 
-    That catches the one deletion the archive alone cannot show: its newest runs removed whole, on storage
-    that allows deletion, after retention relied on them. (Signatures of retention checkpoints are judged by
-    ``otel-audit verify``; a forged one here could only produce a false alarm, never hide anything.)
+    That catches the one deletion the archive alone cannot show (its newest runs removed whole, on storage
+    that allows deletion, after retention relied on them), and a retention checkpoint that claims more than
+    the archive holds. Retention checkpoints are trusted by the rules ``otel-audit verify`` applies
+    (:func:`otel_audit.verify.retention.judge_retention`): one not signed by a trusted key is reported, here as
+    there, and its claims are not used.
     """
-    from otel_audit.sink.retention import load_retention, parse_rows
+    from otel_audit.verify.retention import check_claims, judge_retention, load_retention_rows
 
-    checkpoints, _problems = parse_rows(load_retention(conn))
-    archive_id = manifests[-1].doc["archive_id"]
-    by_run = {m.run: m for m in manifests}
-    for cp in checkpoints:
-        archive = cp.doc["archive"]
-        if archive["archive_id"] != archive_id:
-            continue  # another archive (moved or split): not this one's business
-        manifest = by_run.get(archive["run"])
-        if manifest is None or manifest.hash != archive["manifest"]:
-            report.add(Finding(Kind.MANIFEST_MISSING, _E, None, None,
-                               f"{cp.describe()} in the database relied on {manifest_name(archive['run'])} with hash "
-                               f"{archive['manifest']}, which this archive "
-                               + ("does not hold" if manifest is None else f"holds with hash {manifest.hash}")
-                               + ": archive runs were removed or replaced after records left PostgreSQL"))
+    checkpoints, _prefixes = judge_retention(load_retention_rows(conn), trusted, report)
+    check_claims(checkpoints, manifests, report, archive_description="this archive")

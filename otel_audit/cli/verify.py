@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"processes that check chains in parallel (default: one per CPU, up to 8, from {PARALLEL_FROM:,} "
         "records; 1: this process only)",
     )
+    parser.add_argument(
+        "--archive", metavar="DEST",
+        help="the archive `retention apply` moved records to (directory or s3://BUCKET/PREFIX): hold each "
+        "retention checkpoint's claims to its signed manifests, and name the bundle where each chain's live "
+        "records begin (the bundles themselves are checked by verify-archive)",
+    )
     _add_anchoring_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -80,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     options = VerifyOptions(chain_ids=args.chain, progress=False if args.no_progress else None, workers=args.workers)
     _configure_anchoring(args, options)
+    if args.archive:
+        from otel_audit.archive.store import open_store
+
+        options.archive = open_store(args.archive, require_lock=False)
     with connect(args) as conn:
         report = verify_database(conn, options)
     if args.json:

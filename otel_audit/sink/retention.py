@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from otel_audit.core.retention import RetentionCheckpoint, RetentionFormatError, parse_retention
+from otel_audit.core.retention import RetentionCheckpoint
 
-__all__ = ["Hold", "PartitionCheck", "add_hold", "check_partition", "drop_partitions", "holds", "load_retention",
-           "release_hold"]
+__all__ = ["Hold", "PartitionCheck", "add_hold", "check_partition", "drop_partitions", "holds", "release_hold"]
 
 
 @dataclass(frozen=True)
@@ -165,27 +163,3 @@ def drop_partitions(
             conn.execute(sql.SQL("ALTER TABLE audit_logs DETACH PARTITION {}").format(sql.Identifier(part.name)))
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
     return checkpoint
-
-
-def load_retention(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
-    """Rows of audit_retention (n, signed_at text, key_id, body, signature, hash), or [] without the table."""
-    row = conn.execute("SELECT to_regclass('audit_retention')").fetchone()
-    if not row or row[0] is None:
-        return []
-    return conn.execute(
-        "SELECT n, key_id, body, signature, hash FROM audit_retention ORDER BY n"
-    ).fetchall()
-
-
-def parse_rows(rows: list[tuple[Any, ...]]) -> tuple[list[RetentionCheckpoint], list[str]]:
-    parsed, problems = [], []
-    for n, key_id, body, signature, stored_hash in rows:
-        try:
-            cp = parse_retention(bytes(body), bytes(signature))
-        except RetentionFormatError as exc:
-            problems.append(f"audit_retention row {n} is not a retention checkpoint: {exc}")
-            continue
-        if cp.n != n or cp.key_id != key_id or cp.hash != stored_hash:
-            problems.append(f"audit_retention row {n}: its columns differ from the signed body")
-        parsed.append(cp)
-    return parsed, problems

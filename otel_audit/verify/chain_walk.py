@@ -74,8 +74,12 @@ class ChainWalker:
         *,
         genesis_hash: str | None,
         watch: Collection[int] = frozenset(),
+        archived: tuple[int, str] | None = None,
     ) -> None:
         self.chain_id = chain_id
+        #: (seq, head) of the prefix a trusted retention checkpoint says is archived: positions up to seq
+        #: absent from the rows are not missing, and the record after seq links to head.
+        self._archived_seq, self._archived_head = archived if archived is not None else (0, None)
         self._watch = watch
         #: seq -> (hash of the stored bytes at that position, their timestamp), for watched positions.
         self.observed: dict[int, tuple[str, str | None]] = {}
@@ -96,6 +100,8 @@ class ChainWalker:
     # ------------------------------------------------------------------ input
     def feed(self, column_seq: int, stored_hash: str, canonical: bytes, columns: Sequence[Any] | None) -> None:
         """One stored row. ``columns`` are its values in :data:`FIELDS` order (None: not a table row)."""
+        if column_seq != self._expected and self._expected <= self._archived_seq:
+            self._skip_archived(column_seq)
         computed = _sha256(RECORD_DOMAIN + canonical).hexdigest()
         doc: Any = None
         # Fast path: the intact record that comes next (nearly every row). Only
@@ -179,14 +185,17 @@ class ChainWalker:
         head_hash: str,
         last_timestamp: str | None,
         observed: dict[int, tuple[str, str | None]],
+        first_seq: int = 1,
     ) -> None:
-        """Take records 1..``last_seq``, proved intact elsewhere (the parallel fast pass), as if fed here.
+        """Take records ``first_seq..last_seq``, proved intact elsewhere (the parallel fast pass), as if fed here.
 
-        Only for a walker nothing has been fed to yet.
+        Only for a walker nothing has been fed to yet. ``first_seq`` is 1, or at most one past the archived
+        prefix (the range checker started the chain where the retention checkpoint says it goes on).
         """
         assert self._expected == 1 and not self._fast_n and self.summary.records == 0
+        assert first_seq == 1 or first_seq <= self._archived_seq + 1
         self._fast_n, self._fast_invalid = records, invalid
-        self._fast_first = {"seq": 1, "timestamp": first_timestamp}
+        self._fast_first = {"seq": first_seq, "timestamp": first_timestamp}
         self._fast_last = {"seq": last_seq, "timestamp": last_timestamp}
         self._last_link, self._expected = head_hash, last_seq + 1
         self.observed.update(observed)
@@ -207,6 +216,17 @@ class ChainWalker:
         self.summary.quarantined += 1
 
     # ------------------------------------------------------------------ walking
+    def _skip_archived(self, column_seq: Any) -> None:
+        """The rows jump ahead inside the archived prefix: the positions skipped left PostgreSQL under a
+        trusted retention checkpoint. Past its end the walk goes on from the signed head; a jump beyond
+        the prefix leaves the rest of the gap to be reported missing as usual."""
+        if column_seq.__class__ is not int or column_seq <= self._expected or self._pending:
+            return
+        self._sync_fast()
+        upto = min(column_seq - 1, self._archived_seq)
+        self._expected = upto + 1
+        self._last_link = self._archived_head if upto == self._archived_seq else None
+
     def _place(self, entry: _Entry) -> None:
         pos = entry.pos
         # Positions skipped by the stored rows may be held by quarantined records
@@ -326,10 +346,14 @@ class ChainWalker:
         nxt = min(set(self._pending) | set(self._quarantined))
         self._missing(self._expected, nxt - 1)
         self._expected = nxt
-        self._last_link = None
+        self._last_link = self._archived_head if nxt == self._archived_seq + 1 else None
         self._drain(quarantined=True)
 
     def _missing(self, first: int, last: int) -> None:
+        if first <= self._archived_seq:  # the archived part of a gap is not missing
+            first = self._archived_seq + 1
+            if first > last:
+                return
         count = last - first + 1
         where = f"record {first}" if count == 1 else f"records {first}..{last}"
         self.report.add(
@@ -371,7 +395,7 @@ class ChainWalker:
             if nxt > self._expected:
                 self._missing(self._expected, nxt - 1)
                 self._expected = nxt
-                self._last_link = None
+                self._last_link = self._archived_head if nxt == self._archived_seq + 1 else None
             self._drain(quarantined=True)
         self._flush_break(at_end=True)
         if self.summary.quarantined:

@@ -39,6 +39,13 @@ from otel_audit.verify.delivery import check_deliveries
 from otel_audit.verify.parallel import can_fork, chain_heights, default_workers, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import RangeResult
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
+from otel_audit.verify.retention import (
+    ArchivedPrefix,
+    bundle_holding,
+    check_claims,
+    judge_retention,
+    load_retention_rows,
+)
 
 __all__ = ["VerifyOptions", "verify_database"]
 
@@ -74,6 +81,9 @@ class VerifyOptions:
     #: processes for the fast pass. None: one per CPU (up to 8) from PARALLEL_FROM records when the calling
     #: process runs no other thread, else 1. 1: this process only. More: forked, or spawned if threads run.
     workers: int | None = None
+    #: the archive (an otel_audit.archive.store.ArchiveStore) retention moved records to: each retention
+    #: checkpoint's claims are held to its signed manifests, and findings name the bundle holding a boundary.
+    archive: Any = None
 
 
 #: Fewer records than this are verified in this process: starting workers would cost more than it saves.
@@ -107,9 +117,12 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     registry = _load_registry(conn, report, options.chain_ids)
     quarantine = _load_quarantine(conn, options.chain_ids)
     anchoring = _load_anchoring(conn, options, report)
+    archived, manifests = _load_retention(conn, options, report)
 
     # The highest seq of each chain (an index probe each) sizes the plan and the progress bar.
     heights = chain_heights(conn, list(report.chains))
+    # Where chains whose oldest records left PostgreSQL under a retention checkpoint go on.
+    starts = _chain_starts(conn, archived, registry, heights)
     null_seq = _chains_with_null_seq(conn, list(report.chains))  # rows no seq range can hold
     walkers: dict[str, ChainWalker] = {}
 
@@ -125,32 +138,38 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
                 summary,
                 genesis_hash=registry.get(chain_id),
                 watch=watch(chain_id),
+                archived=(prefix.seq, prefix.head) if (prefix := archived.get(chain_id)) is not None else None,
             )
             for stored_hash, canonical in quarantine.pop(chain_id, []):
                 walker.add_quarantined(stored_hash, canonical)
         return walker
 
     def watch(chain_id: str) -> frozenset[int]:
-        return anchoring.watch(chain_id) if anchoring is not None else frozenset()
+        positions = anchoring.watch(chain_id) if anchoring is not None else frozenset()
+        prefix = archived.get(chain_id)
+        if prefix is not None:  # the last archived record, when still live, must hash to the signed head
+            positions = positions | {prefix.seq}
+        return positions
 
-    with _progress(sum(heights.values()), options.progress) as tick:
+    with _progress(sum(heights.values()) - sum(first - 1 for first, _ in starts.values()), options.progress) as tick:
         # Fast pass over clean chains (in parallel), then the full walk of the rest.
         dirty = [c for c in report.chains if c in quarantine or c in null_seq]
         clean_heights = {c: top for c, top in heights.items() if c not in quarantine and c not in null_seq}
         big = sum(clean_heights.values()) >= PARALLEL_FROM
         workers = options.workers or (default_workers() if big and can_fork() else 1)
         results: dict[str, list[RangeResult]] = {}
-        for result in run_tasks(conn, plan(clean_heights, workers, watch), workers):
+        first_seqs = {c: start[0] for c, start in starts.items()}
+        for result in run_tasks(conn, plan(clean_heights, workers, watch, first_seqs), workers):
             results.setdefault(result.chain_id, []).append(result)
             tick(result.rows)
         for chain_id, chain_results in sorted(results.items()):
-            clean = join_ranges(chain_results, registry.get(chain_id))
+            clean = join_ranges(chain_results, registry.get(chain_id), starts.get(chain_id))
             if clean is None:
                 dirty.append(chain_id)
                 continue
             walker = walker_for(chain_id)
             walker.adopt(clean.records, clean.invalid, clean.first_timestamp, clean.last_seq, clean.last_hash,
-                         clean.last_timestamp, clean.observed)
+                         clean.last_timestamp, clean.observed, clean.first_seq)
             walker.finish()
         if dirty:
             _walk(conn, dirty, walker_for, tick)
@@ -160,8 +179,9 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     # Chains with quarantined records only, and registered chains with no rows.
     for chain_id in list(quarantine):
         walker_for(chain_id).finish()
+    _report_archived(report, archived, walkers, manifests, options.chain_ids)
     for chain_id, summary in report.chains.items():
-        if summary.registered and chain_id not in walkers:
+        if summary.registered and chain_id not in walkers and chain_id not in archived:
             report.add(
                 Finding(
                     Kind.EMPTY_CHAIN,
@@ -185,6 +205,123 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
     check_deliveries(conn, report, options.chain_ids)
     for check in options.extra_checks:
         check(conn, report)
+
+
+def _load_retention(
+    conn: psycopg.Connection, options: VerifyOptions, report: VerificationReport
+) -> tuple[dict[str, ArchivedPrefix], list[Any]]:
+    """The archived prefix of each chain, from the retention checkpoints trusted (see
+    :mod:`otel_audit.verify.retention`); and the archive's manifests when ``options.archive`` is given."""
+    rows = load_retention_rows(conn)
+    if not rows:
+        return {}, []
+    checkpoints, prefixes = judge_retention(rows, options.trusted_keys, report)
+    report.checks.append("retention checkpoints" + ("" if options.trusted_keys is not None else
+                                                    " (signatures NOT checked)"))
+    manifests: list[Any] = []
+    if options.archive is not None:
+        manifests = _archive_manifests(options.archive, options.trusted_keys, report)
+        check_claims(checkpoints, manifests, report, archive_description=options.archive.description)
+        report.checks.append(f"retention claims against {options.archive.description}")
+    if options.chain_ids:
+        prefixes = {c: p for c, p in prefixes.items() if c in options.chain_ids}
+    return prefixes, manifests
+
+
+def _archive_manifests(store: Any, trusted: Mapping[str, VerifyKey] | None, report: VerificationReport) -> list[Any]:
+    """The archive's manifests, in run order, that a trusted key signed (all of them without trusted keys).
+
+    Only their signatures, numbering and links are checked here: the bundles are ``verify-archive``'s."""
+    from otel_audit.archive.format import manifest_name
+    from otel_audit.archive.writer import load_manifests
+
+    manifests = load_manifests(store)
+    if trusted is None:
+        return manifests
+    good = []
+    for manifest in manifests:
+        valid = manifest.signature_valid(trusted)
+        if valid:
+            good.append(manifest)
+            continue
+        report.add(Finding(
+            Kind.UNTRUSTED_KEY if valid is None else Kind.BAD_SIGNATURE, Severity.ERROR, None, None,
+            f"{manifest_name(manifest.run)} of {store.description} "
+            + (f"is signed by key {manifest.key_id}, which is not among the trusted keys (add the archive key's "
+               "public key with --trusted-key)" if valid is None else
+               f"does not verify under trusted key {manifest.key_id}: altered or forged")
+            + "; run `otel-audit verify-archive`",
+        ))
+    return good
+
+
+def _chain_starts(
+    conn: psycopg.Connection,
+    archived: Mapping[str, ArchivedPrefix],
+    registry: Mapping[str, str | None],
+    heights: Mapping[str, int],
+) -> dict[str, tuple[int, str | None]]:
+    """chain id -> (first live seq, the hash its record must link to, None: not known here) for chains whose
+    oldest records were archived and removed, so that the fast pass starts there (one index probe each).
+
+    A chain whose live records start after the archived prefix ends is left out: the full walk reports the gap.
+    """
+    ids = [c for c in archived if c in heights and registry.get(c) is not None]
+    if not ids:
+        return {}
+    rows = conn.execute(
+        "SELECT x.c::text, (SELECT min(seq) FROM audit_logs WHERE chain_id = x.c) "
+        "FROM pg_catalog.unnest(%s::uuid[]) AS x(c)",
+        (ids,),
+    ).fetchall()
+    starts: dict[str, tuple[int, str | None]] = {}
+    for chain_id, first in rows:
+        prefix = archived[chain_id]
+        if first is None or first <= 1 or first > prefix.seq + 1:
+            continue
+        starts[chain_id] = (first, prefix.head if first == prefix.seq + 1 else None)
+    return starts
+
+
+def _report_archived(
+    report: VerificationReport,
+    archived: Mapping[str, ArchivedPrefix],
+    walkers: Mapping[str, ChainWalker],
+    manifests: list[Any],
+    chain_ids: list[str] | None,
+) -> None:
+    """Say, per chain, which prefix is archived where; hold a still live last archived record to the signed head."""
+    for chain_id, prefix in sorted(archived.items()):
+        summary = report.chains.get(chain_id)
+        if summary is None:
+            if not chain_ids:
+                report.add(Finding(
+                    Kind.CHAIN_DELETED, Severity.ERROR, chain_id, None,
+                    f"{prefix.checkpoint.describe()} says records 1..{prefix.seq} of this chain were archived, but "
+                    "the database has neither its registry entry (audit_chains) nor any of its records: deleted",
+                    count=prefix.seq,
+                ))
+            continue
+        bundle = bundle_holding(manifests, chain_id, prefix.seq) if manifests else None
+        where = prefix.where(bundle)
+        summary.extra["archived_seq"] = prefix.seq
+        summary.extra["archived_head"] = prefix.head
+        summary.extra["archived_in"] = where
+        walker = walkers.get(chain_id)
+        if walker is None:  # nothing of the chain is left in PostgreSQL: it ends where the archive does
+            summary.last_seq, summary.head_hash = prefix.seq, prefix.head
+        else:
+            seen = walker.observed.get(prefix.seq)
+            if seen is not None and seen[0] != prefix.head:
+                report.add(Finding(
+                    Kind.ARCHIVE_MISMATCH, Severity.ERROR, chain_id, prefix.seq,
+                    f"record {prefix.seq} hashes to {seen[0]} in the database, but {prefix.checkpoint.describe()} "
+                    f"signed {prefix.head} as the archived head: the live record or the archived one was changed",
+                ))
+        live = f"; the database holds seq {summary.first_seq}..{summary.last_seq}" if walker is not None and \
+            summary.first_seq is not None else "; none of its records is left in the database"
+        report.add(Finding(Kind.ARCHIVED, Severity.INFO, chain_id, None,
+                           f"archived up to seq {prefix.seq} ({where}){live}", count=prefix.seq))
 
 
 @contextmanager

@@ -67,7 +67,10 @@ def chain_heights(conn: psycopg.Connection, chain_ids: Iterable[str]) -> dict[st
 
 
 def plan(
-    heights: Mapping[str, int], workers: int, watch: Callable[[str], frozenset[int]]
+    heights: Mapping[str, int],
+    workers: int,
+    watch: Callable[[str], frozenset[int]],
+    starts: Mapping[str, int] | None = None,
 ) -> list[RangeTask | ChainGroup]:
     """Tasks of about ``total / (workers * TASKS_PER_WORKER)`` records each (at least ``MIN_RANGE``).
 
@@ -76,7 +79,12 @@ def plan(
     one range whatever its seq column says; and the number of ranges per chain
     is capped, so a forged huge seq cannot explode the plan. Smaller chains are
     grouped, whole, up to the same size (and ``MAX_GROUP`` chains).
+
+    ``starts`` gives the first seq of chains whose oldest records were archived and removed
+    (default 1): their first range must start there, and only ``start..top`` is split.
     """
+    starts = starts or {}
+    heights = {c: top - starts.get(c, 1) + 1 for c, top in heights.items()}  # records, not the top seq
     total = sum(max(top, 1) for top in heights.values())
     size = max(MIN_RANGE, -(-total // (workers * TASKS_PER_WORKER)))
     cap = workers * TASKS_PER_WORKER
@@ -87,7 +95,8 @@ def plan(
     def close_group() -> None:
         nonlocal group, group_rows
         if group:
-            tasks.append(ChainGroup(tuple(group), {c: w for c in group if (w := watch(c))}))
+            first = {c: starts[c] for c in group if starts.get(c, 1) != 1}
+            tasks.append(ChainGroup(tuple(group), {c: w for c in group if (w := watch(c))}, first or None))
         group, group_rows = [], 0
 
     for chain_id, top in sorted(heights.items(), key=lambda item: -item[1]):
@@ -100,11 +109,13 @@ def plan(
         pieces = min(cap, -(-top // size))
         step = -(-top // pieces)
         chain_watch = watch(chain_id)
+        start = starts.get(chain_id, 1)
         for k in range(pieces):
-            lo = SEQ_MIN if k == 0 else k * step + 1
-            hi = SEQ_MAX if k == pieces - 1 else (k + 1) * step
+            lo = SEQ_MIN if k == 0 else start + k * step
+            hi = SEQ_MAX if k == pieces - 1 else start + (k + 1) * step - 1
             tasks.append(
-                RangeTask(chain_id, k, lo, hi, 1 if k == 0 else lo, frozenset(s for s in chain_watch if lo <= s <= hi))
+                RangeTask(chain_id, k, lo, hi, start if k == 0 else lo,
+                          frozenset(s for s in chain_watch if lo <= s <= hi))
             )
     close_group()
     return tasks
@@ -121,20 +132,29 @@ class CleanChain:
     last_hash: str
     last_timestamp: str | None
     observed: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    first_seq: int = 1
 
 
-def join_ranges(results: list[RangeResult], genesis_hash: str | None) -> CleanChain | None:
-    """The chain's summary when its ranges are all clean and join into one chain from genesis; else None."""
+def join_ranges(
+    results: list[RangeResult], genesis_hash: str | None, start: tuple[int, str | None] | None = None
+) -> CleanChain | None:
+    """The chain's summary when its ranges are all clean and join into one chain from genesis; else None.
+
+    ``start`` is where a chain whose oldest records were archived goes on: its first seq and the hash its
+    first record must link to (the archived head a retention checkpoint signed; None when the record
+    before it is archived but not the last archived one, so its hash is not known here).
+    """
     if genesis_hash is None or not all(r.clean for r in results):
         return None
-    link, expected = genesis_hash, 1
+    first_seq, link = start if start is not None else (1, genesis_hash)
+    expected = first_seq
     records = invalid = 0
     first_timestamp = last_timestamp = None
     observed: dict[int, tuple[str, str | None]] = {}
     for r in sorted(results, key=lambda r: r.index):
         if r.last_seq is None:  # an empty range: the next one must still start where this one would have
             continue
-        if r.first_seq != expected or r.first_prev != link:
+        if r.first_seq != expected or (r.first_prev != link and (link is not None or records)):
             return None
         if records == 0:
             first_timestamp = r.first_timestamp
@@ -144,7 +164,8 @@ def join_ranges(results: list[RangeResult], genesis_hash: str | None) -> CleanCh
         link, expected, last_timestamp = r.last_hash, r.last_seq + 1, r.last_timestamp
     if records == 0:
         return None
-    return CleanChain(records, invalid, first_timestamp, expected - 1, link, last_timestamp, observed)
+    return CleanChain(records, invalid, first_timestamp, expected - 1, link, last_timestamp, observed,  # type: ignore[arg-type]
+                      first_seq)
 
 
 def can_fork() -> bool:

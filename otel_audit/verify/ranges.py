@@ -89,6 +89,7 @@ class ChainGroup(NamedTuple):
 
     chain_ids: tuple[str, ...]
     watch: dict[str, frozenset[int]]  # per chain, where signed checkpoints cover seqs
+    first: dict[str, int] | None = None  # per chain, its first seq when not 1 (the rest was archived)
 
 
 class RangeTask(NamedTuple):
@@ -140,7 +141,8 @@ def check_task(conn: psycopg.Connection, task: RangeTask | ChainGroup) -> list[R
             copy.set_types(["text", *_TYPES])
             results = []
             for chain_id, rows in itertools.groupby(copy.rows(), key=_first):
-                whole = RangeTask(chain_id, 0, SEQ_MIN, SEQ_MAX, 1, task.watch.get(chain_id, frozenset()))
+                first = task.first.get(chain_id, 1) if task.first else 1
+                whole = RangeTask(chain_id, 0, SEQ_MIN, SEQ_MAX, first, task.watch.get(chain_id, frozenset()))
                 results.append(_check_rows(map(_rest, rows), whole))
         while copy.read():  # psycopg leaves an unfinished COPY running: drain it
             pass

@@ -51,6 +51,7 @@ class Kind(str, Enum):
     QUARANTINED = "quarantined"  # records PostgreSQL refused, kept in audit_quarantine
     INVALID_RECORDS = "invalid_records"  # records stored flagged with validation problems
     EMPTY_CHAIN = "empty_chain"  # a registered chain with no records
+    ARCHIVED = "archived"  # a chain's oldest records left PostgreSQL under a trusted retention checkpoint
     # Archives (otel-audit verify-archive)
     MANIFEST_MISSING = "manifest_missing"  # a run's signed manifest is absent (numbering gap, broken prev link)
     MANIFEST_INVALID = "manifest_invalid"  # not a manifest, misnamed, or contradicting the manifests before it
