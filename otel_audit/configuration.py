@@ -28,6 +28,7 @@ from otel_audit.core.keys import SigningKey, load_signing_key
 from otel_audit.errors import AuditConfigurationError
 from otel_audit.inputs import AuditInputFilter
 from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
+from otel_audit.privacy.policy import PrivacyPolicy, privacy_policy
 from otel_audit.processor import AuditLogRecordProcessor
 from otel_audit.spool.spool import SpoolConfig
 from otel_audit.witness import DirectoryWitness, Witness
@@ -145,6 +146,9 @@ def configure(
     witnesses: Sequence[Witness] = (),
     checkpoint_records: int | None = None,
     checkpoint_interval: float | None = None,
+    redact: bool | None = None,
+    redact_names: Sequence[str] | None = None,
+    privacy: PrivacyPolicy | None = None,
     otlp: bool | None = None,
     logger_provider: LoggerProvider | None = None,
     install_handler: bool = True,
@@ -173,6 +177,8 @@ def configure(
     ``witness_dir``           ``OTEL_AUDIT_WITNESS_DIR``          none
     ``checkpoint_records``    ``OTEL_AUDIT_CHECKPOINT_RECORDS``   1000
     ``checkpoint_interval``   ``OTEL_AUDIT_CHECKPOINT_INTERVAL``  10 seconds
+    ``redact``                ``OTEL_AUDIT_REDACT``               on
+    ``redact_names``          ``OTEL_AUDIT_REDACT_NAMES``         none (added to the built-in words)
     ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
                               ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
     ========================  ==================================  =====================
@@ -185,6 +191,11 @@ def configure(
     every ``checkpoint_records`` records and every ``checkpoint_interval``
     seconds, idle or not, plus a closing one at shutdown. ``witness_dir`` (and
     any ``witnesses=`` objects) receive a copy of each committed checkpoint.
+
+    ``redact``/``redact_names``: secrets (passwords, tokens, keys, card
+    numbers) are replaced before sealing, on by default; see
+    :func:`otel_audit.privacy.privacy_policy` for all privacy settings, or pass
+    a ready ``privacy=`` policy (then the other privacy arguments are ignored).
 
     ``level``: audit calls at this level must reach OpenTelemetry. If the root
     logger's level would discard them, it is lowered to ``level`` and the root
@@ -232,6 +243,9 @@ def configure(
         ),
     )
 
+    if privacy is None:
+        privacy = privacy_policy(redact=redact, redact_names=redact_names)
+
     provider, owns_provider = _logger_provider(logger_provider, service_name)
     if id(provider) in _ACTIVE:
         raise AuditConfigurationError(
@@ -247,7 +261,7 @@ def configure(
         },
     )
     processor = AuditLogRecordProcessor(
-        pipeline, audit_loggers=audit_loggers, event_prefix=event_prefix, strict=bool(strict)
+        pipeline, audit_loggers=audit_loggers, event_prefix=event_prefix, strict=bool(strict), privacy=privacy
     )
     _add_first(provider, processor)
     if otlp is None:

@@ -33,6 +33,7 @@ from otel_audit.core.recognize import Recognizer
 from otel_audit.core.record import HASH_ALGORITHM, RecordBuilder, resource_attributes
 from otel_audit.errors import AuditNotCommitted, AuditRecordInvalid, SpoolFull
 from otel_audit.pipeline import AuditPipeline
+from otel_audit.privacy.policy import PrivacyPolicy
 
 __all__ = ["AuditLogRecordProcessor"]
 
@@ -62,6 +63,10 @@ class AuditLogRecordProcessor(LogRecordProcessor):
     whose OTel event name starts with it are audit records; their action
     defaults to the event name without the prefix. ``strict``: raise
     :class:`AuditRecordInvalid` instead of storing invalid records flagged.
+    ``privacy``: the :class:`~otel_audit.privacy.PrivacyPolicy` applied before
+    sealing (secret redaction and the rest); ``None`` applies none. Redacted
+    values are written back onto the OpenTelemetry record, so exporters that
+    run after this processor never see the secret either.
     """
 
     def __init__(
@@ -71,9 +76,11 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         audit_loggers: Iterable[str] = (),
         event_prefix: str | None = None,
         strict: bool = False,
+        privacy: PrivacyPolicy | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.strict = strict
+        self.privacy = privacy
         self._recognizer = Recognizer(audit_loggers, event_prefix)
         self.audit_loggers = self._recognizer.audit_loggers
         self.event_prefix = self._recognizer.event_prefix
@@ -106,6 +113,13 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         inherited = current_audit_context()  # otel_audit.audit_context(): one lookup when none is open
         if inherited is not None:
             amap = _inherit(attributes, amap, inherited.attributes())
+        privacy = self.privacy
+        if privacy is not None:
+            changes, body = privacy.redact(amap, record.body)
+            if changes is not None:
+                # Onto the OTel record itself: the OTLP export must not carry the secret either.
+                amap = _write(attributes, amap, changes)
+                record.body = body
         try:
             sealed = self._seal(log_record, amap, default_action or None)
         except (AuditRecordInvalid, SpoolFull) as exc:
@@ -251,7 +265,9 @@ class AuditLogRecordProcessor(LogRecordProcessor):
             return self.pipeline.seal(draft)
         except Exception:
             self.pipeline.count_dropped()
-            _log.exception("otel-audit: the audit record could not be stored at all (attributes: %r)", dict(amap))
+            # Names only: the values may hold personal data the privacy policy did not get to protect.
+            _log.exception("otel-audit: the audit record could not be stored at all (attribute names: %s)",
+                           sorted(map(str, amap)))
             return None
 
     def _note_drop(self, exc: SpoolFull) -> None:
@@ -314,6 +330,22 @@ class AuditLogRecordProcessor(LogRecordProcessor):
 
 def _iso(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def _write(attributes: Any, amap: Any, changes: dict[str, Any]) -> Any:
+    """Replace attribute values on the OTel record (no other thread sees it yet); returns the map to seal."""
+    inner = getattr(attributes, "_dict", None)
+    if inner is not None:
+        inner.update(changes)
+        return inner
+    if attributes is not None:
+        try:
+            for key, value in changes.items():
+                attributes[key] = value
+            return attributes
+        except TypeError:  # a read-only mapping: seal the redacted view only
+            pass
+    return {**amap, **changes}
 
 
 def _inherit(attributes: Any, amap: Any, defaults: dict[str, Any]) -> Any:

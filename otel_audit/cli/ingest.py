@@ -17,6 +17,7 @@ from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, reso
 from otel_audit.ingest import IngestConfig, IngestServer, IngestService, TokenSet, tls_context
 from otel_audit.ingest.auth import TOKENS_ENV
 from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
+from otel_audit.privacy.policy import privacy_policy
 from otel_audit.sink.schema import SCHEMA_VERSION, current_version
 from otel_audit.spool.spool import SpoolConfig
 
@@ -120,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         audit_loggers=tuple(args.audit_logger if args.audit_logger is not None else env_loggers),
         event_prefix=args.event_prefix or os.environ.get("OTEL_AUDIT_EVENT_PREFIX") or None,
         dedup_capacity=args.dedup_capacity,
+        # The same policy, variables and defaults as configure(): redaction is on unless turned off.
+        privacy=privacy_policy(),
     )
     max_record_bytes = args.max_record_bytes or int(os.environ.get("OTEL_AUDIT_MAX_RECORD_BYTES") or 256 * 1024)
     # The same settings, variables and start-up errors as otel_audit.configure() (an unreadable key stops here).

@@ -63,6 +63,7 @@ from otel_audit.ingest.auth import ANONYMOUS, TokenIdentity
 from otel_audit.ingest.otlp import attribute_map, builder_context, resource_extra, resource_fields
 from otel_audit.ingest.presealed import LinkTracker, SealedInput, SealRejected, has_seal, read_seal
 from otel_audit.pipeline import AuditPipeline
+from otel_audit.privacy.policy import PrivacyPolicy, privacy_policy
 
 __all__ = ["ExportResult", "IngestConfig", "IngestService", "IngestStats"]
 
@@ -105,6 +106,8 @@ class IngestConfig:
     link_chains: int = 4096
     link_window: int = 64
     attested_chains: int = 65536  # (chain, token) attestations remembered, so a redelivery is not attested twice
+    #: Applied to every record the ingest seals (not to records that arrive sealed: those are stored as sealed).
+    privacy: PrivacyPolicy = field(default_factory=lambda: privacy_policy(env={}))
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_records", "max_attributes", "max_connections", "max_inflight_bytes"):
@@ -332,6 +335,7 @@ class IngestService:
         recognizer = self._recognizer
         active = recognizer.active
         build = self._builder.build
+        redact = self.config.privacy.redact
         arrival = time.time_ns()
         occurrences: dict[bytes, int] = {}
         for resource_logs in request.resource_logs:
@@ -373,9 +377,13 @@ class IngestService:
                             "before sealing"
                         )
                     problems.extend(notes)
+                    context = builder_context(record, arrival)
+                    changes, context["body"] = redact(attrs, context["body"])
+                    if changes is not None:
+                        attrs.update(changes)
                     draft = build(
                         attrs,
-                        **builder_context(record, arrival),
+                        **context,
                         scope=scope_name,
                         service_name=service_name,
                         service_instance_id=instance_id,
