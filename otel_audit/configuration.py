@@ -148,6 +148,8 @@ def configure(
     checkpoint_interval: float | None = None,
     redact: bool | None = None,
     redact_names: Sequence[str] | None = None,
+    pseudonymize: Sequence[str] | None = None,
+    pseudonym_keys: str | os.PathLike[str] | None = None,
     privacy: PrivacyPolicy | None = None,
     otlp: bool | None = None,
     logger_provider: LoggerProvider | None = None,
@@ -179,6 +181,8 @@ def configure(
     ``checkpoint_interval``   ``OTEL_AUDIT_CHECKPOINT_INTERVAL``  10 seconds
     ``redact``                ``OTEL_AUDIT_REDACT``               on
     ``redact_names``          ``OTEL_AUDIT_REDACT_NAMES``         none (added to the built-in words)
+    ``pseudonym_keys``        ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE``  none: no pseudonyms
+    ``pseudonymize``          ``OTEL_AUDIT_PSEUDONYMIZE``         actor, user, client address, session
     ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
                               ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
     ========================  ==================================  =====================
@@ -191,6 +195,9 @@ def configure(
     every ``checkpoint_records`` records and every ``checkpoint_interval``
     seconds, idle or not, plus a closing one at shutdown. ``witness_dir`` (and
     any ``witnesses=`` objects) receive a copy of each committed checkpoint.
+
+    ``pseudonym_keys`` (a key ring file) stores the ``pseudonymize`` fields as
+    keyed HMAC-SHA-256 pseudonyms.
 
     ``redact``/``redact_names``: secrets (passwords, tokens, keys, card
     numbers) are replaced before sealing, on by default; see
@@ -244,7 +251,9 @@ def configure(
     )
 
     if privacy is None:
-        privacy = privacy_policy(redact=redact, redact_names=redact_names)
+        privacy = privacy_policy(
+            redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys
+        )
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)
     if id(provider) in _ACTIVE:

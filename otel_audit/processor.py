@@ -244,6 +244,11 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         )
         if self.strict and draft.problems:
             raise AuditRecordInvalid(draft.problems)
+        privacy = self.privacy
+        if privacy is not None and privacy.protects:
+            changes = privacy.protect(draft)
+            if changes is not None:
+                _write(record.attributes, amap, changes)  # the export says what the seal covers
         return self.pipeline.seal(draft)
 
     def _seal_fallback(self, log_record: ReadWriteLogRecord, amap: Any, exc: Exception) -> SealedRecord | None:

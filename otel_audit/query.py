@@ -142,6 +142,11 @@ class RecordFilter:
     since: datetime | None = None  # inclusive
     until: datetime | None = None  # exclusive
     problems: bool = False  # only records stored flagged or quarantined
+    #: Other stored forms of ``actor_id`` / ``session_id`` that also match: their pseudonyms under each key of
+    #: the ring (:meth:`otel_audit.privacy.pseudonym.Pseudonymizer.candidates`), so a search by the plain
+    #: identifier finds pseudonymized records too.
+    actor_aliases: Sequence[str] = ()
+    session_aliases: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         self.actions = list(self.actions)
@@ -183,10 +188,16 @@ class RecordFilter:
                 parts.append(f"{column} = ANY(%({name})s)")
                 params[name] = list(values)
 
-        equal("actor_id", "actor", self.actor_id)
+        if self.actor_aliases and self.actor_id is not None:
+            any_of("actor_id", "actor", [self.actor_id, *self.actor_aliases])
+        else:
+            equal("actor_id", "actor", self.actor_id)
         equal("resource_type", "rtype", self.resource_type)
         equal("resource_id", "rid", self.resource_id)
-        equal("session_id", "session", self.session_id)
+        if self.session_aliases and self.session_id is not None:
+            any_of("session_id", "session", [self.session_id, *self.session_aliases])
+        else:
+            equal("session_id", "session", self.session_id)
         equal("trace_id", "trace", self.trace_id)
         equal("chain_id", "chain", self.chain_id)
         any_of("action", "actions", self.actions)
@@ -209,8 +220,9 @@ class RecordFilter:
             ("actor_id", self.actor_id), ("resource_type", self.resource_type), ("resource_id", self.resource_id),
             ("session_id", self.session_id), ("trace_id", self.trace_id), ("chain_id", self.chain_id),
         )
+        aliases = {"actor_id": self.actor_aliases, "session_id": self.session_aliases}
         for name, wanted in checks:
-            if wanted is not None and row.get(name) != wanted:
+            if wanted is not None and row.get(name) != wanted and row.get(name) not in aliases.get(name, ()):
                 return False
         for name, values in (("action", self.actions), ("result", self.results), ("service_name", self.services)):
             if values and row.get(name) not in values:
@@ -396,10 +408,15 @@ def actor_activity(
     until: datetime | None = None,
     limit: int = 1000,
     wide: bool = True,
+    aliases: Sequence[str] = (),
 ) -> QueryResult:
-    """Everything an actor did (default: the last 30 days), newest first."""
+    """Everything an actor did (default: the last 30 days), newest first.
+
+    ``aliases``: the actor's pseudonyms (see :attr:`RecordFilter.actor_aliases`).
+    """
     since = since or datetime.now(timezone.utc) - timedelta(days=30)
-    return find_records(conn, RecordFilter(actor_id=actor_id, since=since, until=until), limit=limit, wide=wide)
+    return find_records(conn, RecordFilter(actor_id=actor_id, since=since, until=until, actor_aliases=aliases),
+                        limit=limit, wide=wide)
 
 
 def resource_access(

@@ -79,12 +79,15 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def actor_activity(
     store: ArchiveStore, actor_id: str, *, since: datetime | None = None, until: datetime | None = None,
-    limit: int = 1000, conn: psycopg.Connection | None = None,
+    limit: int = 1000, conn: psycopg.Connection | None = None, aliases: Sequence[str] = (),
 ) -> QueryResult:
-    """Everything an actor did between ``since`` and ``until`` (default: all time), newest first."""
+    """Everything an actor did between ``since`` and ``until`` (default: all time), newest first.
+
+    ``aliases``: the actor's pseudonyms under each key of the ring, which match as well.
+    """
     columns = ["timestamp", "action", "resource_type", "resource_id", "result", "ip_address", "reason", "trace_id",
                "chain_id", "seq"]
-    filters: list[Any] = [("actor_id", "=", actor_id)]
+    filters: list[Any] = [("actor_id", "in", [actor_id, *aliases])] if aliases else [("actor_id", "=", actor_id)]
     if since is not None:
         filters.append(("timestamp", ">", _utc(since)))
     if until is not None:
@@ -93,7 +96,7 @@ def actor_activity(
     live_rows = None
     if conn is not None:
         live_rows = live.actor_activity(conn, actor_id, since=since or datetime(1, 1, 1, tzinfo=timezone.utc),
-                                        until=until, limit=limit)
+                                        until=until, limit=limit, aliases=aliases)
     return _merge(columns, rows, live_rows, "timestamp", True, limit)
 
 

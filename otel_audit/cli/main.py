@@ -38,7 +38,9 @@ def _error(command: str, message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from otel_audit.cli import archive, checkpoints, collector, db, demo, ingest, query, report, retention, status, verify
+    from otel_audit.cli import (
+        archive, checkpoints, collector, db, demo, ingest, privacy, query, report, retention, status, verify,
+    )
 
     parser = CommandParser(
         prog="otel-audit",
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otel-audit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (db, verify, query, report, demo, status, checkpoints, ingest, collector, archive, retention):
+    for module in (db, verify, query, report, demo, status, checkpoints, ingest, collector, archive, retention, privacy):
         module.register(sub)
     return parser
 

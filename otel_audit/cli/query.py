@@ -103,6 +103,10 @@ def _options(p: argparse.ArgumentParser) -> None:
     out.add_argument("--archive", default=_S, metavar="DEST",
                      help="also search this archive (directory or s3://BUCKET/PREFIX); the live database too when a "
                      "DSN is given (questions actor, resource, trace and failures)")
+    out.add_argument("--pseudonym-keys", default=_S, metavar="FILE",
+                     help="the pseudonym key ring (default: $OTEL_AUDIT_PSEUDONYM_KEYS_FILE or "
+                     "$OTEL_AUDIT_PSEUDONYM_KEYS): an actor or session given in plain text also finds the records "
+                     "that store it pseudonymized, under every key of the ring")
     out.add_argument("--wide", action="store_true", default=_S,
                      help="also actor type, session, user, trace and span ids, host, user agent, message, changed "
                      "fields and old values")
@@ -155,11 +159,30 @@ def _filter(args: argparse.Namespace) -> q.RecordFilter:
         until=until,
         problems=bool(_get(args, "problems", False)),
     )
+    if where.actor_id is not None:
+        where.actor_aliases = _aliases(args, where.actor_id)
+    if where.session_id is not None:
+        where.session_aliases = _aliases(args, where.session_id)
     try:
         where.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return where
+
+
+def _aliases(args: argparse.Namespace, term: str) -> list[str]:
+    """``term``'s pseudonym under every key of the configured ring (none without a ring)."""
+    from otel_audit.errors import AuditConfigurationError
+    from otel_audit.privacy.policy import pseudonym_keys
+    from otel_audit.privacy.pseudonym import PREFIX
+
+    if term.startswith(PREFIX):
+        return []  # already a pseudonym: searched as given
+    try:
+        ring = pseudonym_keys(_get(args, "pseudonym_keys"))
+    except AuditConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+    return [key.pseudonym(term) for key in ring]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,7 +255,8 @@ def _run_archive(args: argparse.Namespace) -> int:
     live = connect(args) if (_get(args, "dsn") or os.environ.get("OTEL_AUDIT_DSN")) else None
     try:
         if question == "actor":
-            result = aq.actor_activity(store, args.actor_id, since=since, until=until, limit=limit, conn=live)
+            result = aq.actor_activity(store, args.actor_id, since=since, until=until, limit=limit, conn=live,
+                                       aliases=_aliases(args, args.actor_id))
         elif question == "resource":
             result = aq.resource_access(store, args.resource_type, args.resource_id, since=since, limit=limit,
                                         conn=live)

@@ -335,7 +335,9 @@ class IngestService:
         recognizer = self._recognizer
         active = recognizer.active
         build = self._builder.build
-        redact = self.config.privacy.redact
+        privacy = self.config.privacy
+        redact = privacy.redact
+        protects = privacy.protects
         arrival = time.time_ns()
         occurrences: dict[bytes, int] = {}
         for resource_logs in request.resource_logs:
@@ -398,6 +400,8 @@ class IngestService:
                             f"(it may deliver for: {', '.join(token.services or ())}); sealed by the ingest as sent"
                         )
                         plan.flagged[service_name] = plan.flagged.get(service_name, 0) + 1
+                    if protects:
+                        privacy.protect(draft)
                     action = draft.doc.get("action")
                     if action.__class__ is str and action.startswith(A.RESERVED_ACTION_PREFIX):
                         draft.problems.append(

@@ -11,18 +11,32 @@ Order on the hot path, all before sealing (the seal covers the result):
    secrets are replaced (:mod:`otel_audit.privacy.redact`); the processor
    writes the result back onto the OpenTelemetry record too, so the OTLP
    export carries no secret either.
+2. :meth:`PrivacyPolicy.protect` on the built record document: configured
+   fields become keyed pseudonyms (:mod:`otel_audit.privacy.pseudonym`).
+   The processor writes the protected values back onto the OpenTelemetry
+   record as well, so the export says what the seal covers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from otel_audit.core import attributes as A
+from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError
+from otel_audit.privacy.fields import replace_field
+from otel_audit.privacy.pseudonym import (
+    DEFAULT_PSEUDONYMIZED,
+    PseudonymKey,
+    Pseudonymizer,
+    load_key_ring,
+    parse_key_ring,
+)
 from otel_audit.privacy.redact import DEFAULT_NAMES, VALUE_RULES, Redactor
 
-__all__ = ["PrivacyPolicy", "privacy_policy"]
+__all__ = ["PrivacyPolicy", "privacy_policy", "pseudonym_keys"]
 
 _FALSE = {"0", "false", "no", "off"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -31,8 +45,44 @@ _TRUE = {"1", "true", "yes", "on"}
 class PrivacyPolicy:
     """The protections in force. ``redactor=None`` turns secret redaction off (not recommended)."""
 
-    def __init__(self, *, redactor: Redactor | None = None) -> None:
+    def __init__(self, *, redactor: Redactor | None = None, pseudonymizer: Pseudonymizer | None = None) -> None:
         self.redactor = redactor
+        self.pseudonymizer = pseudonymizer
+        #: Whether :meth:`protect` has anything to do (the hot path skips it otherwise).
+        self.protects = pseudonymizer is not None
+
+    def protect(self, draft: Draft) -> dict[str, Any] | None:
+        """Pseudonymize the configured fields of a built record, in place, before it is sealed.
+
+        Returns the attribute values to write back onto the OpenTelemetry
+        record (attribute name -> protected value), or ``None`` when nothing
+        changed.
+        """
+        doc = draft.doc
+        changes: dict[str, Any] | None = None
+        pseudonymizer = self.pseudonymizer
+        if pseudonymizer is not None:
+            transform = pseudonymizer.pseudonym
+            for name in pseudonymizer.fields:
+                found, new = replace_field(doc, name, transform)
+                if found:
+                    if changes is None:
+                        changes = {}
+                    if name.startswith(_OLD_VALUES_PREFIX):
+                        changes[A.AUDIT_OLD_VALUES] = doc.get("old_values")
+                    else:
+                        changes[name] = new
+            # The actor falls back to user.id: never leave the plain value in actor_id when user.id is protected.
+            if (
+                A.USER_ID in pseudonymizer.fields
+                and A.AUDIT_ACTOR_ID not in pseudonymizer.fields
+                and doc.get("actor_id").__class__ is str
+                and doc.get("user_id") is not None
+                and doc["actor_id"] != doc["user_id"]
+                and transform(doc["actor_id"]) == doc["user_id"]
+            ):
+                doc["actor_id"] = doc["user_id"]
+        return changes
 
     def redact(self, attributes: Mapping[str, Any], body: Any) -> tuple[dict[str, Any] | None, Any]:
         """See :meth:`Redactor.redact_attributes`; ``(None, body)`` with redaction off."""
@@ -43,7 +93,30 @@ class PrivacyPolicy:
 
     def describe(self) -> dict[str, Any]:
         """The policy as data, without any key material (what an auditor may read)."""
-        return {"redact": self.redactor.describe() if self.redactor is not None else None}
+        return {
+            "redact": self.redactor.describe() if self.redactor is not None else None,
+            "pseudonymize": self.pseudonymizer.describe() if self.pseudonymizer is not None else None,
+        }
+
+
+_OLD_VALUES_PREFIX = A.AUDIT_OLD_VALUES + "."
+
+
+def pseudonym_keys(
+    keys: str | os.PathLike[str] | Sequence[PseudonymKey] | None = None, *, env: Mapping[str, str] | None = None
+) -> list[PseudonymKey]:
+    """The pseudonym key ring: ``keys`` (a file path or keys), else ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE`` (a
+    file), else ``OTEL_AUDIT_PSEUDONYM_KEYS`` (the key ring text itself); empty when none is set."""
+    env = os.environ if env is None else env
+    if keys is not None and not isinstance(keys, (str, os.PathLike)):
+        return list(keys)
+    path = keys if keys is not None else (env.get("OTEL_AUDIT_PSEUDONYM_KEYS_FILE") or None)
+    if path is not None:
+        return load_key_ring(path)
+    inline = env.get("OTEL_AUDIT_PSEUDONYM_KEYS")
+    if inline and inline.strip():
+        return parse_key_ring(inline, source="OTEL_AUDIT_PSEUDONYM_KEYS")
+    return []
 
 
 def _env_list(env: Mapping[str, str], name: str) -> list[str] | None:
@@ -70,6 +143,8 @@ def privacy_policy(
     redact: bool | None = None,
     redact_names: Iterable[str] | None = None,
     redact_values: Iterable[str] | None = None,
+    pseudonymize: Iterable[str] | None = None,
+    pseudonym_keys: str | os.PathLike[str] | Sequence[PseudonymKey] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PrivacyPolicy:
     """Build the policy from arguments, falling back to environment variables.
@@ -80,6 +155,9 @@ def privacy_policy(
     ``redact``                ``OTEL_AUDIT_REDACT``           on
     ``redact_names``          ``OTEL_AUDIT_REDACT_NAMES``     none (added to the built-in words)
     ``redact_values``         ``OTEL_AUDIT_REDACT_VALUES``    ``bearer,jwt,private_key,pan``
+    ``pseudonym_keys``        ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE``  none: no pseudonyms
+                              (a file) or ``_KEYS`` (the text)
+    ``pseudonymize``          ``OTEL_AUDIT_PSEUDONYMIZE``     ``audit.actor.id,user.id,client.address,session.id``
     ========================  ==============================  ==========================
 
     ``configure()`` and ``otel-audit serve`` both call it. Raises
@@ -96,4 +174,17 @@ def privacy_policy(
             redactor = Redactor(DEFAULT_NAMES, extra_names=names, values=VALUE_RULES if values is None else values)
         except ValueError as exc:
             raise AuditConfigurationError(f"redaction: {exc} (redact_values= or OTEL_AUDIT_REDACT_VALUES)") from None
-    return PrivacyPolicy(redactor=redactor)
+    ring = _pseudonym_keys(pseudonym_keys, env=env)
+    fields = list(pseudonymize) if pseudonymize is not None else _env_list(env, "OTEL_AUDIT_PSEUDONYMIZE")
+    pseudonymizer = None
+    if ring:
+        pseudonymizer = Pseudonymizer(ring, DEFAULT_PSEUDONYMIZED if fields is None else fields)
+    elif fields:
+        raise AuditConfigurationError(
+            "fields to pseudonymize are configured but no key: set OTEL_AUDIT_PSEUDONYM_KEYS_FILE (or pass "
+            "pseudonym_keys=) to a key ring file; `otel-audit privacy new-key --id k1` prints a key line"
+        )
+    return PrivacyPolicy(redactor=redactor, pseudonymizer=pseudonymizer)
+
+
+_pseudonym_keys = pseudonym_keys
