@@ -150,6 +150,10 @@ def configure(
     redact_names: Sequence[str] | None = None,
     pseudonymize: Sequence[str] | None = None,
     pseudonym_keys: str | os.PathLike[str] | None = None,
+    encrypt: Sequence[str] | None = None,
+    subject_fields: Sequence[str] | None = None,
+    keystore_dsn: str | None = None,
+    master_key: str | os.PathLike[str] | None = None,
     privacy: PrivacyPolicy | None = None,
     otlp: bool | None = None,
     logger_provider: LoggerProvider | None = None,
@@ -183,6 +187,10 @@ def configure(
     ``redact_names``          ``OTEL_AUDIT_REDACT_NAMES``         none (added to the built-in words)
     ``pseudonym_keys``        ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE``  none: no pseudonyms
     ``pseudonymize``          ``OTEL_AUDIT_PSEUDONYMIZE``         actor, user, client address, session
+    ``keystore_dsn``          ``OTEL_AUDIT_KEYSTORE_DSN``         none: no encryption
+    ``master_key``            ``OTEL_AUDIT_MASTER_KEY_FILE``      required with a key store
+    ``encrypt``               ``OTEL_AUDIT_ENCRYPT``              old values, user agent
+    ``subject_fields``        ``OTEL_AUDIT_SUBJECT_FIELDS``       subject id, actor, user
     ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
                               ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
     ========================  ==================================  =====================
@@ -197,7 +205,9 @@ def configure(
     any ``witnesses=`` objects) receive a copy of each committed checkpoint.
 
     ``pseudonym_keys`` (a key ring file) stores the ``pseudonymize`` fields as
-    keyed HMAC-SHA-256 pseudonyms.
+    keyed HMAC-SHA-256 pseudonyms. ``keystore_dsn`` and ``master_key`` encrypt
+    the ``encrypt`` fields under a key per data subject, which ``otel-audit
+    erase`` can destroy (docs/privacy.md).
 
     ``redact``/``redact_names``: secrets (passwords, tokens, keys, card
     numbers) are replaced before sealing, on by default; see
@@ -252,7 +262,8 @@ def configure(
 
     if privacy is None:
         privacy = privacy_policy(
-            redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys
+            redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys,
+            encrypt=encrypt, subject_fields=subject_fields, keystore_dsn=keystore_dsn, master_key=master_key,
         )
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)

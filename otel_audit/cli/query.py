@@ -12,6 +12,7 @@ column of their own.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -107,6 +108,11 @@ def _options(p: argparse.ArgumentParser) -> None:
                      help="the pseudonym key ring (default: $OTEL_AUDIT_PSEUDONYM_KEYS_FILE or "
                      "$OTEL_AUDIT_PSEUDONYM_KEYS): an actor or session given in plain text also finds the records "
                      "that store it pseudonymized, under every key of the ring")
+    out.add_argument("--keystore-dsn", default=_S, metavar="DSN",
+                     help="the subject key store (default: $OTEL_AUDIT_KEYSTORE_DSN), with --master-key (default: "
+                     "$OTEL_AUDIT_MASTER_KEY_FILE): encrypted fields are shown decrypted, or as [erased] when their "
+                     "subject was erased; without it they show as [encrypted]")
+    out.add_argument("--master-key", default=_S, metavar="FILE", help="the key store's master key ring")
     out.add_argument("--wide", action="store_true", default=_S,
                      help="also actor type, session, user, trace and span ids, host, user agent, message, changed "
                      "fields and old values")
@@ -185,6 +191,43 @@ def _aliases(args: argparse.Namespace, term: str) -> list[str]:
     return [key.pseudonym(term) for key in ring]
 
 
+def _reveal(args: argparse.Namespace, result: q.QueryResult) -> q.QueryResult:
+    """Encrypted values (``aead:...``) decrypted with the key store, or replaced by a marker without one."""
+    from otel_audit.privacy.encrypt import PREFIX, Decryptor
+
+    def encrypted(value: Any) -> bool:
+        if isinstance(value, str):
+            return value.startswith(PREFIX)
+        if isinstance(value, dict):
+            return any(encrypted(v) for v in value.values())
+        if isinstance(value, list):
+            return any(encrypted(v) for v in value)
+        return False
+
+    if not any(encrypted(v) for row in result.rows for v in row):
+        return result
+    store = None
+    dsn = _get(args, "keystore_dsn") or os.environ.get("OTEL_AUDIT_KEYSTORE_DSN")
+    if dsn:
+        from otel_audit.errors import AuditConfigurationError
+        from otel_audit.privacy.keystore import KeyStore, master_keys
+
+        try:
+            store = KeyStore(dsn, master_keys(_get(args, "master_key")))
+        except AuditConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+    reader = Decryptor(store)
+    try:
+        result.rows = [
+            tuple(reader.reveal(v, column) for column, v in zip(result.columns, row, strict=False))
+            for row in result.rows
+        ]
+    finally:
+        if store is not None:
+            store.close()
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     args.question = args.question or "records"
     if _get(args, "archive"):
@@ -205,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    result = _reveal(args, result)
     if fmt == "timeline":
         render_timeline(result, _title(args, where))
     else:
@@ -273,6 +317,7 @@ def _run_archive(args: argparse.Namespace) -> int:
     finally:
         if live is not None:
             live.close()
+    result = _reveal(args, result)
     if fmt == "timeline":
         render_timeline(result, f"{question} {getattr(args, question + '_id', '')}".strip())
     else:

@@ -26,7 +26,9 @@ from typing import Any
 from otel_audit.core import attributes as A
 from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError
-from otel_audit.privacy.fields import replace_field
+from otel_audit.privacy.encrypt import DEFAULT_ENCRYPTED, DEFAULT_SUBJECT_FIELDS, Encryptor
+from otel_audit.privacy.fields import FIELD_OF, replace_field
+from otel_audit.privacy.keystore import KeyStore, MasterKey, master_keys
 from otel_audit.privacy.pseudonym import (
     DEFAULT_PSEUDONYMIZED,
     PseudonymKey,
@@ -45,11 +47,25 @@ _TRUE = {"1", "true", "yes", "on"}
 class PrivacyPolicy:
     """The protections in force. ``redactor=None`` turns secret redaction off (not recommended)."""
 
-    def __init__(self, *, redactor: Redactor | None = None, pseudonymizer: Pseudonymizer | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        redactor: Redactor | None = None,
+        pseudonymizer: Pseudonymizer | None = None,
+        encryptor: Encryptor | None = None,
+    ) -> None:
+        if pseudonymizer is not None and encryptor is not None:
+            both = set(pseudonymizer.fields) & set(encryptor.fields)
+            if both:
+                raise AuditConfigurationError(
+                    f"{', '.join(sorted(both))}: a field is either pseudonymized (searchable) or encrypted (erasable), "
+                    "not both; take it out of one of the two lists"
+                )
         self.redactor = redactor
         self.pseudonymizer = pseudonymizer
+        self.encryptor = encryptor
         #: Whether :meth:`protect` has anything to do (the hot path skips it otherwise).
-        self.protects = pseudonymizer is not None
+        self.protects = pseudonymizer is not None or encryptor is not None
 
     def protect(self, draft: Draft) -> dict[str, Any] | None:
         """Pseudonymize the configured fields of a built record, in place, before it is sealed.
@@ -60,6 +76,12 @@ class PrivacyPolicy:
         """
         doc = draft.doc
         changes: dict[str, Any] | None = None
+        encryptor = self.encryptor
+        if encryptor is not None:  # first: the subject is read from the plain values
+            for name in encryptor.protect(doc):
+                if changes is None:
+                    changes = {}
+                self._note_change(changes, doc, name)
         pseudonymizer = self.pseudonymizer
         if pseudonymizer is not None:
             transform = pseudonymizer.pseudonym
@@ -68,10 +90,7 @@ class PrivacyPolicy:
                 if found:
                     if changes is None:
                         changes = {}
-                    if name.startswith(_OLD_VALUES_PREFIX):
-                        changes[A.AUDIT_OLD_VALUES] = doc.get("old_values")
-                    else:
-                        changes[name] = new
+                    self._note_change(changes, doc, name)
             # The actor falls back to user.id: never leave the plain value in actor_id when user.id is protected.
             if (
                 A.USER_ID in pseudonymizer.fields
@@ -91,11 +110,24 @@ class PrivacyPolicy:
             return None, body
         return redactor.redact_attributes(attributes, body)
 
+    @staticmethod
+    def _note_change(changes: dict[str, Any], doc: dict[str, Any], name: str) -> None:
+        """The attribute value to write back onto the OTel record for a protected field."""
+        if name.startswith(_OLD_VALUES_PREFIX) or name == A.AUDIT_OLD_VALUES:
+            changes[A.AUDIT_OLD_VALUES] = doc.get("old_values")
+            return
+        field = FIELD_OF.get(name)
+        if field is not None and field != "ip_address":
+            changes[name] = doc.get(field)
+        else:
+            changes[name] = doc["attributes"].get(name)
+
     def describe(self) -> dict[str, Any]:
         """The policy as data, without any key material (what an auditor may read)."""
         return {
             "redact": self.redactor.describe() if self.redactor is not None else None,
             "pseudonymize": self.pseudonymizer.describe() if self.pseudonymizer is not None else None,
+            "encrypt": self.encryptor.describe() if self.encryptor is not None else None,
         }
 
 
@@ -145,6 +177,11 @@ def privacy_policy(
     redact_values: Iterable[str] | None = None,
     pseudonymize: Iterable[str] | None = None,
     pseudonym_keys: str | os.PathLike[str] | Sequence[PseudonymKey] | None = None,
+    encrypt: Iterable[str] | None = None,
+    subject_fields: Iterable[str] | None = None,
+    keystore_dsn: str | None = None,
+    master_key: str | os.PathLike[str] | Sequence[MasterKey] | None = None,
+    key_store: KeyStore | None = None,
     env: Mapping[str, str] | None = None,
 ) -> PrivacyPolicy:
     """Build the policy from arguments, falling back to environment variables.
@@ -158,7 +195,15 @@ def privacy_policy(
     ``pseudonym_keys``        ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE``  none: no pseudonyms
                               (a file) or ``_KEYS`` (the text)
     ``pseudonymize``          ``OTEL_AUDIT_PSEUDONYMIZE``     ``audit.actor.id,user.id,client.address,session.id``
+    ``keystore_dsn``          ``OTEL_AUDIT_KEYSTORE_DSN``     none: no encryption
+    ``master_key``            ``OTEL_AUDIT_MASTER_KEY_FILE``  required with a key store
+                              (a file) or ``_KEY`` (the text)
+    ``encrypt``               ``OTEL_AUDIT_ENCRYPT``          ``audit.old_values,user_agent.original``
+    ``subject_fields``        ``OTEL_AUDIT_SUBJECT_FIELDS``   ``audit.subject.id,audit.actor.id,user.id``
     ========================  ==============================  ==========================
+
+    ``key_store``: a ready :class:`~otel_audit.privacy.keystore.KeyStore` instead of
+    ``keystore_dsn`` and ``master_key``.
 
     ``configure()`` and ``otel-audit serve`` both call it. Raises
     :class:`~otel_audit.errors.AuditConfigurationError` on a value it cannot use.
@@ -184,7 +229,25 @@ def privacy_policy(
             "fields to pseudonymize are configured but no key: set OTEL_AUDIT_PSEUDONYM_KEYS_FILE (or pass "
             "pseudonym_keys=) to a key ring file; `otel-audit privacy new-key --id k1` prints a key line"
         )
-    return PrivacyPolicy(redactor=redactor, pseudonymizer=pseudonymizer)
+    encrypted = list(encrypt) if encrypt is not None else _env_list(env, "OTEL_AUDIT_ENCRYPT")
+    if key_store is None:
+        dsn = keystore_dsn or env.get("OTEL_AUDIT_KEYSTORE_DSN") or None
+        if dsn is not None:
+            key_store = KeyStore(dsn, master_keys(master_key, env=env))
+    encryptor = None
+    if key_store is not None:
+        subjects = list(subject_fields) if subject_fields is not None else _env_list(env, "OTEL_AUDIT_SUBJECT_FIELDS")
+        encryptor = Encryptor(key_store, DEFAULT_ENCRYPTED if encrypted is None else encrypted,
+                              DEFAULT_SUBJECT_FIELDS if subjects is None else subjects)
+    elif encrypted:
+        raise AuditConfigurationError(
+            "fields to encrypt are configured but no key store: set OTEL_AUDIT_KEYSTORE_DSN and "
+            "OTEL_AUDIT_MASTER_KEY_FILE (or pass keystore_dsn= and master_key=); see docs/privacy.md"
+        )
+    if pseudonymizer is not None and encryptor is not None and pseudonymize is None and fields is None:
+        # Default pseudonym fields give way to fields explicitly encrypted.
+        pseudonymizer = Pseudonymizer(pseudonymizer.keys, [f for f in pseudonymizer.fields if f not in encryptor.fields])
+    return PrivacyPolicy(redactor=redactor, pseudonymizer=pseudonymizer, encryptor=encryptor)
 
 
 _pseudonym_keys = pseudonym_keys
