@@ -247,9 +247,15 @@ def configure(
         audit_loggers = [n.strip() for n in env.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
     if event_prefix is None:
         event_prefix = env.get("OTEL_AUDIT_EVENT_PREFIX") or None
+    if privacy is None:
+        privacy = privacy_policy(
+            redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys,
+            encrypt=encrypt, subject_fields=subject_fields, keystore_dsn=keystore_dsn, master_key=master_key,
+        )
     config = PipelineConfig(
         dsn=dsn,
         spool=spool,
+        privacy=privacy.describe(),
         max_record_bytes=_int_option(max_record_bytes, "OTEL_AUDIT_MAX_RECORD_BYTES", 256 * 1024),
         **checkpoint_options(
             signing_key=signing_key,
@@ -260,11 +266,6 @@ def configure(
         ),
     )
 
-    if privacy is None:
-        privacy = privacy_policy(
-            redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys,
-            encrypt=encrypt, subject_fields=subject_fields, keystore_dsn=keystore_dsn, master_key=master_key,
-        )
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)
     if id(provider) in _ACTIVE:

@@ -66,6 +66,9 @@ class PipelineConfig:
     checkpoint_records: int = DEFAULT_CHECKPOINT_RECORDS
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
     witnesses: tuple[Witness, ...] = ()
+    #: The privacy policy in force, as :meth:`otel_audit.privacy.PrivacyPolicy.describe` gives it (no keys):
+    #: sealed into each chain's genesis. ``None``: no ``privacy`` member (records sealed without a policy).
+    privacy: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_records < 1:
@@ -134,6 +137,7 @@ class AuditPipeline:
             emitter=emitter_metadata(self._emitter_kind, **self._emitter),
             chain_id=chain_id,
             max_record_bytes=self.config.max_record_bytes,
+            privacy=config.privacy,
         )
         self.checkpointer: Checkpointer | None = None
         if config.signing_key is not None:

@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         # The same policy, variables and defaults as configure(): redaction is on unless turned off.
         privacy=privacy_policy(),
     )
+    privacy_described = config.privacy.describe()
     max_record_bytes = args.max_record_bytes or int(os.environ.get("OTEL_AUDIT_MAX_RECORD_BYTES") or 256 * 1024)
     # The same settings, variables and start-up errors as otel_audit.configure() (an unreadable key stops here).
     from otel_audit.configuration import checkpoint_options  # not at import: other commands stay light
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     spool = SpoolConfig(directory=args.spool_dir or default_spool_dir(), block_timeout=1.0)
     pipeline = AuditPipeline(
         PipelineConfig(dsn=dsn, spool=spool, max_record_bytes=max_record_bytes, application_name="otel-audit-ingest",
-                       **checkpoints),
+                       privacy=privacy_described, **checkpoints),
         emitter={"service_name": "otel-audit-ingest", "host_name": socket.gethostname(),
                  "listen": f"{args.host}:{args.port}"},
         emitter_kind="ingest",

@@ -100,19 +100,24 @@ class Chain:
         chain_id: str | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         clock: Callable[[], int] = time.time_ns,
+        privacy: Mapping[str, Any] | None = None,
     ) -> None:
+        """``privacy``: the privacy policy in force (rules and key ids, never keys), sealed into the genesis
+        as ``privacy`` so that an auditor can see what this chain's records were protected by."""
         self.chain_id = chain_id or new_chain_id()
         self.max_record_bytes = max_record_bytes
         self._sink = sink
         self._id_prefix = record_id_prefix()
         self._lock = threading.Lock()
-        genesis_doc = {
+        genesis_doc: dict[str, Any] = {
             "v": RECORD_FORMAT,
             "type": "chain",
             "chain_id": self.chain_id,
             "created": format_timestamp(clock()),
             "emitter": dict(emitter),
         }
+        if privacy is not None:
+            genesis_doc["privacy"] = dict(privacy)
         self.genesis = canonical_json(genesis_doc)
         digest = hashlib.sha256(GENESIS_DOMAIN + self.genesis).digest()
         sink.append(KIND_GENESIS, self.genesis, digest)
