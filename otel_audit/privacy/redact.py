@@ -242,6 +242,34 @@ class Redactor:
         return value
 
     # ------------------------------------------------------------------ records
+    def _clean(self, attributes: Mapping[str, Any], body: Any) -> bool:
+        """The fast check for the common record: no sensitive name, only texts and small numbers at the top
+        level, and one search over all texts joined by line breaks (no rule matches across one) finds
+        nothing. ``False`` sends the record through the full walk."""
+        cache = self._name_cache
+        texts: list[str] = []
+        for key, value in attributes.items():
+            hit = cache.get(key)
+            if hit is None:
+                if key.__class__ is not str:
+                    return False
+                hit = self.sensitive_name(key)
+            if hit:
+                return False
+            kind = value.__class__
+            if kind is str:
+                texts.append(value)
+            elif kind is int:
+                if value >= _INT_LOW or value <= -_INT_LOW:
+                    return False
+            elif not (kind is float or kind is bool or value is None):
+                return False
+        if body is not None:
+            if body.__class__ is not str:
+                return False
+            texts.append(body)
+        return not texts or _TRIGGER.search("\n".join(texts)) is None
+
     def redact_attributes(self, attributes: Mapping[str, Any], body: Any) -> tuple[dict[str, Any] | None, Any]:
         """Redact a record's attributes and its message (body).
 
@@ -252,6 +280,8 @@ class Redactor:
         object when none were). Never raises: a value that cannot be examined
         is replaced by ``[REDACTED:error]``.
         """
+        if self._clean(attributes, body):
+            return None, body
         notes: list[str] = []
         changes: dict[str, Any] | None = None
         for key, value in attributes.items():

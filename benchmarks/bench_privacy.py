@@ -1,0 +1,109 @@
+"""(g) Cost of each privacy protection on the hot path, as a ratio to the plain audit call in the same run.
+
+Every row is an audit ``logging`` call through the full pipeline (LoggingHandler with the
+input filter, the otel-audit processor, spool, sink to a real PostgreSQL, a
+BatchLogRecordProcessor with a no-op exporter), each with its own LoggerProvider and
+configuration; rounds alternate, medians are reported. The reference row is the same
+audit call with every privacy protection off. The record is the usual one (an actor
+reading a patient record) plus old values and a user agent, so that every protection has
+something to do; a second redaction row carries a bearer token and a card number.
+
+    python benchmarks/bench_privacy.py [--calls 10000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
+
+import psycopg  # noqa: E402
+from opentelemetry.instrumentation.logging.handler import LoggingHandler  # noqa: E402
+from opentelemetry.sdk._logs import LoggerProvider  # noqa: E402
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor  # noqa: E402
+
+import otel_audit  # noqa: E402
+from benchmarks.bench_hot_path import NoopExporter  # noqa: E402
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where  # noqa: E402
+from otel_audit.privacy.keystore import init_keystore  # noqa: E402
+from otel_audit.privacy.pseudonym import new_key_line  # noqa: E402
+
+EXTRA = {**AUDIT_EXTRA, "audit.old_values": {"dose": "5mg", "ward": "B"}, "user_agent.original": "curl/8.5",
+         "session.id": "s-1"}
+SECRET_EXTRA = {**EXTRA, "upstream.header": "Bearer mF_9.B5f-4.1JqM8xZ3kP0q", "payment.card": "4111111111111111"}
+
+
+def timed(logger: logging.Logger, calls: int, extra: dict) -> float:
+    info = logger.info
+    start = time.perf_counter()
+    for _ in range(calls):
+        info("patient record viewed", extra=extra)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def audited(dsn: str, name: str, **options: object) -> tuple[otel_audit.AuditHandle, logging.Logger]:
+    provider = LoggerProvider(shutdown_on_exit=False)
+    audit = otel_audit.configure(
+        dsn, logger_provider=provider, install_handler=False, metrics=False,
+        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"), **options,
+    )
+    provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
+    logger = logging.Logger(name, level=logging.INFO)
+    logger.addHandler(audit.protect(LoggingHandler(logger_provider=provider)))
+    return audit, logger
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    dsn = fresh_schema()
+    keystore = fresh_schema(init=False)
+    with psycopg.connect(keystore, autocommit=True) as conn:
+        init_keystore(conn)
+    keys = Path(tempfile.mkdtemp(prefix="otel-audit-bench-keys-"))
+    (keys / "ring").write_text(new_key_line("p1"))
+    (keys / "master").write_text(new_key_line("m1"))
+
+    rows: dict[str, tuple[tuple[otel_audit.AuditHandle, logging.Logger], dict]] = {
+        "audit call, privacy off (reference)": (audited(dsn, "off", redact=False), EXTRA),
+        "+ redaction (default), nothing found": (audited(dsn, "redact"), EXTRA),
+        "+ redaction, bearer token and card number": (audited(dsn, "redact-hit"), SECRET_EXTRA),
+        "+ pseudonymization (actor, user, address, session)": (
+            audited(dsn, "pseudo", redact=False, pseudonym_keys=keys / "ring"), EXTRA),
+        "+ encryption (old values, user agent; subject key cached)": (
+            audited(dsn, "encrypt", redact=False, keystore_dsn=keystore, master_key=keys / "master"), EXTRA),
+        "all three (redaction, pseudonyms, encryption)": (
+            audited(dsn, "all", pseudonym_keys=keys / "ring", keystore_dsn=keystore, master_key=keys / "master"),
+            EXTRA),
+    }
+    for (audit, logger), extra in rows.values():  # warm up: imports, caches, the subject key, first segment
+        timed(logger, 2000, extra)
+        audit.flush(60)
+
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(args.rounds):
+        for name, ((audit, logger), extra) in rows.items():
+            times[name].append(timed(logger, args.calls, extra))
+            audit.flush(120)  # outside the timing
+    for (audit, _), _ in rows.values():
+        audit.shutdown()
+
+    medians = {name: median(values) for name, values in times.items()}
+    reference = medians["audit call, privacy off (reference)"]
+    report(
+        f"privacy on the hot path: {args.rounds} alternating rounds of {args.calls} calls, {where()}",
+        [(name, f"{value:6.2f} us/call   ratio {value / reference:.2f}  ({value - reference:+.2f} us)")
+         for name, value in medians.items()],
+    )
+
+
+if __name__ == "__main__":
+    main()
