@@ -260,7 +260,10 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         """
         _log.exception("otel-audit: internal error while sealing an audit record; storing it as text. Please report this.")
         try:
-            text = repr(dict(amap))
+            privacy = self.privacy
+            # With pseudonyms or encryption configured, the values may be personal data the policy did not get
+            # to protect: keep the names only.
+            text = repr(sorted(map(str, amap))) if privacy is not None and privacy.protects else repr(dict(amap))
             draft = self._builder.build(
                 {"otel_audit.unsealable": text[:65536]},
                 time_unix_nano=log_record.log_record.timestamp or time.time_ns(),

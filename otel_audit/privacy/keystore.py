@@ -155,6 +155,10 @@ class KeyStore:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._pid = os.getpid()
+        #: After a failure, calls fail at once for this long instead of each waiting for a connect timeout.
+        self.retry_seconds = 5.0
+        self._down_until = 0.0
+        self._down_logged = False
 
     def __repr__(self) -> str:
         return f"KeyStore(master_key_id={self.current.key_id!r})"
@@ -165,7 +169,7 @@ class KeyStore:
             self._conn, self._pid = None, os.getpid()
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
-            conn = self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+            conn = self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3,
                                                 application_name="otel-audit-keystore")
         return conn
 
@@ -189,13 +193,23 @@ class KeyStore:
             hit = self._subjects.get(subject)
             if hit is not None and now - hit[0] < self.cache_seconds:
                 return hit[1], hit[2]
+            if now < self._down_until:
+                # Do not stall every logging call on a connect timeout while the store is down.
+                raise KeyStoreUnavailable("the subject key store is unavailable (retried every "
+                                          f"{self.retry_seconds:g} s)")
             try:
                 key_ref, aead = self._lookup_or_create(subject)
             except psycopg.Error as exc:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
+                self._down_until = time.monotonic() + self.retry_seconds
+                if not self._down_logged:
+                    self._down_logged = True
+                    _log.error("otel-audit: the subject key store is unavailable (%s); encrypted fields are withheld "
+                               "from the records sealed until it is back", type(exc).__name__)
                 raise KeyStoreUnavailable(f"the subject key store is unavailable ({type(exc).__name__})") from None
+            self._down_logged = False
             self._subjects[subject] = (now, key_ref, aead)
             self._subjects.move_to_end(subject)
             while len(self._subjects) > self._cache_size:
