@@ -68,7 +68,8 @@ def test_the_actor_fallback_to_user_id_is_protected_too() -> None:
     attrs = {k: v for k, v in VALID.items() if k != "audit.actor.id"}
     draft = RecordBuilder().build({**attrs, "user.id": ALICE}, time_unix_nano=1, body="x")
     policy.protect(draft)
-    assert draft.doc["actor_id"] == draft.doc["user_id"] == policy.pseudonymizer.current.pseudonym(ALICE)  # type: ignore[union-attr]
+    expected = policy.pseudonymizer.current.pseudonym(ALICE)  # type: ignore[union-attr]
+    assert draft.doc["actor_id"] == draft.doc["user_id"] == expected
 
 
 def test_key_ring_errors_say_what_to_do(tmp_path: Path) -> None:

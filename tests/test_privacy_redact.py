@@ -125,8 +125,10 @@ def test_nothing_to_redact_costs_no_copy() -> None:
 def test_policy_switches_and_bad_values() -> None:
     assert privacy_policy(env={}).redactor is not None  # on by default
     assert privacy_policy(env={"OTEL_AUDIT_REDACT": "off"}).redactor is None
-    assert "ssn" in privacy_policy(env={"OTEL_AUDIT_REDACT_NAMES": "ssn, iban"}).redactor.names  # type: ignore[union-attr]
-    assert privacy_policy(env={"OTEL_AUDIT_REDACT_VALUES": "jwt"}).redactor.values == ("jwt",)  # type: ignore[union-attr]
+    named = privacy_policy(env={"OTEL_AUDIT_REDACT_NAMES": "ssn, iban"}).redactor
+    assert named is not None and "ssn" in named.names
+    valued = privacy_policy(env={"OTEL_AUDIT_REDACT_VALUES": "jwt"}).redactor
+    assert valued is not None and valued.values == ("jwt",)
     with pytest.raises(AuditConfigurationError, match="OTEL_AUDIT_REDACT"):
         privacy_policy(env={"OTEL_AUDIT_REDACT": "maybe"})
     with pytest.raises(AuditConfigurationError, match="unknown redaction value rule"):

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otel-audit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (db, verify, query, report, demo, status, checkpoints, ingest, collector, archive, retention, privacy):
+    modules = (db, verify, query, report, demo, status, checkpoints, ingest, collector, archive, retention, privacy)
+    for module in modules:
         module.register(sub)
     return parser
 

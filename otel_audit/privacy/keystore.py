@@ -82,7 +82,9 @@ class MasterKey:
 
     def __init__(self, key: PseudonymKey) -> None:
         if len(key.secret) != 32:
-            raise AuditConfigurationError(f"master key {key.key_id!r} must be 32 bytes (256 bits), not {len(key.secret)}")
+            raise AuditConfigurationError(
+                f"master key {key.key_id!r} must be 32 bytes (256 bits), not {len(key.secret)}"
+            )
         self.key_id = key.key_id
         self._aead = AESGCM(key.secret)
         self._tag_key = hmac.new(key.secret, _TAG_DOMAIN, hashlib.sha256).digest()
@@ -231,7 +233,8 @@ class KeyStore:
             key_ref = secrets.token_hex(16)
             inserted = conn.execute(
                 f"INSERT INTO {KEYSTORE_TABLE} (key_ref, subject_tag, wrapped_key, master_key_id) "  # noqa: S608
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (subject_tag) WHERE erased_at IS NULL DO NOTHING RETURNING key_ref",
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (subject_tag) WHERE erased_at IS NULL DO NOTHING "
+                "RETURNING key_ref",
                 (key_ref, self.current.tag(subject), self.current.wrap(key_ref, data_key), self.current.key_id),
             ).fetchone()
             if inserted is not None:

@@ -246,7 +246,8 @@ def privacy_policy(
         )
     if pseudonymizer is not None and encryptor is not None and pseudonymize is None and fields is None:
         # Default pseudonym fields give way to fields explicitly encrypted.
-        pseudonymizer = Pseudonymizer(pseudonymizer.keys, [f for f in pseudonymizer.fields if f not in encryptor.fields])
+        kept = [f for f in pseudonymizer.fields if f not in encryptor.fields]
+        pseudonymizer = Pseudonymizer(pseudonymizer.keys, kept)
     return PrivacyPolicy(redactor=redactor, pseudonymizer=pseudonymizer, encryptor=encryptor)
 
 

@@ -68,7 +68,8 @@ _BEARER = re.compile(r"(?i)\b(?:bearer|basic)[ \t]+[A-Za-z0-9\-._~+/]{8,}=*")
 # header.payload.signature; a JOSE header is base64url JSON, so it starts with "eyJ" ('{"').
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
 _PRIVATE_KEY = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?"
+    r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
     re.DOTALL,
 )
 # A maximal run of digits joined by single spaces or hyphens, not part of a longer word or number.
