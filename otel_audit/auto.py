@@ -11,16 +11,17 @@ Nothing happens unless ``OTEL_AUDIT_DSN`` is set.
 from __future__ import annotations
 
 import logging
-import os
+
+from otel_audit import settings
 
 _log = logging.getLogger("otel_audit")
 
 
 def post_instrument() -> None:
-    if not os.environ.get("OTEL_AUDIT_DSN"):
+    if not settings.DSN.get():
         _log.debug("otel-audit: OTEL_AUDIT_DSN is not set; audit logging not enabled")
         return
-    if os.environ.get("OTEL_AUDIT_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+    if settings.DISABLED.get():
         return
     from otel_audit.configuration import configure
 

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 
+from otel_audit import settings
 from otel_audit.core.chain import Chain
 from otel_audit.core.checkpoint import Checkpoint, frame_digest, sign_checkpoint
 from otel_audit.core.keys import SigningKey
@@ -33,8 +34,8 @@ __all__ = ["DEFAULT_CHECKPOINT_INTERVAL", "DEFAULT_CHECKPOINT_RECORDS", "Checkpo
 
 _log = logging.getLogger("otel_audit")
 
-DEFAULT_CHECKPOINT_RECORDS = 1000
-DEFAULT_CHECKPOINT_INTERVAL = 10.0
+DEFAULT_CHECKPOINT_RECORDS = settings.DEFAULT_CHECKPOINT_RECORDS
+DEFAULT_CHECKPOINT_INTERVAL = settings.DEFAULT_CHECKPOINT_INTERVAL
 
 #: ``due_seq`` while no record-count trigger is armed.
 _NEVER = float("inf")

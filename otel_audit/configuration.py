@@ -22,12 +22,12 @@ from opentelemetry import _logs
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
-from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS
+from otel_audit import settings
 from otel_audit.core.chain import SealedRecord
 from otel_audit.core.keys import SigningKey, load_signing_key
 from otel_audit.errors import AuditConfigurationError
 from otel_audit.inputs import AuditInputFilter
-from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
+from otel_audit.pipeline import AuditPipeline, PipelineConfig
 from otel_audit.privacy.policy import PrivacyPolicy, privacy_policy
 from otel_audit.processor import AuditLogRecordProcessor
 from otel_audit.spool.spool import SpoolConfig
@@ -36,9 +36,6 @@ from otel_audit.witness import DirectoryWitness, Witness
 __all__ = ["AuditHandle", "checkpoint_options", "configure"]
 
 _log = logging.getLogger("otel_audit")
-
-_TRUE = {"1", "true", "yes", "on"}
-
 
 class AuditHandle:
     """What :func:`configure` returns: flush, shut down, fail closed, inspect."""
@@ -162,9 +159,8 @@ def configure(
     metrics: bool = True,
     meter_provider: Any = None,
 ) -> AuditHandle:
-    """Install the audit processor. Arguments override environment variables:
+    """Install the audit processor.
 
-    ========================  ==================================  =====================
     argument                  environment variable                default
     ========================  ==================================  =====================
     ``dsn``                   ``OTEL_AUDIT_DSN``                  required
@@ -194,6 +190,13 @@ def configure(
     ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
                               ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
     ========================  ==================================  =====================
+=======
+    Each argument left ``None`` is read from its ``OTEL_AUDIT_*`` environment
+    variable (:mod:`otel_audit.settings` lists them with their defaults, as
+    does the configuration reference); ``dsn`` is required one way or the
+    other. ``service_name`` falls back to ``OTEL_SERVICE_NAME``; ``otlp`` is on
+    when configure() creates the provider and ``OTEL_EXPORTER_OTLP_*`` names an
+    endpoint or ``OTEL_LOGS_EXPORTER`` includes ``otlp``.
 
     ``metrics``/``meter_provider``: pipeline metrics (``otel_audit.*``) are
     registered on ``meter_provider``, or the global MeterProvider.
@@ -225,28 +228,26 @@ def configure(
     cleaning and notes each conversion; protect a handler created later with
     :meth:`AuditHandle.protect`.
     """
-    env = os.environ
-    dsn = dsn or env.get("OTEL_AUDIT_DSN")
+    dsn = dsn or settings.DSN.get()
     if not dsn:
         raise AuditConfigurationError(
             "otel_audit.configure() needs a PostgreSQL DSN: pass dsn= or set OTEL_AUDIT_DSN, "
             "for example postgresql://audit_writer@db.internal/audit"
         )
-    service_name = service_name or env.get("OTEL_SERVICE_NAME")
+    service_name = service_name or os.environ.get("OTEL_SERVICE_NAME")
     spool = SpoolConfig(
-        directory=Path(spool_dir) if spool_dir is not None else default_spool_dir(),
-        max_bytes=_int_option(spool_max_bytes, "OTEL_AUDIT_SPOOL_MAX_BYTES", 1024**3),
-        segment_bytes=_int_option(spool_segment_bytes, "OTEL_AUDIT_SPOOL_SEGMENT_BYTES", 16 * 1024**2),
-        fsync=spool_fsync or env.get("OTEL_AUDIT_SPOOL_FSYNC", "interval"),  # type: ignore[arg-type]
-        when_full=when_full or env.get("OTEL_AUDIT_WHEN_FULL", "block"),  # type: ignore[arg-type]
-        block_timeout=_float_option(block_timeout, "OTEL_AUDIT_BLOCK_TIMEOUT", 5.0),
+        directory=Path(spool_dir) if spool_dir is not None else settings.SPOOL_DIR.get(),
+        max_bytes=int(settings.SPOOL_MAX_BYTES.value(spool_max_bytes)),
+        segment_bytes=int(settings.SPOOL_SEGMENT_BYTES.value(spool_segment_bytes)),
+        fsync=spool_fsync or settings.SPOOL_FSYNC.get(),  # type: ignore[arg-type]
+        when_full=when_full or settings.WHEN_FULL.get(),  # type: ignore[arg-type]
+        block_timeout=float(settings.BLOCK_TIMEOUT.value(block_timeout)),
     )
-    if strict is None:
-        strict = env.get("OTEL_AUDIT_STRICT", "").strip().lower() in _TRUE
+    strict = settings.STRICT.value(strict)
     if audit_loggers is None:
-        audit_loggers = [n.strip() for n in env.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
+        audit_loggers = list(settings.LOGGERS.get())
     if event_prefix is None:
-        event_prefix = env.get("OTEL_AUDIT_EVENT_PREFIX") or None
+        event_prefix = settings.EVENT_PREFIX.get()
     if privacy is None:
         privacy = privacy_policy(
             redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys,
@@ -256,7 +257,7 @@ def configure(
         dsn=dsn,
         spool=spool,
         privacy=privacy.describe(),
-        max_record_bytes=_int_option(max_record_bytes, "OTEL_AUDIT_MAX_RECORD_BYTES", 256 * 1024),
+        max_record_bytes=int(settings.MAX_RECORD_BYTES.value(max_record_bytes)),
         **checkpoint_options(
             signing_key=signing_key,
             witness_dir=witness_dir,
@@ -344,15 +345,15 @@ def checkpoint_options(
     key = _signing_key(signing_key)
     all_witnesses = list(witnesses)
     if witness_dir is None:
-        witness_dir = os.environ.get("OTEL_AUDIT_WITNESS_DIR") or None
+        witness_dir = settings.WITNESS_DIR.get()
     if witness_dir is not None:
         all_witnesses.insert(0, DirectoryWitness(witness_dir))
-    witness_url = os.environ.get("OTEL_AUDIT_WITNESS") or None
+    witness_url = settings.WITNESS.get()
     if witness_url:
         # s3://bucket/prefix (Object Lock) or a directory; see otel_audit.witness_s3.
         from otel_audit.witness_s3 import open_witness
 
-        all_witnesses.append(open_witness(witness_url, env=dict(os.environ)))
+        all_witnesses.append(open_witness(witness_url))
     if all_witnesses and key is None:
         _log.warning(
             "otel-audit: a witness is configured but no signing key, so this process signs no checkpoints "
@@ -361,12 +362,8 @@ def checkpoint_options(
         )
     return {
         "signing_key": key,
-        "checkpoint_records": _int_option(
-            checkpoint_records, "OTEL_AUDIT_CHECKPOINT_RECORDS", DEFAULT_CHECKPOINT_RECORDS
-        ),
-        "checkpoint_interval": _float_option(
-            checkpoint_interval, "OTEL_AUDIT_CHECKPOINT_INTERVAL", DEFAULT_CHECKPOINT_INTERVAL
-        ),
+        "checkpoint_records": int(settings.CHECKPOINT_RECORDS.value(checkpoint_records)),
+        "checkpoint_interval": float(settings.CHECKPOINT_INTERVAL.value(checkpoint_interval)),
         "witnesses": tuple(all_witnesses),
     }
 
@@ -374,7 +371,7 @@ def checkpoint_options(
 def _signing_key(value: str | os.PathLike[str] | SigningKey | None) -> SigningKey | None:
     if isinstance(value, SigningKey):
         return value
-    path = value if value is not None else (os.environ.get("OTEL_AUDIT_SIGNING_KEY") or None)
+    path = value if value is not None else settings.SIGNING_KEY.get()
     if path is None:
         return None
     return load_signing_key(path)
@@ -432,21 +429,21 @@ def _remove(provider: LoggerProvider, processor: LogRecordProcessor) -> None:
 
 
 def _otlp_requested() -> bool:
-    env = os.environ
-    exporters = {e.strip().lower() for e in env.get("OTEL_LOGS_EXPORTER", "").split(",") if e.strip()}
+    exporters = {e.strip().lower() for e in os.environ.get("OTEL_LOGS_EXPORTER", "").split(",") if e.strip()}
     if "none" in exporters:
         return False
     return "otlp" in exporters or bool(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
     )
 
 
 def _add_otlp_exporter(provider: LoggerProvider) -> None:
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-    env = os.environ
     protocol = (
-        env.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+        os.environ.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
     ).strip()
     if protocol == "grpc":
         try:
@@ -501,27 +498,3 @@ def _ensure_level(level: int, audit_loggers: Sequence[str]) -> None:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() > level:
             logger.setLevel(level)
-
-
-def _int_option(value: int | None, env_name: str, default: int) -> int:
-    if value is not None:
-        return int(value)
-    raw = os.environ.get(env_name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise AuditConfigurationError(f"{env_name}={raw!r} is not an integer") from None
-
-
-def _float_option(value: float | None, env_name: str, default: float) -> float:
-    if value is not None:
-        return float(value)
-    raw = os.environ.get(env_name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise AuditConfigurationError(f"{env_name}={raw!r} is not a number") from None

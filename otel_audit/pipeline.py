@@ -18,7 +18,6 @@ stored under their original chain (:meth:`AuditPipeline.relay`).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otel_audit import settings
 from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, Checkpointer
 from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord, emitter_metadata, genesis_hash
 from otel_audit.core.ids import new_chain_id
@@ -46,18 +46,14 @@ _log = logging.getLogger("otel_audit")
 
 def default_spool_dir() -> Path:
     """``$OTEL_AUDIT_SPOOL_DIR``, else ``$XDG_STATE_HOME/otel-audit/spool`` (``~/.local/state/...``)."""
-    env = os.environ.get("OTEL_AUDIT_SPOOL_DIR")
-    if env:
-        return Path(env)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "otel-audit" / "spool"
+    return settings.SPOOL_DIR.get()
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     dsn: str
     spool: SpoolConfig
-    max_record_bytes: int = 256 * 1024
+    max_record_bytes: int = settings.DEFAULT_MAX_RECORD_BYTES
     batch_records: int = 10_000
     adopt_orphans: bool = True
     application_name: str = "otel-audit-sink"

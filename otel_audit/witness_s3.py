@@ -20,17 +20,17 @@ endpoint, region and credentials come from the usual AWS configuration.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 
+from otel_audit import settings
 from otel_audit.archive.store import S3Store, StoreConflict, StoreError
 from otel_audit.core.checkpoint import Checkpoint
 from otel_audit.witness import SUFFIX, DirectoryWitness, WitnessEntry, WitnessError
 
 __all__ = ["DEFAULT_RETAIN_DAYS", "S3Witness", "open_witness", "witness_from_url"]
 
-DEFAULT_RETAIN_DAYS = 6 * 366
+DEFAULT_RETAIN_DAYS = settings.DEFAULT_RETAIN_DAYS
 
 
 class S3Witness:
@@ -100,14 +100,14 @@ class S3Witness:
                 yield WitnessEntry(location, None, f"cannot read: {exc}")
 
 
-def witness_from_url(url: str, *, env: dict[str, str] | None = None) -> S3Witness:
-    env = dict(os.environ) if env is None else env
-    days = int(env.get("OTEL_AUDIT_WITNESS_RETAIN_DAYS") or DEFAULT_RETAIN_DAYS)
-    allow = (env.get("OTEL_AUDIT_WITNESS_ALLOW_UNLOCKED") or "").lower() in ("1", "true", "yes")
+def witness_from_url(url: str, *, env: Mapping[str, str] | None = None) -> S3Witness:
+    """An S3 witness at ``url`` with the retention and lock settings of ``env`` (default ``os.environ``)."""
+    days = settings.WITNESS_RETAIN_DAYS.get(env)
+    allow = settings.WITNESS_ALLOW_UNLOCKED.get(env)
     return S3Witness(url, retain_days=days, allow_unlocked=allow, check=False)
 
 
-def open_witness(spec: str, *, for_reading: bool = False, env: dict[str, str] | None = None) -> S3Witness | DirectoryWitness:
+def open_witness(spec: str, *, for_reading: bool = False, env: Mapping[str, str] | None = None) -> S3Witness | DirectoryWitness:
     """``s3://bucket/prefix`` or a directory (the forms of OTEL_AUDIT_WITNESS and ``verify --witness``)."""
     if spec.startswith("s3://"):
         if for_reading:

@@ -133,7 +133,7 @@ def test_serve_refuses_a_key_it_cannot_read_and_warns_about_a_group_readable_one
     assert "that is a public key" in capsys.readouterr().err
     monkeypatch.setenv("OTEL_AUDIT_CHECKPOINT_RECORDS", "many")
     assert main(["serve", "--dsn", db, "--port", "0"]) == 2
-    assert "OTEL_AUDIT_CHECKPOINT_RECORDS='many' is not an integer" in capsys.readouterr().err
+    assert "OTEL_AUDIT_CHECKPOINT_RECORDS='many' is not valid: expected a whole number" in capsys.readouterr().err
     monkeypatch.delenv("OTEL_AUDIT_CHECKPOINT_RECORDS")
 
     private, _ = keypair(tmp_path / "keys", "loose")

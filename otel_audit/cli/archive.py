@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
+from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json
 from otel_audit.core.keys import load_signing_key, load_trusted_keys
 from otel_audit.query import parse_duration
 
 #: Object Lock retention when none is given: the common reading of HIPAA's six years, plus a margin.
-DEFAULT_RETAIN_DAYS = 6 * 366
+DEFAULT_RETAIN_DAYS = settings.DEFAULT_RETAIN_DAYS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,7 +107,7 @@ def _bar(total: int | None, enabled: bool, desc: str) -> Iterator[Callable[[int]
 def run_archive(args: argparse.Namespace) -> int:
     from otel_audit.archive.writer import DEFAULT_RECORDS_PER_FILE, ArchiveIntegrityError, archive_database
 
-    key_path = args.signing_key or os.environ.get("OTEL_AUDIT_SIGNING_KEY")
+    key_path = args.signing_key or settings.SIGNING_KEY.get()
     if not key_path:
         raise UsageError("the archive's manifest must be signed: pass --signing-key PATH (or set "
                          "OTEL_AUDIT_SIGNING_KEY); create one with `otel-audit keygen --out PATH`")

@@ -8,9 +8,10 @@ back: the CLI has no import cycle.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from otel_audit import settings
 
 if TYPE_CHECKING:
     import psycopg
@@ -59,12 +60,12 @@ def add_dsn(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",
         default=None,
-        help="PostgreSQL connection string (default: $OTEL_AUDIT_DSN)",
+        help=f"PostgreSQL connection string (default: {settings.DSN.cli_help()})",
     )
 
 
 def resolve_dsn(args: argparse.Namespace) -> str:
-    dsn = getattr(args, "dsn", None) or os.environ.get("OTEL_AUDIT_DSN")
+    dsn = getattr(args, "dsn", None) or settings.DSN.get()
     if not dsn:
         raise UsageError("no database given: pass --dsn postgresql://user@host/db or set OTEL_AUDIT_DSN")
     return dsn

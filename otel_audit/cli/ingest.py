@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import sys
@@ -13,10 +12,11 @@ from pathlib import Path
 
 import psycopg
 
+from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, resolve_dsn
 from otel_audit.ingest import IngestConfig, IngestServer, IngestService, TokenSet, tls_context
 from otel_audit.ingest.auth import TOKENS_ENV
-from otel_audit.pipeline import AuditPipeline, PipelineConfig, default_spool_dir
+from otel_audit.pipeline import AuditPipeline, PipelineConfig
 from otel_audit.privacy.policy import privacy_policy
 from otel_audit.sink.schema import SCHEMA_VERSION, current_version
 from otel_audit.spool.spool import SpoolConfig
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
     parser.add_argument(
-        "--spool-dir", type=Path, help="local spool directory (default: $OTEL_AUDIT_SPOOL_DIR or ~/.local/state/...)"
+        "--spool-dir", type=Path, help=f"local spool directory (default: {settings.SPOOL_DIR.cli_help()})"
     )
     parser.add_argument(
         "--audit-logger", action="append", metavar="SCOPE", default=None,
@@ -75,11 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     anchoring.add_argument(
         "--checkpoint-records", type=int, metavar="N", default=None,
-        help="sign a checkpoint every N records (default: $OTEL_AUDIT_CHECKPOINT_RECORDS or 1000)",
+        help=f"sign a checkpoint every N records (default: {settings.CHECKPOINT_RECORDS.cli_help()})",
     )
     anchoring.add_argument(
         "--checkpoint-interval", type=float, metavar="SECONDS", default=None,
-        help="and every SECONDS, idle or not (default: $OTEL_AUDIT_CHECKPOINT_INTERVAL or 10)",
+        help=f"and every SECONDS, idle or not (default: {settings.CHECKPOINT_INTERVAL.cli_help()})",
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes,
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-attributes", type=int, default=_DEFAULTS.max_attributes,
                         help="most top-level attributes kept per record (default: %(default)s)")
     limits.add_argument("--max-record-bytes", type=int, default=None,
-                        help="largest sealed record (default: $OTEL_AUDIT_MAX_RECORD_BYTES or 262144)")
+                        help=f"largest sealed record (default: {settings.MAX_RECORD_BYTES.cli_help()})")
     limits.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
                         help="concurrent connections (default: %(default)s)")
     limits.add_argument("--max-inflight-bytes", type=int, default=_DEFAULTS.max_inflight_bytes,
@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together: give both (PEM files) or neither")
     ssl_context = tls_context(str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None
-    env_loggers = [n.strip() for n in os.environ.get("OTEL_AUDIT_LOGGERS", "").split(",") if n.strip()]
     config = IngestConfig(
         max_body_bytes=args.max_body_bytes,
         max_records=args.max_records,
@@ -118,14 +117,14 @@ def run(args: argparse.Namespace) -> int:
         max_inflight_bytes=max(args.max_inflight_bytes, args.max_body_bytes),
         commit_timeout=args.commit_timeout,
         max_backlog_bytes=args.max_backlog_bytes,
-        audit_loggers=tuple(args.audit_logger if args.audit_logger is not None else env_loggers),
-        event_prefix=args.event_prefix or os.environ.get("OTEL_AUDIT_EVENT_PREFIX") or None,
+        audit_loggers=tuple(args.audit_logger) if args.audit_logger is not None else settings.LOGGERS.get(),
+        event_prefix=args.event_prefix or settings.EVENT_PREFIX.get(),
         dedup_capacity=args.dedup_capacity,
         # The same policy, variables and defaults as configure(): redaction is on unless turned off.
         privacy=privacy_policy(),
     )
     privacy_described = config.privacy.describe()
-    max_record_bytes = args.max_record_bytes or int(os.environ.get("OTEL_AUDIT_MAX_RECORD_BYTES") or 256 * 1024)
+    max_record_bytes = settings.MAX_RECORD_BYTES.value(args.max_record_bytes)
     # The same settings, variables and start-up errors as otel_audit.configure() (an unreadable key stops here).
     from otel_audit.configuration import checkpoint_options  # not at import: other commands stay light
 
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     # default) each time, and PostgreSQL idles meanwhile. 1 ms measured ~20% more
     # records/s (benchmarks/bench_ingest.py). Process-wide, hence here and not in the library.
     sys.setswitchinterval(0.001)
-    spool = SpoolConfig(directory=args.spool_dir or default_spool_dir(), block_timeout=1.0)
+    spool = SpoolConfig(directory=args.spool_dir or settings.SPOOL_DIR.get(), block_timeout=1.0)
     pipeline = AuditPipeline(
         PipelineConfig(dsn=dsn, spool=spool, max_record_bytes=max_record_bytes, application_name="otel-audit-ingest",
                        privacy=privacy_described, **checkpoints),
@@ -193,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tokens(args: argparse.Namespace) -> TokenSet | None:
-    configured = args.token_file is not None or bool(os.environ.get(TOKENS_ENV, "").strip())
+    configured = args.token_file is not None or settings.INGEST_TOKENS.get() is not None
     if args.insecure_no_auth:
         if configured:
             raise UsageError(

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, resolve_dsn
 from otel_audit.errors import AuditConfigurationError
 
@@ -97,7 +98,7 @@ def run_new_key(args: argparse.Namespace) -> int:
 
 
 def _keystore_dsn(args: argparse.Namespace) -> str:
-    dsn = args.keystore_dsn or os.environ.get("OTEL_AUDIT_KEYSTORE_DSN")
+    dsn = args.keystore_dsn or settings.KEYSTORE_DSN.get()
     if not dsn:
         raise UsageError("no key store given: pass --keystore-dsn or set OTEL_AUDIT_KEYSTORE_DSN")
     return dsn

@@ -12,12 +12,12 @@ column of their own.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
 
 from otel_audit import query as q
+from otel_audit import settings
 from otel_audit.cli.common import EXIT_OK, UsageError, connect
 from otel_audit.cli.output import render, render_timeline
 
@@ -93,7 +93,7 @@ def _not_negative(text: str) -> int:
 
 
 def _options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dsn", default=_S, help="PostgreSQL connection string (default: $OTEL_AUDIT_DSN)")
+    p.add_argument("--dsn", default=_S, help=f"PostgreSQL connection string (default: {settings.DSN.cli_help()})")
     out = p.add_argument_group("output")
     out.add_argument("--format", choices=("table", "json", "csv", "timeline"), default=_S,
                      help="table (default), json (exact values), csv (spreadsheet-safe) or timeline (a story, in "
@@ -207,7 +207,7 @@ def _reveal(args: argparse.Namespace, result: q.QueryResult) -> q.QueryResult:
     if not any(encrypted(v) for row in result.rows for v in row):
         return result
     store = None
-    dsn = _get(args, "keystore_dsn") or os.environ.get("OTEL_AUDIT_KEYSTORE_DSN")
+    dsn = _get(args, "keystore_dsn") or settings.KEYSTORE_DSN.get()
     if dsn:
         from otel_audit.errors import AuditConfigurationError
         from otel_audit.privacy.keystore import KeyStore, master_keys
@@ -277,8 +277,6 @@ def _run_archive(args: argparse.Namespace) -> int:
 
     Only the filters those queries apply are accepted: any other is a usage error, never silently ignored.
     """
-    import os
-
     question = args.question
     if question not in _ARCHIVE_FILTERS:
         raise UsageError(f"--archive answers the questions {', '.join(_ARCHIVE_FILTERS)}, not {question}")
@@ -296,7 +294,7 @@ def _run_archive(args: argparse.Namespace) -> int:
     until = _time(args, "until", None, end=True)
     since = _time(args, "since", None, now=until)
     store = open_store(args.archive, require_lock=False)
-    live = connect(args) if (_get(args, "dsn") or os.environ.get("OTEL_AUDIT_DSN")) else None
+    live = connect(args) if (_get(args, "dsn") or settings.DSN.get()) else None
     try:
         if question == "actor":
             result = aq.actor_activity(store, args.actor_id, since=since, until=until, limit=limit, conn=live,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from otel_audit import settings
 from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json, render
 from otel_audit.core.keys import load_signing_key, load_trusted_keys
@@ -68,7 +68,7 @@ def run_apply(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     key = None
     if not args.dry_run:
-        key_path = args.signing_key or os.environ.get("OTEL_AUDIT_SIGNING_KEY")
+        key_path = args.signing_key or settings.SIGNING_KEY.get()
         if not key_path:
             raise UsageError("the retention checkpoint must be signed: pass --signing-key PATH (or set "
                              "OTEL_AUDIT_SIGNING_KEY), or use --dry-run")

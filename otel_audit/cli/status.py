@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, add_dsn, connect
 from otel_audit.cli.output import print_json, write_line
-from otel_audit.pipeline import default_spool_dir
 from otel_audit.status import database_status, spool_status
 
 
@@ -28,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result: dict = {}
-    spool_dir = args.spool_dir or default_spool_dir()
+    spool_dir = args.spool_dir or settings.SPOOL_DIR.get()
     result["spool"] = spool_status(spool_dir)
-    if args.dsn or os.environ.get("OTEL_AUDIT_DSN"):
+    if args.dsn or settings.DSN.get():
         with connect(args) as conn:
             result["database"] = database_status(conn)
     if args.json:

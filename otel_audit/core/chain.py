@@ -40,6 +40,7 @@ from otel_audit.core.record import (
     format_timestamp,
 )
 from otel_audit.errors import ChainClosed
+from otel_audit.settings import DEFAULT_MAX_RECORD_BYTES
 
 __all__ = [
     "KIND_CHECKPOINT",
@@ -56,7 +57,6 @@ KIND_GENESIS = ord("G")
 KIND_RECORD = ord("R")
 KIND_CHECKPOINT = ord("C")
 
-DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 
 _dumps = orjson.dumps
 _SORT = orjson.OPT_SORT_KEYS

@@ -36,7 +36,6 @@ import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import re
 import stat
 from collections.abc import Iterable
@@ -44,12 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otel_audit.errors import AuditConfigurationError
+from otel_audit.settings import INGEST_TOKENS
 
 __all__ = ["ANONYMOUS", "TOKENS_ENV", "Token", "TokenIdentity", "TokenSet", "parse_entry"]
 
 _log = logging.getLogger("otel_audit.ingest")
 
-TOKENS_ENV = "OTEL_AUDIT_INGEST_TOKENS"
+TOKENS_ENV = INGEST_TOKENS.name
 
 #: RFC 6750 ``b64token``: what may follow ``Bearer`` in an Authorization header.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -262,7 +262,7 @@ class TokenSet:
 
     @classmethod
     def from_environment(cls, token_file: Path | str | None = None) -> TokenSet:
-        return cls.load(token_file, os.environ.get(TOKENS_ENV))
+        return cls.load(token_file, INGEST_TOKENS.get())
 
     def identify(self, authorization: str | None) -> TokenIdentity | None:
         """The identity of the bearer token in an ``Authorization`` header value; None if none matches."""

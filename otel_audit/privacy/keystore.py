@@ -42,6 +42,7 @@ from typing import Any
 import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from otel_audit import settings
 from otel_audit.errors import AuditConfigurationError
 from otel_audit.privacy.pseudonym import PseudonymKey, load_key_ring, parse_key_ring
 
@@ -108,15 +109,14 @@ def master_keys(
 ) -> list[MasterKey]:
     """The master key ring: ``source`` (a file or keys), else ``OTEL_AUDIT_MASTER_KEY_FILE`` (a file), else
     ``OTEL_AUDIT_MASTER_KEY`` (the ring text); empty when none is set."""
-    env = os.environ if env is None else env
     if source is not None and not isinstance(source, (str, os.PathLike)):
         return list(source)
-    path = source if source is not None else (env.get("OTEL_AUDIT_MASTER_KEY_FILE") or None)
+    path = source if source is not None else settings.MASTER_KEY_FILE.get(env)
     if path is not None:
         return [MasterKey(k) for k in load_key_ring(path)]
-    inline = env.get("OTEL_AUDIT_MASTER_KEY")
-    if inline and inline.strip():
-        return [MasterKey(k) for k in parse_key_ring(inline, source="OTEL_AUDIT_MASTER_KEY")]
+    inline = settings.MASTER_KEY.get(env)
+    if inline:
+        return [MasterKey(k) for k in parse_key_ring(inline, source=settings.MASTER_KEY.name)]
     return []
 
 

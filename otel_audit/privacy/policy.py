@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from otel_audit import settings
 from otel_audit.core import attributes as A
 from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError
@@ -39,9 +40,6 @@ from otel_audit.privacy.pseudonym import (
 from otel_audit.privacy.redact import DEFAULT_NAMES, VALUE_RULES, Redactor
 
 __all__ = ["PrivacyPolicy", "privacy_policy", "pseudonym_keys"]
-
-_FALSE = {"0", "false", "no", "off"}
-_TRUE = {"1", "true", "yes", "on"}
 
 
 class PrivacyPolicy:
@@ -139,35 +137,15 @@ def pseudonym_keys(
 ) -> list[PseudonymKey]:
     """The pseudonym key ring: ``keys`` (a file path or keys), else ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE`` (a
     file), else ``OTEL_AUDIT_PSEUDONYM_KEYS`` (the key ring text itself); empty when none is set."""
-    env = os.environ if env is None else env
     if keys is not None and not isinstance(keys, (str, os.PathLike)):
         return list(keys)
-    path = keys if keys is not None else (env.get("OTEL_AUDIT_PSEUDONYM_KEYS_FILE") or None)
+    path = keys if keys is not None else settings.PSEUDONYM_KEYS_FILE.get(env)
     if path is not None:
         return load_key_ring(path)
-    inline = env.get("OTEL_AUDIT_PSEUDONYM_KEYS")
-    if inline and inline.strip():
-        return parse_key_ring(inline, source="OTEL_AUDIT_PSEUDONYM_KEYS")
+    inline = settings.PSEUDONYM_KEYS.get(env)
+    if inline:
+        return parse_key_ring(inline, source=settings.PSEUDONYM_KEYS.name)
     return []
-
-
-def _env_list(env: Mapping[str, str], name: str) -> list[str] | None:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return None
-    return [part.strip() for part in raw.split(",") if part.strip()]
-
-
-def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise AuditConfigurationError(f"{name}={raw!r}: use on or off")
 
 
 def privacy_policy(
@@ -208,19 +186,18 @@ def privacy_policy(
     ``configure()`` and ``otel-audit serve`` both call it. Raises
     :class:`~otel_audit.errors.AuditConfigurationError` on a value it cannot use.
     """
-    env = os.environ if env is None else env
     if redact is None:
-        redact = _env_flag(env, "OTEL_AUDIT_REDACT", True)
+        redact = settings.REDACT.get(env)
     redactor = None
     if redact:
-        names = list(redact_names) if redact_names is not None else (_env_list(env, "OTEL_AUDIT_REDACT_NAMES") or [])
-        values = list(redact_values) if redact_values is not None else _env_list(env, "OTEL_AUDIT_REDACT_VALUES")
+        names = list(redact_names) if redact_names is not None else list(settings.REDACT_NAMES.get(env))
+        values = list(redact_values) if redact_values is not None else _listed(settings.REDACT_VALUES.get(env))
         try:
             redactor = Redactor(DEFAULT_NAMES, extra_names=names, values=VALUE_RULES if values is None else values)
         except ValueError as exc:
             raise AuditConfigurationError(f"redaction: {exc} (redact_values= or OTEL_AUDIT_REDACT_VALUES)") from None
     ring = _pseudonym_keys(pseudonym_keys, env=env)
-    fields = list(pseudonymize) if pseudonymize is not None else _env_list(env, "OTEL_AUDIT_PSEUDONYMIZE")
+    fields = list(pseudonymize) if pseudonymize is not None else _listed(settings.PSEUDONYMIZE.get(env))
     pseudonymizer = None
     if ring:
         pseudonymizer = Pseudonymizer(ring, DEFAULT_PSEUDONYMIZED if fields is None else fields)
@@ -229,14 +206,14 @@ def privacy_policy(
             "fields to pseudonymize are configured but no key: set OTEL_AUDIT_PSEUDONYM_KEYS_FILE (or pass "
             "pseudonym_keys=) to a key ring file; `otel-audit privacy new-key --id k1` prints a key line"
         )
-    encrypted = list(encrypt) if encrypt is not None else _env_list(env, "OTEL_AUDIT_ENCRYPT")
+    encrypted = list(encrypt) if encrypt is not None else _listed(settings.ENCRYPT.get(env))
     if key_store is None:
-        dsn = keystore_dsn or env.get("OTEL_AUDIT_KEYSTORE_DSN") or None
+        dsn = keystore_dsn or settings.KEYSTORE_DSN.get(env)
         if dsn is not None:
             key_store = KeyStore(dsn, master_keys(master_key, env=env))
     encryptor = None
     if key_store is not None:
-        subjects = list(subject_fields) if subject_fields is not None else _env_list(env, "OTEL_AUDIT_SUBJECT_FIELDS")
+        subjects = list(subject_fields) if subject_fields is not None else _listed(settings.SUBJECT_FIELDS.get(env))
         encryptor = Encryptor(key_store, DEFAULT_ENCRYPTED if encrypted is None else encrypted,
                               DEFAULT_SUBJECT_FIELDS if subjects is None else subjects)
     elif encrypted:
@@ -252,3 +229,7 @@ def privacy_policy(
 
 
 _pseudonym_keys = pseudonym_keys
+
+
+def _listed(values: tuple[str, ...] | None) -> list[str] | None:
+    return list(values) if values is not None else None

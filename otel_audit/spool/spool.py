@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from otel_audit import settings
 from otel_audit.errors import AuditConfigurationError, SpoolFull
 from otel_audit.spool.frames import FRAME_HEADER, HEADER_TAIL, MAGIC, Frame, iter_frames
 
@@ -73,12 +74,12 @@ class SpoolConfig:
     """
 
     directory: Path
-    segment_bytes: int = 16 * 1024 * 1024
-    max_bytes: int = 1024 * 1024 * 1024
+    segment_bytes: int = settings.DEFAULT_SPOOL_SEGMENT_BYTES
+    max_bytes: int = settings.DEFAULT_SPOOL_MAX_BYTES
     fsync: FsyncMode = "interval"
     fsync_interval: float = 0.2
     when_full: FullPolicy = "block"
-    block_timeout: float = 5.0
+    block_timeout: float = settings.DEFAULT_BLOCK_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.fsync not in ("interval", "always", "never"):
