@@ -21,7 +21,7 @@ import psycopg
 from otel_audit.core.chain import KIND_RECORD
 from otel_audit.sink.schema import current_version
 from otel_audit.spool.frames import MAGIC, iter_frames
-from otel_audit.spool.spool import list_chain_dirs
+from otel_audit.spool.spool import list_chain_dirs, read_committed
 
 __all__ = ["database_status", "spool_status"]
 
@@ -62,14 +62,21 @@ def _chain_dir_status(path: Path) -> dict[str, Any]:
             stats["age_seconds"] = round(time.time() - stats.get("written_unix", 0), 1)
             info["process"] = stats
     if not live:
-        # A dead process's spool: count what is waiting to be replayed.
+        # A dead process's spool: count what is waiting to be replayed, that is the
+        # records past the position its sink last committed (the segment holding that
+        # position is kept, and with it records already stored).
+        committed = read_committed(path)
         pending, oldest = 0, None
         for segment in segments:
             data = segment.read_bytes()
             if not data.startswith(MAGIC):
                 continue
+            try:
+                base = int(segment.stem) * len(data)
+            except ValueError:
+                continue
             for frame in iter_frames(data, len(MAGIC), len(data), check=True):
-                if frame.kind == KIND_RECORD:
+                if frame.kind == KIND_RECORD and base + frame.end > committed:
                     pending += 1
                     if oldest is None:
                         with contextlib.suppress(Exception):

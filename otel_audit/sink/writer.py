@@ -303,7 +303,10 @@ class PostgresSink:
                 )
         for source in self._sources:
             if source is not own and source is not relay:
-                source.spool.close()
+                # An adopted spool the stop interrupted right after its last batch is
+                # finished: removing it keeps `status` from listing stored records.
+                finished = not source.spool.read(source.committed, 1, 1)
+                source.spool.close(remove=finished)
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -436,6 +439,7 @@ class PostgresSink:
         # Free the spool space first: a caller woken by the notification may log
         # straight away and must find the space it was waiting for.
         source.spool.release_before(batch.end)
+        source.spool.note_committed(batch.end)
         with self._committed:
             source.committed = batch.end
             self._committed.notify_all()

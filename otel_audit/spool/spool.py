@@ -18,6 +18,7 @@ Layout::
     <root>/<chain-id>/lock          flock()ed by the owning process while it lives
     <root>/<chain-id>/meta.json     chain id, target database fingerprint, owner pid
     <root>/<chain-id>/00000001.seg  segments, oldest first; deleted once committed
+    <root>/<chain-id>/committed     how far the records are known to be in PostgreSQL
 
 A process drains its own chain and adopts the directories of dead processes
 (their lock is free) that target the same database, so records left by a
@@ -43,7 +44,7 @@ from otel_audit import settings
 from otel_audit.errors import AuditConfigurationError, SpoolFull
 from otel_audit.spool.frames import FRAME_HEADER, HEADER_TAIL, MAGIC, Frame, iter_frames
 
-__all__ = ["ChainSpool", "SpoolConfig", "SpoolPosition", "list_chain_dirs"]
+__all__ = ["ChainSpool", "SpoolConfig", "SpoolPosition", "list_chain_dirs", "read_committed"]
 
 _log = logging.getLogger("otel_audit.spool")
 
@@ -100,6 +101,23 @@ def list_chain_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists())
 
 
+def read_committed(path: Path) -> SpoolPosition:
+    """The position up to which a chain directory's records are known to be in PostgreSQL (0: none).
+
+    Written by the sink after each commit (see :meth:`ChainSpool.note_committed`), so
+    it may lag behind, never run ahead: what lies before it is stored, what lies after
+    it may be. ``otel-audit status`` counts only the records after it as waiting.
+    """
+    try:
+        text = (path / _COMMITTED).read_text()
+        return max(0, int(text.split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_COMMITTED = "committed"
+
+
 class _Segment:
     __slots__ = ("fd", "mm", "number", "path")
 
@@ -150,6 +168,7 @@ class ChainSpool:
         self.end: SpoolPosition = 0
         self.synced_end: SpoolPosition = 0
         self._orphan_ends: dict[int, int] = {}
+        self._committed_fd: int | None = None
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -454,6 +473,23 @@ class ChainSpool:
             with self._space:
                 self._space.notify_all()
 
+    def note_committed(self, position: SpoolPosition) -> None:
+        """Record that everything before ``position`` is in PostgreSQL (for ``otel-audit status``).
+
+        Only a hint for readers outside this process: a replay still asks the
+        database what it has. One small ``pwrite`` per committed batch, no fsync: a
+        crash can only leave it behind, which makes status count too many, never
+        too few.
+        """
+        if self._closed:
+            return
+        try:
+            if self._committed_fd is None:
+                self._committed_fd = os.open(self.path / _COMMITTED, os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(self._committed_fd, b"%020d\n" % position, 0)
+        except OSError as exc:
+            _log.debug("spool %s: cannot record the committed position: %s", self.path, exc)
+
     def pending_bytes(self, committed: SpoolPosition) -> int:
         return max(0, self.end - committed) if self.owner else self.used_bytes()
 
@@ -520,6 +556,10 @@ class ChainSpool:
             spare, self._spare = self._spare, None
         if spare is not None:
             self._discard(spare)
+        if self._committed_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._committed_fd)
+            self._committed_fd = None
         if remove:
             for p in list(self.path.iterdir()):
                 if p.name != "lock":
