@@ -31,6 +31,7 @@ from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.keys import SigningKey
 from otel_audit.core.record import Draft
+from otel_audit.diagnostics import install_stderr_fallback
 from otel_audit.errors import AuditConfigurationError, SpoolFull
 from otel_audit.sink.checkpoints import decode_checkpoints
 from otel_audit.sink.writer import PostgresSink
@@ -105,6 +106,8 @@ class AuditPipeline:
         self._relay_lock = threading.Lock()
         self._closed = False
         self._dormant = False
+        # Its warnings (database unreachable, records left at exit) must reach someone.
+        install_stderr_fallback()
         self._build()
 
     def _build(self) -> None:
@@ -283,9 +286,28 @@ class AuditPipeline:
             self.chain.close()
         self.stats.accepted = self.chain.head()[0]
         committed = self.sink.close(max(0.0, deadline - time.monotonic()))
+        if not committed:
+            self._report_left_in_spool()
         if self.witness is not None:
             self.witness.close(max(1.0, deadline - time.monotonic()))
         return committed
+
+    def _report_left_in_spool(self) -> None:
+        """Say at shutdown what did not reach PostgreSQL, where it is and what happens to it."""
+        left = max(0, self.chain.head()[0] - self.sink.records_passed())
+        if self._relay_spool is not None:
+            left += max(0, self.stats.relayed - self.sink.records_passed(relay=True))
+        what = f"{left} audit record(s)" if left else "the end of the chain (its last frames, no record)"
+        reason = self.stats.last_error or "PostgreSQL did not answer in time"
+        _log.warning(
+            "otel-audit: %s not yet written to PostgreSQL at shutdown (%s). They are safe in the spool %s "
+            "and will be replayed by the next process that uses the spool directory %s and writes to the "
+            "same database",
+            what,
+            reason,
+            self.spool.path,
+            self.config.spool.directory,
+        )
 
     def restart_after_fork(self) -> None:
         """In a forked child: leave the parent's chain, spool and connection alone.

@@ -95,3 +95,90 @@ def test_status_after_a_short_replay_reports_nothing_to_replay(proxy: PgProxy, d
     assert rows(db, "SELECT count(*) FROM audit_logs") == [(6,)]
     status = json.loads(cli("status", "--spool-dir", str(spool), "--json").stdout)
     assert sum(c.get("records_in_spool", 0) for c in status["spool"]["chains"]) == 0, status
+
+
+# ---------------------------------------------------------------------- what the operator sees and how long exit takes
+UNREACHABLE = "cannot write audit records to PostgreSQL"
+
+
+def test_without_a_logging_handler_problems_reach_stderr_and_exit_says_what_is_left(
+    proxy: PgProxy, db: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    app = OperatorApp(proxy.dsn, spool)
+    app.send("log 1")
+    assert app.send("flush 30") == "True"
+    proxy.cut()
+    app.send("log 3")
+    assert app.send("wait-down") == "down"
+    # Exit with the database down: no 30-second wait for it (the bound is generous: the
+    # old behaviour waited the full flush timeout of 30 s, in silence).
+    code, stderr = app.finish("exit", timeout=25)
+    assert code == 0, stderr
+    assert stderr.count(UNREACHABLE) == 1, stderr
+    assert "WARNING otel-audit: 3 audit record(s) not yet written to PostgreSQL at shutdown" in stderr
+    assert f"safe in the spool {spool}/" in stderr and "will be replayed" in stderr
+    assert "Traceback" not in stderr
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(1,)]
+
+
+def test_with_a_logging_handler_problems_are_shown_once_by_it(proxy: PgProxy, tmp_path: Path) -> None:
+    app = OperatorApp(proxy.dsn, tmp_path / "spool", "--basic-config")
+    app.send("log 1")
+    assert app.send("flush 30") == "True"
+    proxy.cut()
+    app.send("log 1")
+    assert app.send("wait-down") == "down"
+    code, stderr = app.finish("exit", timeout=25)
+    assert code == 0, stderr
+    assert stderr.count(UNREACHABLE) == 1, stderr
+    assert f"APP-HANDLER WARNING otel_audit.sink: otel-audit: {UNREACHABLE}" in stderr
+    assert "APP-HANDLER WARNING otel_audit: otel-audit: 1 audit record(s) not yet written" in stderr
+    assert "\nWARNING otel-audit" not in "\n" + stderr
+
+
+def test_shutdown_returns_within_about_its_timeout_when_the_database_hangs(proxy: PgProxy, tmp_path: Path) -> None:
+    """The database stops answering in the middle of a write (a COMMIT that never returns):
+    shutdown(timeout=2) gives up on it instead of waiting for the connection to die."""
+    app = OperatorApp(proxy.dsn, tmp_path / "spool")
+    app.send("log 1")
+    assert app.send("flush 30") == "True"
+    proxy.pause()
+    app.send("log 2")
+    result, seconds = app.send("shutdown 2").split()
+    assert result == "False"
+    assert float(seconds) < 2 * 4, seconds  # generous: the old code waited 2 + 11 s here
+    code, stderr = app.finish("exit", timeout=25)
+    proxy.resume()
+    assert code == 0, stderr
+    assert "2 audit record(s) not yet written to PostgreSQL at shutdown" in stderr, stderr
+
+
+def test_shutdown_returns_within_about_its_timeout_when_the_database_is_down(proxy: PgProxy, tmp_path: Path) -> None:
+    proxy.cut()
+    app = OperatorApp(proxy.dsn, tmp_path / "spool")
+    app.send("log 2")
+    assert app.send("wait-down") == "down"
+    result, seconds = app.send("shutdown 2").split()
+    assert result == "False" and float(seconds) < 2 * 4, seconds
+    code, stderr = app.finish("exit", timeout=25)
+    assert code == 0 and "2 audit record(s) not yet written" in stderr, stderr
+
+
+def test_repeated_messages_on_stderr_are_rate_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    from otel_audit.diagnostics import StderrFallback
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    handler = StderrFallback(repeat_interval=3600)
+    log = logging.getLogger("otel_audit.test-rate")
+    for i in range(5):
+        handler.emit(log.makeRecord(log.name, logging.WARNING, __file__, 1, "otel-audit: down (%d)", (i,), None))
+    handler.emit(log.makeRecord(log.name, logging.ERROR, __file__, 1, "spool %s: broken", ("x",), None))
+    assert stream.getvalue().splitlines() == ["WARNING otel-audit: down (0)", "ERROR otel-audit: spool x: broken"]
+    handler.repeat_interval = 0
+    handler.emit(log.makeRecord(log.name, logging.WARNING, __file__, 1, "otel-audit: down (%d)", (5,), None))
+    assert stream.getvalue().splitlines()[-1].startswith("WARNING otel-audit: down (5) (4 more like this in the last")

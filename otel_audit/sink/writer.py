@@ -157,6 +157,7 @@ class _Source:
     in_sync: bool
     relay: bool = False  # holds records of other emitters' chains (see the module docstring)
     records_done: int = 0
+    records_passed: int = 0  # record frames committed or found stored already (the spool's record count so far)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,6 +167,7 @@ class _Batch:
     chains: list[dict[str, Any]]  # INSERT_CHAINS parameters
     checkpoints: list[tuple[bytes, bytes]]
     end: SpoolPosition
+    record_frames: int = 0  # before the records already stored were left out
 
 
 class PostgresSink:
@@ -219,6 +221,11 @@ class PostgresSink:
         self._next_adopt = 0.0
         self._status_written = 0.0
         self._next_partitions = 0.0  # monotonic time of the next partition check
+        self._failures = 0  # write attempts that failed (close() stops waiting after some)
+        self._release_lock = threading.Lock()
+        self._release_on_stop = False  # close() gave up waiting for the thread: it releases
+        self._thread_done = False
+        self._released = False
 
     # ------------------------------------------------------------------ lifecycle
     def open_spool(self, chain_id: str) -> ChainSpool:
@@ -272,35 +279,82 @@ class PostgresSink:
             return self.wait_committed(relay.spool.end, max(0.0, deadline - time.monotonic()), relay=True)
         return True
 
+    def records_passed(self, *, relay: bool = False) -> int:
+        """Records of the own (or relay) spool the sink has committed or found already stored."""
+        source = self._relay if relay else self._own
+        return source.records_passed if source is not None else 0
+
     def close(self, timeout: float = 30.0) -> bool:
         """Flush (up to ``timeout``), stop the thread, release the spool.
 
         Returns whether everything was committed. What was not stays in the
         spool directory and is written by the next process that uses it.
+
+        Returns within about ``timeout``, whatever the database does: the flush
+        gives up early once writing has failed during the close (at once if the
+        database was already unreachable: the records are safe in the spool, and
+        waiting out the timeout would only delay the exit), and a sink thread stuck
+        in a connection attempt or a hung COMMIT is left to finish on its own; it
+        releases the spool itself when it stops.
         """
         deadline = time.monotonic() + timeout
-        flushed = self.flush(timeout)
+        flushed = self._flush_for_close(timeout)
         self._stopping = True
         self._wake.set()
-        if self._thread is not None:
-            # The thread finishes its current attempt (bounded by the connect timeout).
-            self._thread.join(timeout=max(1.0, deadline - time.monotonic()) + 10.0)
-            if self._thread.is_alive():
-                _log.warning("otel-audit: the sink thread did not stop; leaving the spool mapped")
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        with self._release_lock:
+            if thread is not None and thread.is_alive() and not self._thread_done:
+                # Its current attempt (a connect timeout, a COMMIT the server does not
+                # answer) outlasts the timeout: it releases the spool when it ends.
+                self._release_on_stop = True
+                _log.warning(
+                    "otel-audit: the sink is still waiting for PostgreSQL at shutdown (%s); not waiting for it",
+                    self.stats.last_error or "no answer yet",
+                )
+                self._write_status()
                 return False
+            self._release()
+        return flushed
+
+    def _flush_for_close(self, timeout: float) -> bool:
+        """:meth:`flush` for :meth:`close`: stops waiting once writing has failed meanwhile
+        (after one failed attempt if the database was already down, after two otherwise)."""
+        deadline = time.monotonic() + timeout
+        own, relay = self._own, self._relay
+        targets = [(s, s.spool.end) for s in (own, relay) if s is not None]
+        failures = self._failures
+        allowed = 1 if self.stats.database_up is False else 2
+
+        def settled() -> bool:
+            return (
+                all(source.committed >= end for source, end in targets)
+                or self._dead()
+                or self._failures - failures >= allowed
+            )
+
+        self._wake.set()
+        with self._committed:
+            if not self._committed.wait_for(settled, min(1.0, timeout)):
+                _log.warning(
+                    "otel-audit: writing the last audit records to PostgreSQL before shutdown (waiting up to %.0fs)",
+                    max(0.0, deadline - time.monotonic()),
+                )
+                self._committed.wait_for(settled, max(0.0, deadline - time.monotonic()))
+        return all(source.committed >= end for source, end in targets)
+
+    def _release(self) -> None:
+        """Close the spools (removing those fully written) and the connection; called once."""
+        if self._released:
+            return
+        self._released = True
         own, relay = self._own, self._relay
         for source in (own, relay):
             if source is None:
                 continue
             done = source.committed >= source.spool.end
             source.spool.close(remove=done)
-            if not done:
-                _log.warning(
-                    "otel-audit: %d bytes of audit records were not yet written to PostgreSQL at shutdown; "
-                    "they are safe in %s and will be written by the next process using this spool directory",
-                    source.spool.end - source.committed,
-                    source.spool.path,
-                )
         for source in self._sources:
             if source is not own and source is not relay:
                 # An adopted spool the stop interrupted right after its last batch is
@@ -311,7 +365,6 @@ class PostgresSink:
             with contextlib.suppress(Exception):
                 self._conn.close()
         self._write_status()
-        return flushed
 
     def abandon_after_fork(self) -> None:
         """In a forked child: drop every handle shared with the parent without closing it.
@@ -333,6 +386,15 @@ class PostgresSink:
 
     # ------------------------------------------------------------------ main loop
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._release_lock:
+                self._thread_done = True
+                if self._release_on_stop:
+                    self._release()
+
+    def _loop(self) -> None:
         while True:
             try:
                 progressed = self._pass()
@@ -423,12 +485,13 @@ class PostgresSink:
                 chains.append({"g": genesis, "h": genesis_hash(genesis), "t": delivered_by})
             elif kind == KIND_CHECKPOINT:
                 checkpoints.append((frame.payload, frame.digest))
-        return _Batch(records, chains, checkpoints, frames[-1][1])
+        return _Batch(records, chains, checkpoints, frames[-1][1], len(records))
 
     def _advance(self, source: _Source, batch: _Batch) -> None:
         source.in_sync = True
         if batch.records:
             source.records_done += len(batch.records)
+        source.records_passed += batch.record_frames
         stats = self.stats
         stats.committed += len(batch.records)
         if source is not self._own:
@@ -651,7 +714,11 @@ class PostgresSink:
             )
         self.stats.database_up = False
         self.stats.note_error(message)
-        self._sleep_backoff()
+        with self._committed:
+            self._failures += 1
+            self._committed.notify_all()  # a closing flush may stop waiting now
+        if not self._stopping:
+            self._sleep_backoff()
 
     def _sleep_backoff(self) -> None:
         delay = self._retry_delay * (0.5 + random.random())
