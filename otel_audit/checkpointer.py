@@ -30,12 +30,31 @@ from otel_audit.core.keys import SigningKey
 from otel_audit.errors import ChainClosed
 from otel_audit.stats import PipelineStats
 
-__all__ = ["DEFAULT_CHECKPOINT_INTERVAL", "DEFAULT_CHECKPOINT_RECORDS", "Checkpointer"]
+__all__ = [
+    "DEFAULT_CHECKPOINT_INTERVAL", "DEFAULT_CHECKPOINT_RECORDS", "Checkpointer", "checkpoint_policy", "interval_ms"
+]
 
 _log = logging.getLogger("otel_audit")
 
 DEFAULT_CHECKPOINT_RECORDS = settings.DEFAULT_CHECKPOINT_RECORDS
 DEFAULT_CHECKPOINT_INTERVAL = settings.DEFAULT_CHECKPOINT_INTERVAL
+
+
+def interval_ms(every_seconds: float) -> int:
+    """The checkpoint interval as checkpoints and genesis policies state it (milliseconds, at least 1)."""
+    return max(1, round(every_seconds * 1000))
+
+
+def checkpoint_policy(key: SigningKey | None, every_records: int, every_seconds: float) -> dict[str, object]:
+    """The ``checkpoints`` member a chain seals into its genesis: the promise the verifier holds it to.
+
+    ``key_id`` is null when the emitter has no signing key (it promises no checkpoints).
+    """
+    return {
+        "key_id": key.key_id if key is not None else None,
+        "records": every_records,
+        "interval_ms": interval_ms(every_seconds),
+    }
 
 #: ``due_seq`` while no record-count trigger is armed.
 _NEVER = float("inf")
@@ -60,7 +79,7 @@ class Checkpointer:
         self.key = key
         self.every_records = every_records
         self.every_seconds = every_seconds
-        self.interval_ms = max(1, round(every_seconds * 1000))
+        self.interval_ms = interval_ms(every_seconds)
         self.stats = stats or PipelineStats()
         self.retry_delay = retry_delay
         #: The pipeline pokes the thread once a sealed record reaches this sequence number.
@@ -130,7 +149,7 @@ class Checkpointer:
             try:
                 checkpoint = self._sign(seq, head, closed=False)
                 envelope = checkpoint.envelope
-                self.chain.append_checkpoint(envelope, frame_digest(envelope))
+                self.chain.append_checkpoint(envelope, frame_digest(envelope), checkpoint.seq)
             except ChainClosed:
                 self._stopping = True
                 return None

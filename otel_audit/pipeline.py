@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from otel_audit import settings
-from otel_audit.checkpointer import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CHECKPOINT_RECORDS, Checkpointer
+from otel_audit.checkpointer import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CHECKPOINT_RECORDS,
+    Checkpointer,
+    checkpoint_policy,
+)
 from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord, emitter_metadata, genesis_hash
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.keys import SigningKey
@@ -108,6 +113,7 @@ class AuditPipeline:
         self._dormant = False
         # Its warnings (database unreachable, records left at exit) must reach someone.
         install_stderr_fallback()
+        self._parent_chain: str | None = None  # set in a forked child: the chain of the process it forked from
         self._build()
 
     def _build(self) -> None:
@@ -137,6 +143,11 @@ class AuditPipeline:
             chain_id=chain_id,
             max_record_bytes=self.config.max_record_bytes,
             privacy=config.privacy,
+            checkpoint_policy=checkpoint_policy(
+                config.signing_key, config.checkpoint_records, config.checkpoint_interval
+            ),
+            parent=self._parent_chain,
+            checkpoint_wait=config.spool.block_timeout,
         )
         self.checkpointer: Checkpointer | None = None
         if config.signing_key is not None:
@@ -316,6 +327,7 @@ class AuditPipeline:
         fork: a worker that never audits (a multiprocessing helper, a fork
         followed by exec) leaves no empty chain, spool directory or connection.
         """
+        self._parent_chain = self.chain.chain_id
         if self.checkpointer is not None:
             self.checkpointer.abandon_after_fork()
         if self.witness is not None:

@@ -8,6 +8,7 @@ and the witness directory it is given.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from otel_audit.cli.main import main
-from otel_audit.core.keys import generate_signing_key, write_keypair
+from otel_audit.core.keys import generate_signing_key, load_signing_key, write_keypair
 from otel_audit.witness import DirectoryWitness
 from tests.harness import App, rows
 from tests.ingest_harness import audit_request
@@ -71,6 +72,11 @@ def test_serve_checkpoints_by_count_when_idle_and_at_sigterm_and_witnesses_them(
     assert [closed for _, _, closed in count_cps] == [False] * (len(count_cps) - 1) + [True]
     assert count_cps[-1][1] == 25  # SIGTERM closed the chain at its last record
     assert witnessed(witness, by_count.chain_id) == len(count_cps)
+    # The ingest's chain seals the checkpoint policy it kept, as an application's does.
+    ((genesis,),) = rows(db, "SELECT genesis FROM audit_chains WHERE chain_id = %s", (by_count.chain_id,))
+    assert json.loads(bytes(genesis))["checkpoints"] == {
+        "key_id": load_signing_key(private).key_id, "records": 10, "interval_ms": 3_600_000
+    }
 
     # When idle: the record count is never reached, the interval alone re-signs the same head.
     idle = ServeProcess(db, tmp_path / "spool-b", "--signing-key", str(private), "--witness-dir", str(witness),

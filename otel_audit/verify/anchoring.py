@@ -56,6 +56,8 @@ STALE_INTERVALS = 3
 STALE_GRACE_SECONDS = 60.0
 #: A checkpoint committed less than this long ago may not have reached the witness yet.
 WITNESS_GRACE_SECONDS = 60.0
+#: Records may be dated up to one interval plus this after the newest checkpoint (checkpointer latency).
+POLICY_GRACE_SECONDS = 60.0
 
 
 @dataclass
@@ -425,6 +427,7 @@ class Anchoring:
             return
         unanchored = max(0, stored_to - anchored)
         summary.extra["unanchored"] = unanchored
+        self._policy(chain_id, chain, summary, last, anchored, stored_to)
         interval = last.interval_ms / 1000
         overdue = self.now - _unix(last.time) > STALE_INTERVALS * interval + STALE_GRACE_SECONDS
         if overdue:
@@ -449,6 +452,70 @@ class Anchoring:
                 "could be removed without trace until the next checkpoint covers them",
                 count=unanchored,
             )
+
+    def _policy(
+        self, chain_id: str, chain: _Chain, summary: ChainSummary, last: _Cp, anchored: int, stored_to: int
+    ) -> None:
+        """Hold an unclosed chain to the checkpoint policy sealed in its genesis (trusted keys only).
+
+        The emitter never seals more than ``2 * records`` records after the newest checkpoint it
+        spooled, and the sink commits in spool order, so the database never holds more after the
+        newest stored one, crash or not. More means checkpoints were deleted (a rewrite or appended
+        records hidden in an unanchored tail). Records dated later than one interval (plus the
+        grace) after the newest checkpoint mean the same for applications' chains (their record
+        times are the emitter's clock at the logging call; the ingest's are the senders').
+        """
+        if self.trusted is None:
+            return
+        policy = _parse_policy(summary.extra.get("checkpoint_policy"))
+        if policy is None:
+            self._add(
+                Kind.NO_CHECKPOINT_POLICY, _W, chain_id, None,
+                "this chain is not closed and its genesis seals no checkpoint policy (written by an otel-audit "
+                "before 0.x, or malformed): how many records may follow its newest checkpoint cannot be judged, so "
+                "records appended to it, or a rewrite whose later checkpoints were deleted, may go unnoticed",
+            )
+            return
+        records, interval_ms = policy
+        allowed = 2 * records
+        # Between two consecutive checkpoints the later one anchors the records: a longer gap only
+        # says the emitter did not keep its promise (it cannot hide an edit), so it is a warning.
+        previous: _Cp | None = None
+        for cp in chain.evidence.values():
+            if previous is not None and cp.n == previous.n + 1 and cp.seq - previous.seq > allowed:
+                self._add(
+                    Kind.UNANCHORED_SPAN, _W, chain_id, previous.seq + 1,
+                    f"records {previous.seq + 1}..{cp.seq} lie between checkpoints {previous.n} and {cp.n}, more than "
+                    f"the {allowed} its sealed policy (a checkpoint every {records} records) allows; checkpoint "
+                    f"{cp.n} anchors them, so this is the emitter breaking its promise, not tampering",
+                    count=cp.seq - previous.seq,
+                )
+            previous = cp
+        tail = stored_to - anchored
+        if tail > allowed:
+            self._add(
+                Kind.UNANCHORED_SPAN, _E, chain_id, anchored + 1,
+                f"records {anchored + 1}..{stored_to} ({tail}) follow the newest trusted checkpoint "
+                f"({last.describe()}), but the chain's sealed policy (a checkpoint every {records} records) lets at "
+                f"most {allowed} go unanchored: the later checkpoints were deleted or the records were appended by "
+                "someone else; none of them can be trusted",
+                count=tail,
+            )
+            return
+        kind = summary.emitter.get("kind") if isinstance(summary.emitter, dict) else None
+        if tail and kind != "ingest" and summary.last_timestamp:
+            deadline = _unix(last.time) + interval_ms / 1000 + POLICY_GRACE_SECONDS
+            newest = _unix(summary.last_timestamp)
+            if newest > deadline:
+                self._add(
+                    Kind.UNANCHORED_SPAN, _E, chain_id, anchored + 1,
+                    f"records {anchored + 1}..{stored_to} follow the newest trusted checkpoint ({last.describe()}); "
+                    f"the newest is dated {summary.last_timestamp}, {newest - _unix(last.time):,.0f}s later, but the "
+                    f"chain's sealed policy signs a checkpoint every {interval_ms / 1000:g}s (grace "
+                    f"{POLICY_GRACE_SECONDS:g}s): the later checkpoints were deleted or the records were appended by "
+                    "someone else",
+                    count=tail,
+                )
 
     def _rewritten(self, chain_id: str, chain: _Chain, observed: Mapping[int, tuple[str, str | None]]) -> None:
         matched = 0
@@ -484,6 +551,16 @@ class Anchoring:
 
 def _unix(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _parse_policy(policy: Any) -> tuple[int, int] | None:
+    """(records, interval_ms) of a genesis ``checkpoints`` member that promises signed checkpoints."""
+    if not isinstance(policy, dict) or not isinstance(policy.get("key_id"), str):
+        return None
+    records, interval = policy.get("records"), policy.get("interval_ms")
+    if type(records) is not int or type(interval) is not int or records < 1 or interval < 1:
+        return None
+    return records, interval
 
 
 def _without_key(emitter: Any) -> str:

@@ -509,6 +509,12 @@ def _load_registry(
             # Links from record 1 are checked against the hash the genesis bytes really have.
         registry[chain_id] = computed
         summary.extra["created"] = doc.get("created") if isinstance(doc, dict) else None
+        if isinstance(doc, dict):
+            # Sealed (record 1 links to these bytes, checkpoints sign their hash): the anchoring checks use them.
+            if "checkpoints" in doc:
+                summary.extra["checkpoint_policy"] = doc["checkpoints"]
+            if "parent" in doc:
+                summary.extra["parent"] = doc["parent"]
     missing = _unregistered_chains(conn, registry, chain_ids)
     for chain_id in missing:
         report.chains[chain_id] = ChainSummary(chain_id, registered=False)

@@ -44,9 +44,13 @@ class Kind(str, Enum):
     BAD_SIGNATURE = "bad_signature"  # the signature does not verify under the trusted key it names
     UNTRUSTED_KEY = "untrusted_key"  # signed by a key that is not among the trusted keys
     UNANCHORED = "unanchored"  # records no trusted checkpoint covers (count, age), or a chain with none
+    UNANCHORED_SPAN = "unanchored_span"  # more records after a checkpoint than the chain's sealed policy allows
     UNCLOSED = "unclosed"  # a chain that stopped without its closing checkpoint (a crash)
     NOT_WITNESSED = "not_witnessed"  # checkpoints in the database the witness lacks (witness failures)
     CHECKPOINTS_UNCHECKED = "checkpoints_unchecked"  # checkpoints present, no trusted key given
+    NO_CHECKPOINT_POLICY = "no_checkpoint_policy"  # an unclosed chain whose genesis seals no checkpoint policy
+    WITNESS_GAP = "witness_gap"  # a witness entry another one names is absent or was changed
+    WITNESS_NAME_MISMATCH = "witness_name_mismatch"  # a witness file whose name disagrees with its checkpoint
     # Informational
     QUARANTINED = "quarantined"  # records PostgreSQL refused, kept in audit_quarantine
     INVALID_RECORDS = "invalid_records"  # records stored flagged with validation problems
