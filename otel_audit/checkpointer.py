@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from otel_audit import settings
 from otel_audit.core.chain import Chain
@@ -70,7 +71,11 @@ class Checkpointer:
         every_seconds: float = DEFAULT_CHECKPOINT_INTERVAL,
         stats: PipelineStats | None = None,
         retry_delay: float = 1.0,
+        on_spooled: Callable[[Checkpoint, int, str], None] | None = None,
     ) -> None:
+        """``on_spooled(checkpoint, seq, head)``: called on this thread after each checkpoint is spooled,
+        with the chain's head at that moment (the pipeline notes both in the spool directory, for
+        whoever adopts the spool if this process dies)."""
         if every_records < 1:
             raise ValueError("every_records must be at least 1")
         if every_seconds <= 0:
@@ -82,6 +87,7 @@ class Checkpointer:
         self.interval_ms = interval_ms(every_seconds)
         self.stats = stats or PipelineStats()
         self.retry_delay = retry_delay
+        self.on_spooled = on_spooled
         #: The pipeline pokes the thread once a sealed record reaches this sequence number.
         self.due_seq: float = _NEVER
         self.last: Checkpoint | None = None
@@ -169,7 +175,16 @@ class Checkpointer:
             self.stats.checkpoints += 1
             self._next_at = time.monotonic() + self.every_seconds
             self.due_seq = seq + self.every_records
+            self._spooled(checkpoint)
             return checkpoint
+
+    def _spooled(self, checkpoint: Checkpoint) -> None:
+        if self.on_spooled is None:
+            return
+        try:
+            self.on_spooled(checkpoint, *self.chain.head())
+        except Exception as exc:  # the note only helps an adopter; never fatal
+            _log.warning("otel-audit: could not note checkpoint %d in the spool: %s", checkpoint.n, exc)
 
     def _sign(self, seq: int, head: str, *, closed: bool) -> Checkpoint:
         last = self.last
@@ -215,6 +230,7 @@ class Checkpointer:
             if closing:
                 self.last = closing[0]
                 self.stats.checkpoints += 1
+                self._spooled(closing[0])
         return closing[0] if closing else None
 
     def abandon_after_fork(self) -> None:

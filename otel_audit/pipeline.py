@@ -17,7 +17,10 @@ stored under their original chain (:meth:`AuditPipeline.relay`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,12 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from otel_audit import settings
 from otel_audit.checkpointer import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_CHECKPOINT_RECORDS,
     Checkpointer,
     checkpoint_policy,
+    interval_ms,
+)
+from otel_audit.core.checkpoint import (
+    Checkpoint,
+    CheckpointFormatError,
+    frame_digest,
+    parse_envelope,
+    sign_checkpoint,
 )
 from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord, emitter_metadata, genesis_hash
 from otel_audit.core.ids import new_chain_id
@@ -48,6 +61,11 @@ from otel_audit.witness import Witness, WitnessPublisher
 __all__ = ["AuditPipeline", "PipelineConfig", "default_spool_dir"]
 
 _log = logging.getLogger("otel_audit")
+
+#: Notes kept beside a chain's spool for a process that adopts it (see otel_audit.spool.spool).
+NOTE_GENESIS = "genesis"
+NOTE_CHECKPOINT = "checkpoint.json"
+NOTE_CLOSING = "closing.json"
 
 
 def default_spool_dir() -> Path:
@@ -122,6 +140,7 @@ class AuditPipeline:
         config = self.config
         self.witness = WitnessPublisher(config.witnesses, self.stats) if config.witnesses else None
         hooks = dict(self._sink_hooks)
+        hooks.setdefault("close_adopted", self._close_adopted)
         user_after_commit = hooks.pop("after_commit", None)
         if self.witness is not None or user_after_commit is not None:
             hooks["after_commit"] = self._after_commit_hook(self.witness, user_after_commit)
@@ -137,6 +156,7 @@ class AuditPipeline:
         chain_id = new_chain_id()
         spool = self.sink.open_spool(chain_id)
         self.spool = spool
+        self._host_name = str(self._emitter.get("host_name") or socket.gethostname())
         self.chain = Chain(
             spool,
             emitter=emitter_metadata(self._emitter_kind, **self._emitter),
@@ -149,6 +169,8 @@ class AuditPipeline:
             parent=self._parent_chain,
             checkpoint_wait=config.spool.block_timeout,
         )
+        # For whoever adopts this spool if the process dies (see _close_adopted).
+        spool.write_note(NOTE_GENESIS, self.chain.genesis)
         self.checkpointer: Checkpointer | None = None
         if config.signing_key is not None:
             self.checkpointer = Checkpointer(
@@ -157,6 +179,7 @@ class AuditPipeline:
                 every_records=config.checkpoint_records,
                 every_seconds=config.checkpoint_interval,
                 stats=self.stats,
+                on_spooled=self._note_checkpoint,
             )
         # The hot path: without a checkpointer to poke and with no msync to wait
         # for, sealing is exactly the chain's seal (one call less per record).
@@ -165,6 +188,97 @@ class AuditPipeline:
         self.sink.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
+
+    def _note_checkpoint(self, checkpoint: Checkpoint, seq: int, head: str) -> None:
+        """Keep the newest spooled checkpoint, and the head at that moment, beside the spool."""
+        note = {"checkpoint": checkpoint.envelope.decode("ascii"), "seq": seq, "head": head}
+        self.spool.write_note(NOTE_CHECKPOINT, orjson.dumps(note))
+
+    def _close_adopted(self, spool: ChainSpool, replayed: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """Close the chain of a dead emitter whose spool this process replayed (on the sink thread).
+
+        Signs a closing checkpoint of the newest record the dead process sealed, continuing its
+        checkpoint numbering and naming this process in ``adopted_by``: adopted, not closed by its
+        owner. Returns the frame to store (nothing when the owner had closed it, when this process
+        has no key, or when the chain's state cannot be known without trusting the database).
+        The signed checkpoint is noted in the spool first, so a retry never signs a second one.
+        """
+        noted = spool.read_note(NOTE_CLOSING)
+        if noted is not None:
+            envelope = orjson.loads(noted)["checkpoint"].encode("ascii")
+            return [(envelope, frame_digest(envelope))]
+        chain_id = spool.chain_id
+        newest: Checkpoint | None = None
+        heads: list[tuple[int, str]] = []
+        envelopes = list(replayed.get("checkpoints", ()))
+        note = spool.read_note(NOTE_CHECKPOINT)
+        if note is not None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                data = orjson.loads(note)
+                envelopes.append(data["checkpoint"].encode("ascii"))
+                heads.append((int(data["seq"]), str(data["head"])))
+        for envelope in envelopes:
+            try:
+                checkpoint = parse_envelope(envelope)
+            except CheckpointFormatError:
+                continue
+            if checkpoint.chain_id == chain_id and (newest is None or checkpoint.n > newest.n):
+                newest = checkpoint
+        if newest is not None and newest.closed:
+            return []  # its owner closed it (the spool only waited for PostgreSQL)
+        genesis_bytes = spool.read_note(NOTE_GENESIS)
+        genesis = newest.genesis if newest is not None else replayed.get("genesis_hash")
+        if genesis is None and genesis_bytes is not None:
+            genesis = genesis_hash(genesis_bytes)
+        if genesis is None or (newest is None and genesis_bytes is None):
+            _log.warning(
+                "otel-audit: the spool %s of a dead process (written by an older otel-audit) was replayed, but its "
+                "chain cannot be closed: its genesis and checkpoints are not noted beside it. It verifies as "
+                "unclosed",
+                spool.path,
+            )
+            return []
+        heads.append((0, genesis))
+        if newest is not None:
+            heads.append((newest.seq, newest.head))
+        if "last_seq" in replayed:
+            heads.append((replayed["last_seq"], replayed["last_hash"]))
+        seq, head = max(heads)
+        stored_n = replayed.get("stored_max_n")
+        next_n = newest.n + 1 if newest is not None else 1
+        if stored_n is not None and stored_n >= next_n:
+            _log.warning(
+                "otel-audit: the dead chain %s has checkpoint %d in PostgreSQL, newer than any its spool notes; it is "
+                "left unclosed rather than closed from what the database says",
+                chain_id,
+                stored_n,
+            )
+            return []
+        key = self.config.signing_key
+        if key is None:
+            _log.warning(
+                "otel-audit: replayed the spool of a dead process (chain %s) but cannot close its chain: this process "
+                "has no signing key (OTEL_AUDIT_SIGNING_KEY). It verifies as unclosed",
+                chain_id,
+            )
+            return []
+        checkpoint = sign_checkpoint(
+            key,
+            chain_id=chain_id,
+            n=next_n,
+            seq=seq,
+            head=head,
+            genesis=genesis,
+            prev=newest.hash if newest is not None else None,
+            time_ns=time.time_ns(),
+            interval_ms=newest.interval_ms if newest is not None else interval_ms(self.config.checkpoint_interval),
+            closed=True,
+            adopted_by={"chain_id": self.chain.chain_id, "host_name": self._host_name, "pid": os.getpid()},
+        )
+        envelope = checkpoint.envelope
+        spool.write_note(NOTE_CLOSING, orjson.dumps({"checkpoint": envelope.decode("ascii")}))
+        _log.info("otel-audit: closed chain %s of a dead process at seq %d (adopted)", chain_id, seq)
+        return [(envelope, frame_digest(envelope))]
 
     @staticmethod
     def _after_commit_hook(

@@ -31,7 +31,7 @@ from otel_audit.core.chain import Chain
 from otel_audit.core.keys import generate_signing_key, write_keypair
 from otel_audit.core.record import RECORD_DOMAIN
 from otel_audit.errors import ChainClosed
-from otel_audit.verify.report import Kind
+from otel_audit.verify.report import Kind, Severity
 from tests.harness import App, rows
 from tests.test_checkpoints import check, errors, recompute_from, tamper
 
@@ -215,7 +215,12 @@ def test_records_appended_to_an_unclosed_chain_beyond_its_policy_are_an_unanchor
     # Crashed: at most one policy interval unanchored, a warning about the crash, no error.
     crashed = check(db, [keys.public], now=time.time() + DAY)
     assert crashed.ok, [str(f) for f in crashed.errors]
-    assert [f.kind for f in crashed.warnings] == [Kind.UNCLOSED]
+    assert [(f.kind, f.chain_id) for f in crashed.warnings] == [(Kind.UNCLOSED, chain_id)]
+    assert "crashed or was killed; that alone is not tampering" in crashed.warnings[0].detail
+    (unanchored,) = [f for f in crashed.findings if f.kind is Kind.UNANCHORED]
+    assert (unanchored.severity, unanchored.count, unanchored.seq) == (Severity.INFO, 12 - anchored, anchored + 1)
+    strict = check(db, [keys.public], now=time.time() + DAY, max_unanchored_age=60)
+    assert errors(strict) == [("unanchored", anchored + 1)]
     # More records than the policy lets follow a checkpoint (2 x 10), however they are dated.
     append_forged(db, chain_id, 2 * 10 - (12 - anchored) + 1)
     report = check(db, [keys.public])

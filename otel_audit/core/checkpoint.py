@@ -12,8 +12,12 @@ records (:mod:`otel_audit.core.canonical`, RFC 8785)::
      "prev": "<64 hex>" | null,     checkpoint hash of checkpoint n-1 (null for n = 1)
      "time": "2026-11-28T08:50:47.123456Z",  when it was signed (UTC, microseconds)
      "interval_ms": 10000,          the emitter's promise: the next checkpoint follows within this
-     "closed": false,               true only on the last checkpoint of a cleanly shut down chain
+     "closed": false,               true only on the last checkpoint of a chain
      "key_id": "<32 hex>"}          the signing key (see :mod:`otel_audit.core.keys`)
+
+plus, only on a closing checkpoint signed by a process that replayed the spool
+of a dead emitter (not by the chain's owner), ``"adopted_by": {"chain_id":
+"<uuid>", "host_name": "...", "pid": 123}``: who adopted and closed it.
 
 With ``body`` the canonical bytes of that document::
 
@@ -63,6 +67,8 @@ CHECKPOINT_FORMAT = 1
 _FIELDS = frozenset(
     {"v", "type", "chain_id", "n", "seq", "head", "genesis", "prev", "time", "interval_ms", "closed", "key_id"}
 )
+_ADOPTED_BY = "adopted_by"
+_ADOPTER_FIELDS = frozenset({"chain_id", "host_name", "pid"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{%d}" % KEY_ID_HEX_CHARS)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -103,6 +109,8 @@ class Checkpoint:
     body: bytes
     signature: bytes
     hash: str
+    #: Set on the closing checkpoint a process signed for a dead emitter's chain it replayed.
+    adopted_by: Mapping[str, Any] | None = None
 
     @property
     def envelope(self) -> bytes:
@@ -118,6 +126,8 @@ class Checkpoint:
 
     def describe(self) -> str:
         state = ", closing" if self.closed else ""
+        if self.adopted_by is not None:
+            state = f", closing, adopted by pid {self.adopted_by['pid']} on {self.adopted_by['host_name']}"
         return f"checkpoint {self.n} (seq {self.seq}, signed {self.time} by key {self.key_id}{state})"
 
 
@@ -133,8 +143,11 @@ def sign_checkpoint(
     time_ns: int,
     interval_ms: int,
     closed: bool = False,
+    adopted_by: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
-    doc = {
+    if adopted_by is not None and not closed:
+        raise ValueError("adopted_by is only for the closing checkpoint of an adopted chain")
+    doc: dict[str, Any] = {
         "v": CHECKPOINT_FORMAT,
         "type": "checkpoint",
         "chain_id": chain_id,
@@ -148,11 +161,13 @@ def sign_checkpoint(
         "closed": closed,
         "key_id": key.key_id,
     }
-    body = canonical_json(doc, has_float=False, ascii_keys=True)
+    if adopted_by is not None:
+        doc[_ADOPTED_BY] = dict(adopted_by)
+    body = canonical_json(doc, has_float=False, ascii_keys=adopted_by is None)
     signature = key.sign(CHECKPOINT_DOMAIN + body)
     return Checkpoint(
         chain_id, n, seq, head, genesis, prev, doc["time"], interval_ms, closed, key.key_id, body, signature,
-        checkpoint_hash(body),
+        checkpoint_hash(body), doc.get(_ADOPTED_BY),
     )
 
 
@@ -183,8 +198,22 @@ def parse_checkpoint(body: bytes, signature: bytes) -> Checkpoint:
         raise CheckpointFormatError("body is not a JSON object")
     if doc.get("type") != "checkpoint" or doc.get("v") != CHECKPOINT_FORMAT:
         raise CheckpointFormatError("body is not an otel-audit checkpoint of format v1")
-    if set(doc) != _FIELDS:
-        raise CheckpointFormatError(f"body fields differ from the v1 checkpoint: {sorted(set(doc) ^ _FIELDS)}")
+    adopted_by = doc.get(_ADOPTED_BY)
+    fields = set(doc) - {_ADOPTED_BY}
+    if fields != _FIELDS:
+        raise CheckpointFormatError(f"body fields differ from the v1 checkpoint: {sorted(fields ^ _FIELDS)}")
+    if _ADOPTED_BY in doc:
+        if (
+            not isinstance(adopted_by, dict)
+            or set(adopted_by) != _ADOPTER_FIELDS
+            or type(adopted_by["chain_id"]) is not str
+            or not _UUID.fullmatch(adopted_by["chain_id"])
+            or type(adopted_by["host_name"]) is not str
+            or type(adopted_by["pid"]) is not int
+        ):
+            raise CheckpointFormatError("adopted_by must be {chain_id: uuid, host_name: text, pid: integer}")
+        if doc["closed"] is not True:
+            raise CheckpointFormatError("adopted_by is only allowed on a closing checkpoint")
     _check(doc, "chain_id", str, _UUID)
     _check(doc, "head", str, _HEX64)
     _check(doc, "genesis", str, _HEX64)
@@ -205,6 +234,7 @@ def parse_checkpoint(body: bytes, signature: bytes) -> Checkpoint:
     return Checkpoint(
         doc["chain_id"], doc["n"], doc["seq"], doc["head"], doc["genesis"], doc["prev"], doc["time"],
         doc["interval_ms"], doc["closed"], doc["key_id"], bytes(body), bytes(signature), checkpoint_hash(body),
+        adopted_by,
     )
 
 

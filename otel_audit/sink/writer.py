@@ -191,6 +191,7 @@ class PostgresSink:
         application_name: str = "otel-audit-sink",
         checkpoint_handler: Callable[[list[tuple[bytes, bytes]], psycopg.Connection], None] | None = None,
         after_commit: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+        close_adopted: Callable[[ChainSpool, dict[str, Any]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.spool_config = spool_config
@@ -209,6 +210,9 @@ class PostgresSink:
         # this process signs none); a custom handler replaces the default one.
         self.checkpoint_handler = checkpoint_handler or store_checkpoints
         self.after_commit = after_commit
+        # Called once a dead emitter's spool is replayed (with what the replay saw): returns the
+        # checkpoint frames that close its chain ("adopted, not closed by its owner"), stored here.
+        self.close_adopted = close_adopted
         self._conn: psycopg.Connection | None = None
         self._own: _Source | None = None
         self._relay: _Source | None = None
@@ -247,6 +251,15 @@ class PostgresSink:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="otel-audit-sink", daemon=True)
         self._thread.start()
+
+    def adopt_now(self) -> None:
+        """Look for spools of dead processes at once (normally every ``adopt_interval`` seconds).
+
+        Call it when you know a process that wrote to the same spool directory has died (a
+        supervisor reaping a worker), so its chain is replayed and closed without waiting.
+        """
+        self._next_adopt = 0.0
+        self._wake.set()
 
     @property
     def committed_position(self) -> SpoolPosition:
@@ -360,6 +373,17 @@ class PostgresSink:
                 # An adopted spool the stop interrupted right after its last batch is
                 # finished: removing it keeps `status` from listing stored records.
                 finished = not source.spool.read(source.committed, 1, 1)
+                if finished and not source.relay:
+                    try:
+                        self._close_adopted_chain(source)  # before its spool goes: see _finish_adopted
+                    except Exception as exc:
+                        _log.warning(
+                            "otel-audit: could not close the chain of the replayed spool %s at shutdown (%s); the "
+                            "next process on this spool directory will",
+                            source.spool.path,
+                            exc,
+                        )
+                        finished = False
                 source.spool.close(remove=finished)
         if self._conn is not None:
             with contextlib.suppress(Exception):
@@ -455,6 +479,8 @@ class PostgresSink:
                 self._finish_adopted(source)
             return False
         batch = self._decode(frames)
+        if not source.spool.owner and not source.relay:
+            _note_replayed(source.extra, batch)
         if batch.records and not source.in_sync and not source.relay:
             # An earlier attempt (or process) may have stored part of it; the
             # inserts are idempotent anyway, this keeps replays cheap and quiet.
@@ -650,6 +676,8 @@ class PostgresSink:
         return [r for seq, r in zip(seqs, records, strict=True) if (seq, r[1].hex()) not in stored]
 
     def _finish_adopted(self, source: _Source) -> None:
+        if not source.relay:
+            self._close_adopted_chain(source)
         _log.info(
             "otel-audit: spool %s of an earlier process fully written (%d records replayed)",
             source.spool.path,
@@ -657,6 +685,37 @@ class PostgresSink:
         )
         source.spool.close(remove=True)
         self._sources.remove(source)
+
+    def _close_adopted_chain(self, source: _Source) -> None:
+        """A dead emitter's spool is replayed: have its chain closed (``close_adopted``), store and witness that."""
+        if self.close_adopted is not None:
+            source.extra["stored_max_n"] = self._stored_max_n(source.spool.chain_id)
+            closing = self.close_adopted(source.spool, source.extra)
+            if closing:
+                try:
+                    self._write_rows([], [], closing)
+                except psycopg.Error as exc:
+                    if isinstance(exc, psycopg.OperationalError) or not _is_record_level(exc):
+                        raise _Transient(_describe(exc)) from exc
+                    _log.error("otel-audit: could not store the checkpoint closing %s: %s", source.spool.path, exc)
+                if self.after_commit is not None:
+                    try:
+                        self.after_commit(closing)
+                    except Exception:
+                        _log.exception("otel-audit: post-commit checkpoint hook failed")
+
+    def _stored_max_n(self, chain_id: str) -> int | None:
+        """The newest checkpoint number stored for a chain (a hint that only ever stops an adopter from signing)."""
+        conn = self._connection()
+        try:
+            row = conn.execute("SELECT max(n) FROM audit_checkpoints WHERE chain_id = %s", (chain_id,)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                self._drop_connection()
+            raise _Transient(_describe(exc)) from exc
+        return int(row[0]) if row and row[0] is not None else None
 
     # ------------------------------------------------------------------ connection & retries
     def _connection(self) -> psycopg.Connection:
@@ -768,6 +827,18 @@ class PostgresSink:
 
 
 _FORK_ORPHANS: list[Any] = []
+
+
+def _note_replayed(extra: dict[str, Any], batch: _Batch) -> None:
+    """Remember what the replay of a dead emitter's spool saw: its genesis, newest record and checkpoint."""
+    for payload, digest in batch.records:
+        seq = record_seq(payload)
+        if seq > extra.get("last_seq", 0):
+            extra["last_seq"], extra["last_hash"] = seq, digest.hex()
+    for chain in batch.chains:
+        extra.setdefault("genesis_hash", chain["h"])
+    if batch.checkpoints:
+        extra.setdefault("checkpoints", []).extend(payload for payload, _ in batch.checkpoints)
 
 
 def _is_record_level(exc: psycopg.Error) -> bool:

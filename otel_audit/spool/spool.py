@@ -19,6 +19,13 @@ Layout::
     <root>/<chain-id>/meta.json     chain id, target database fingerprint, owner pid
     <root>/<chain-id>/00000001.seg  segments, oldest first; deleted once committed
     <root>/<chain-id>/committed     how far the records are known to be in PostgreSQL
+    <root>/<chain-id>/genesis       the chain's genesis document (written once)
+    <root>/<chain-id>/checkpoint.json  the newest checkpoint spooled, with the head at that moment
+    <root>/<chain-id>/closing.json  written by a process that adopted the spool: the closing checkpoint it signed
+
+The notes let a process that adopts the spool of a dead emitter close its chain
+with a signed checkpoint that continues its numbering, even when the segments
+holding the genesis and the older checkpoints were already committed and deleted.
 
 A process drains its own chain and adopts the directories of dead processes
 (their lock is free) that target the same database, so records left by a
@@ -573,11 +580,40 @@ class ChainSpool:
             os.close(self._lock_fd)
 
     def abandon_after_fork(self) -> None:
-        """In a forked child: forget this spool without touching the parent's files or lock."""
+        """In a forked child: forget this spool without touching the parent's files or lock.
+
+        The child's copy of the lock descriptor is closed: the parent's own keeps the lock
+        while the parent lives, and once it dies the spool can be adopted even if the child
+        still runs.
+        """
         self._closed = True
         self._segments = {}
         self._active = None
         self._spare = None
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+    # ------------------------------------------------------------------ notes
+    def write_note(self, name: str, data: bytes) -> None:
+        """Replace the small file ``name`` in the spool directory atomically (write, fsync, rename)."""
+        path = self.path / name
+        tmp = self.path / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.config.fsync != "never":
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def read_note(self, name: str) -> bytes | None:
+        try:
+            return (self.path / name).read_bytes()
+        except OSError:
+            return None
 
     def frames_from(self, start: SpoolPosition, batch: int = 4096) -> Iterator[tuple[Frame, SpoolPosition]]:
         position = start

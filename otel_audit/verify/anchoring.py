@@ -83,9 +83,12 @@ class _Cp:
     key_id: str
     hash: str
     origin: str  # "database" or the witness file
+    adopted_by: Any = None  # the process that closed a dead emitter's chain (closing checkpoints only)
 
     def describe(self) -> str:
         closing = ", closing" if self.closed else ""
+        if self.adopted_by is not None:
+            closing = f", closing, adopted by pid {self.adopted_by.get('pid')} on {self.adopted_by.get('host_name')}"
         return f"checkpoint {self.n} (seq {self.seq}, signed {self.time} by key {self.key_id}{closing}, {self.origin})"
 
 
@@ -93,7 +96,7 @@ def _slim(cp: Checkpoint, origin: str, strings: dict[str, str]) -> _Cp:
     intern = strings.setdefault
     return _Cp(
         cp.n, cp.seq, cp.head, intern(cp.genesis, cp.genesis), cp.prev, cp.time, cp.interval_ms, cp.closed,
-        intern(cp.key_id, cp.key_id), cp.hash, origin,
+        intern(cp.key_id, cp.key_id), cp.hash, origin, cp.adopted_by,
     )
 
 
@@ -400,6 +403,9 @@ class Anchoring:
         summary.extra["checkpoints"] = len(evidence)
         summary.extra["anchored_seq"] = anchored
         summary.extra["closed"] = last.closed
+        if last.adopted_by is not None:
+            # Closed by the process that replayed its dead emitter's spool: adopted, not closed by its owner.
+            summary.extra["adopted_by"] = dict(last.adopted_by)
         if genesis_hash is not None and genesis_hash != last.genesis:
             self._add(
                 Kind.REWRITTEN, _E, chain_id, 0,
