@@ -690,7 +690,11 @@ class PostgresSink:
         """A dead emitter's spool is replayed: have its chain closed (``close_adopted``), store and witness that."""
         if self.close_adopted is not None:
             source.extra["stored_max_n"] = self._stored_max_n(source.spool.chain_id)
-            closing = self.close_adopted(source.spool, source.extra)
+            try:
+                closing = self.close_adopted(source.spool, source.extra)
+            except Exception:  # e.g. an unwritable spool directory: the chain stays unclosed, the spool is done
+                _log.exception("otel-audit: could not close the chain of the replayed spool %s", source.spool.path)
+                closing = []
             if closing:
                 try:
                     self._write_rows([], [], closing)
