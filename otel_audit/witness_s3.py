@@ -7,7 +7,8 @@ the same rules to both::
 
     <prefix>/<chain_id>/<n:012d>-<first 16 hex of the checkpoint hash>.checkpoint
 
-Each object holds the signed checkpoint in its two-line form and is created
+Each object holds a witness entry (the signed checkpoint and the link to the
+previous entry of the chain, see :mod:`otel_audit.witness.store`) and is created
 with ``If-None-Match: *`` (never replaced; an existing object with the same
 bytes is a replay, a no-op) and, in a bucket with Object Lock, a retention
 date in COMPLIANCE mode by default (``OTEL_AUDIT_WITNESS_RETAIN_DAYS``, 2,196
@@ -20,13 +21,25 @@ endpoint, region and credentials come from the usual AWS configuration.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 
 from otel_audit import settings
 from otel_audit.archive.store import S3Store, StoreConflict, StoreError
 from otel_audit.core.checkpoint import Checkpoint
-from otel_audit.witness import SUFFIX, DirectoryWitness, WitnessEntry, WitnessError
+from otel_audit.witness.store import (
+    SUFFIX,
+    DirectoryWitness,
+    EntryLink,
+    WitnessEntry,
+    WitnessError,
+    entry_bytes,
+    entry_name,
+    newest_entry,
+    split_entry,
+)
 
 __all__ = ["DEFAULT_RETAIN_DAYS", "S3Witness", "open_witness", "witness_from_url"]
 
@@ -53,6 +66,8 @@ class S3Witness:
         except StoreError as exc:
             raise WitnessError(str(exc)) from exc
         self._checked = check
+        #: chain id -> (checkpoint number, object name, SHA-256) of the newest entry written
+        self._last: dict[str, tuple[int, str | None, str | None]] = {}
 
     def __repr__(self) -> str:
         return f"S3Witness({self.url!r})"
@@ -68,18 +83,45 @@ class S3Witness:
                 raise WitnessError(str(exc)) from exc
             self._checked = True
         self._store.retain_until = self._until()
-        stem = f"{checkpoint.chain_id}/{checkpoint.n:012d}-{checkpoint.hash[:16]}"
-        data = checkpoint.envelope
-        for attempt in range(1, 10):
-            name = stem + (f".{attempt}" if attempt > 1 else "") + SUFFIX
-            try:
-                self._store.put(name, data)
+        chain_id = checkpoint.chain_id
+        envelope = checkpoint.envelope
+        try:
+            previous = self._previous(chain_id)
+            for attempt in range(1, 10):
+                name = entry_name(checkpoint, attempt)
+                data = entry_bytes(checkpoint, previous)
+                try:
+                    self._store.put(f"{chain_id}/{name}", data)
+                except StoreConflict:
+                    # An object is there (never replaced): the same checkpoint (a replay), or a torn one.
+                    existing = self._store.get(f"{chain_id}/{name}")
+                    try:
+                        same = split_entry(existing)[0] == envelope
+                    except ValueError:
+                        same = False
+                    if same:
+                        self._remember(checkpoint, name, existing)
+                        return
+                    continue
+                self._remember(checkpoint, name, data)
                 return
-            except StoreConflict:
-                continue  # an object with other bytes under this name (never replaced): write beside it
-            except StoreError as exc:
-                raise WitnessError(str(exc)) from exc
+        except (StoreError, FileNotFoundError) as exc:
+            raise WitnessError(str(exc)) from exc
         raise WitnessError(f"{self.url}: 9 different objects claim checkpoint {checkpoint.n} of {checkpoint.chain_id}")
+
+    def _previous(self, chain_id: str) -> EntryLink:
+        known = self._last.get(chain_id)
+        if known is None:
+            names = [n.partition("/")[2] for n in self._store.list(f"{chain_id}/")]
+            known = self._last[chain_id] = newest_entry(
+                (name, functools.partial(self._store.get, f"{chain_id}/{name}")) for name in names
+            )
+        return EntryLink(known[1], known[2])
+
+    def _remember(self, checkpoint: Checkpoint, name: str, data: bytes) -> None:
+        known = self._last.get(checkpoint.chain_id)
+        if known is None or known[1] is None or checkpoint.n >= known[0]:
+            self._last[checkpoint.chain_id] = (checkpoint.n, name, hashlib.sha256(data).hexdigest())
 
     def read(self, chain_ids: Collection[str] | None = None) -> Iterator[WitnessEntry]:
         wanted = set(chain_ids) if chain_ids else None

@@ -39,7 +39,7 @@ from otel_audit.core.record import CHECKPOINT_DOMAIN, RECORD_DOMAIN, RecordBuild
 from otel_audit.errors import AuditConfigurationError, ChainClosed
 from otel_audit.spool.spool import ChainSpool, SpoolConfig
 from otel_audit.stats import PipelineStats
-from otel_audit.witness import DirectoryWitness, WitnessPublisher
+from otel_audit.witness import DirectoryWitness, WitnessPublisher, split_entry
 
 CHAIN = "0b6c3f2e-6a43-4d8e-9a51-3c1f0e2d4b5a"
 ATTRS = {
@@ -292,16 +292,28 @@ def test_directory_witness_is_append_only_and_idempotent(tmp_path: Path, key: Si
     witness.write(cp2)
     files = sorted((tmp_path / "w" / CHAIN).iterdir())
     assert [f.name for f in files] == [f"000000000001-{cp1.hash[:16]}.checkpoint", f"000000000002-{cp2.hash[:16]}.checkpoint"]
-    assert files[0].read_bytes() == cp1.envelope
+    assert files[0].read_bytes() == cp1.envelope + b"previous none\n"  # the first entry of the chain
+    first = hashlib.sha256(files[0].read_bytes()).hexdigest()
+    assert files[1].read_bytes() == cp2.envelope + f"previous {files[0].name} {first}\n".encode()
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o444
     # A copy cut short by a crash cannot be replaced (WORM): the next write goes beside it.
     cp3 = checkpoint(key, 3, seq=12)
     torn = tmp_path / "w" / CHAIN / f"000000000003-{cp3.hash[:16]}.checkpoint"
     torn.write_bytes(cp3.envelope[:40])
     witness.write(cp3)
-    assert (torn.parent / f"000000000003-{cp3.hash[:16]}.2.checkpoint").read_bytes() == cp3.envelope
+    second = hashlib.sha256(files[1].read_bytes()).hexdigest()
+    beside = (torn.parent / f"000000000003-{cp3.hash[:16]}.2.checkpoint").read_bytes()
+    assert beside == cp3.envelope + f"previous {files[1].name} {second}\n".encode()  # never links to a torn one
     entries = list(witness.read())
-    assert len(entries) == 4 and sum(e.data == cp3.envelope for e in entries) == 1
+    assert len(entries) == 4 and sum(split_entry(e.data)[0] == cp3.envelope for e in entries) == 1
+    # A new writer (another process replaying the spool) links to the newest entry it finds.
+    again = DirectoryWitness(tmp_path / "w")
+    cp4 = checkpoint(key, 4, seq=13)
+    again.write(cp3)  # a replay: nothing new
+    again.write(cp4)
+    newest = hashlib.sha256(beside).hexdigest()
+    link = f"previous 000000000003-{cp3.hash[:16]}.2.checkpoint {newest}\n".encode()
+    assert (torn.parent / f"000000000004-{cp4.hash[:16]}.checkpoint").read_bytes() == cp4.envelope + link
     assert list(witness.read([CHAIN.replace("0", "1")])) == []
 
 

@@ -130,7 +130,9 @@ def test_an_anchored_trail_is_stored_witnessed_and_verifies_clean(trail: str, ke
     files = sorted((witness_dir / chain_id).iterdir())
     assert [f.name[:12] for f in files] == ["000000000001", "000000000002", "000000000003", "000000000004"]
     ((body, signature),) = rows(trail, "SELECT body, signature FROM audit_checkpoints WHERE n = 4")
-    assert files[-1].read_bytes() == parse_checkpoint(bytes(body), bytes(signature)).envelope
+    envelope = parse_checkpoint(bytes(body), bytes(signature)).envelope
+    previous = hashlib.sha256(files[-2].read_bytes()).hexdigest()
+    assert files[-1].read_bytes() == envelope + f"previous {files[-2].name} {previous}\n".encode()
     # Plain verify still holds the chain to the checkpoints, but says their signatures were not checked.
     plain = check(trail, None)
     assert plain.ok and [(f.kind, f.severity) for f in plain.findings] == [

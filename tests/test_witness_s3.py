@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -80,5 +82,12 @@ def test_a_witness_bucket_without_object_lock_is_refused_unless_allowed(s3) -> N
     witness.write(cp)
     witness.write(cp)  # idempotent
     entries = list(witness.read())
-    assert [e.data for e in entries] == [cp.envelope]
+    assert [e.data for e in entries] == [cp.envelope + b"previous none\n"]  # the first entry of its chain
     assert entries[0].location.endswith(f"{cp.chain_id}/000000000001-{cp.hash[:16]}.checkpoint")
+    # Entries are chained as in a directory, also by a new writer that finds the newest one in the bucket.
+    cp2 = sign_checkpoint(key, chain_id=cp.chain_id, n=2, seq=0, head="0" * 64, genesis="0" * 64, prev=cp.hash,
+                          time_ns=1_700_000_000_000_000_001, interval_ms=10_000)
+    S3Witness(f"s3://{name}/w", allow_unlocked=True).write(cp2)
+    first, second = list(witness.read())
+    link = f"previous {first.location.rsplit('/', 1)[1]} {hashlib.sha256(first.data).hexdigest()}\n"
+    assert second.data == cp2.envelope + link.encode()

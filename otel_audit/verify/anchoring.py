@@ -30,6 +30,7 @@ its *evidence*. Against it:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from otel_audit.core.checkpoint import (
 )
 from otel_audit.core.keys import VerifyKey
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
-from otel_audit.witness import Witness
+from otel_audit.witness.store import EntryLink, Witness, entry_name, entry_place, name_matches, split_entry
 
 __all__ = ["AnchorPolicy", "Anchoring"]
 
@@ -169,29 +170,80 @@ class Anchoring:
                 chain.db[cp.n] = _slim(cp, "database", self._strings)
 
     def load_witness(self, witness: Witness, chain_ids: Sequence[str] | None) -> None:
+        """Read one witness: its checkpoints become evidence; its entries' names and links are checked.
+
+        Each entry names the previous entry of its chain (file name and SHA-256 of its bytes): one
+        that names an entry that is absent, or whose bytes changed, shows a deleted or edited entry
+        (``witness_gap``). A file whose name disagrees with the checkpoint it holds is
+        ``witness_name_mismatch``. Entries written before entries were chained are read, with a
+        warning.
+        """
         wanted = set(chain_ids) if chain_ids else None
+        files: dict[str, dict[str, bytes]] = {}  # chain directory -> file name -> bytes
+        links: list[tuple[str, str, EntryLink, Checkpoint]] = []
+        unchained: dict[str, int] = {}
         for entry in witness.read(chain_ids):
             self.witness_entries += 1
             if entry.data is None:
                 self._add(Kind.CHECKPOINT_MALFORMED, _W, None, None,
                           f"{witness.description}: {entry.location}: {entry.error}")
                 continue
+            chain_dir, name = entry_place(entry.location)
+            files.setdefault(chain_dir, {})[name] = entry.data
             try:
-                cp = parse_envelope(entry.data)
-            except CheckpointFormatError as exc:
+                envelope, link = split_entry(entry.data)
+                cp = parse_envelope(envelope)
+            except (ValueError, CheckpointFormatError) as exc:
                 self._add(
                     Kind.CHECKPOINT_MALFORMED, _W, None, None,
-                    f"{entry.location} is not a signed checkpoint ({exc}): a write cut short by a crash, or a file "
-                    "someone added; it is ignored",
+                    f"{entry.location} is not a witness entry ({exc}): a write cut short by a crash (\"torn\"; "
+                    "the next attempt is written beside it with .2, .3, ... before the suffix), or a file someone "
+                    "added; it is ignored unless another entry names it",
                 )
                 continue
+            if cp.chain_id != chain_dir or not name_matches(name, cp):
+                self._add(
+                    Kind.WITNESS_NAME_MISMATCH, _E, cp.chain_id, cp.seq,
+                    f"{entry.location} holds {cp.describe()} of chain {cp.chain_id}, but a witness names it "
+                    f"{cp.chain_id}/{entry_name(cp)} (or .2 ... .9 before the suffix): the file was renamed, copied "
+                    "into place or edited",
+                )
             if wanted is not None and cp.chain_id not in wanted:
                 continue
+            if link is None:
+                unchained[cp.chain_id] = unchained.get(cp.chain_id, 0) + 1
+            else:
+                links.append((chain_dir, entry.location, link, cp))
             if not self._trusted(cp, entry.location, witness.description):
                 continue
             chain = self._chain(cp.chain_id)
             chain.witness_hashes.setdefault(cp.n, set()).add(cp.hash)
             chain.witness.setdefault(cp.n, _slim(cp, entry.location, self._strings))
+        for chain_dir, location, link, cp in links:
+            if link.name is None:
+                continue
+            target = files.get(chain_dir, {}).get(link.name)
+            if target is None:
+                self._add(
+                    Kind.WITNESS_GAP, _E, cp.chain_id, cp.seq,
+                    f"{location} ({cp.describe()}) names the previous witness entry {link.name}, which is not in "
+                    f"{witness.description}: an entry was deleted from the witness",
+                )
+            elif hashlib.sha256(target).hexdigest() != link.sha256:
+                self._add(
+                    Kind.WITNESS_GAP, _E, cp.chain_id, cp.seq,
+                    f"{location} ({cp.describe()}) names the previous witness entry {link.name} with SHA-256 "
+                    f"{link.sha256}, but that file's bytes hash to {hashlib.sha256(target).hexdigest()}: the entry "
+                    "was edited or replaced",
+                )
+        for chain_id, count in sorted(unchained.items()):
+            self._add(
+                Kind.WITNESS_UNCHAINED, _W, chain_id, None,
+                f"{count} entr{'y' if count == 1 else 'ies'} of this chain in {witness.description} name no previous "
+                "entry (written by an otel-audit before entries were chained): a deleted one among them shows only "
+                "as a gap in the checkpoint numbers",
+                count=count,
+            )
 
     def _trusted(self, cp: Checkpoint, origin: str, source: str) -> bool:
         if self.trusted is None:

@@ -51,6 +51,7 @@ class Kind(str, Enum):
     NO_CHECKPOINT_POLICY = "no_checkpoint_policy"  # an unclosed chain whose genesis seals no checkpoint policy
     WITNESS_GAP = "witness_gap"  # a witness entry another one names is absent or was changed
     WITNESS_NAME_MISMATCH = "witness_name_mismatch"  # a witness file whose name disagrees with its checkpoint
+    WITNESS_UNCHAINED = "witness_unchained"  # witness entries of an older version that name no previous entry
     # Informational
     QUARANTINED = "quarantined"  # records PostgreSQL refused, kept in audit_quarantine
     INVALID_RECORDS = "invalid_records"  # records stored flagged with validation problems

@@ -1,182 +1,27 @@
-"""Witnesses: copies of signed checkpoints kept outside PostgreSQL.
-
-Whoever controls the database can delete rows, checkpoints included; a
-witness is the copy they cannot reach. The verifier compares the two: a
-checkpoint the witness holds and the database lacks is a deletion or a
-rollback, a checkpoint whose head is no longer in the chain is a rewrite.
-
-A witness is anything with ``write(checkpoint)`` and ``read()``
-(:class:`Witness`). :class:`DirectoryWitness` is the one shipped: an
-append-only directory, meant to be a WORM / object-lock volume (S3 Object Lock
-through a mount, NetApp SnapLock, a ``chattr +a`` directory, a separate host's
-NFS export the application may only create files on).
+"""The runtime side of witnesses: the thread that copies committed checkpoints to them.
 
 Witness writes happen off every application thread, after the checkpoint is
-committed to PostgreSQL (:class:`WitnessPublisher`), so a witness never holds
-a head the database could not have. A witness that cannot be written is loud
-(logged at ERROR, counted in ``witness_failures``) and retried with the next
-checkpoint; it never stops the application.
+committed to PostgreSQL, so a witness never holds a head the database could
+not have. A witness that cannot be written is loud (logged at ERROR, counted
+in ``witness_failures``) and retried with the next checkpoint; it never stops
+the application. Storage and format: :mod:`otel_audit.witness.store`.
 """
 
 from __future__ import annotations
 
 import collections
-import errno
 import logging
-import os
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
 
 from otel_audit.core.checkpoint import Checkpoint
-from otel_audit.errors import AuditError
 from otel_audit.stats import PipelineStats
+from otel_audit.witness.store import Witness
 
-__all__ = ["DirectoryWitness", "Witness", "WitnessEntry", "WitnessError", "WitnessPublisher"]
+__all__ = ["WitnessPublisher"]
 
 _log = logging.getLogger("otel_audit.witness")
-
-SUFFIX = ".checkpoint"
-
-
-class WitnessError(AuditError):
-    """A witness could not store or read checkpoints."""
-
-
-@dataclass(frozen=True)
-class WitnessEntry:
-    """One stored signed checkpoint, as raw bytes (the verifier parses and checks them)."""
-
-    location: str
-    data: bytes | None
-    error: str | None = None  # why ``data`` could not be read
-
-
-@runtime_checkable
-class Witness(Protocol):
-    """Where checkpoints are copied. ``write`` must be idempotent and must never replace
-    what is stored; it raises to report a failure."""
-
-    description: str
-
-    def write(self, checkpoint: Checkpoint) -> None: ...
-
-    def read(self, chain_ids: Collection[str] | None = None) -> Iterator[WitnessEntry]: ...
-
-
-class DirectoryWitness:
-    """One file per checkpoint, created with ``O_EXCL`` and never rewritten::
-
-        <dir>/<chain_id>/<n:012d>-<first 16 hex of the checkpoint hash>.checkpoint
-
-    The file holds the signed checkpoint in its two-line form. Creating a file
-    that exists with the same bytes is a no-op (replays); a file cut short by
-    a crash cannot be replaced on a WORM volume, so the write goes to a name
-    with ``.2``, ``.3``... before the suffix instead. File and directory are
-    fsynced before :meth:`write` returns.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self.path = Path(path)
-        self.description = f"witness directory {self.path}"
-        self._create = create
-        self._known_dirs: set[str] = set()
-
-    def __repr__(self) -> str:
-        return f"DirectoryWitness({str(self.path)!r})"
-
-    # ------------------------------------------------------------------ writing
-    def write(self, checkpoint: Checkpoint) -> None:
-        directory = self._chain_dir(checkpoint.chain_id)
-        data = checkpoint.envelope
-        stem = f"{checkpoint.n:012d}-{checkpoint.hash[:16]}"
-        for attempt in range(1, 10):
-            name = stem + (f".{attempt}" if attempt > 1 else "") + SUFFIX
-            path = directory / name
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-            except FileExistsError:
-                try:
-                    if path.read_bytes() == data:
-                        return  # already witnessed (a replay)
-                except OSError as exc:
-                    raise WitnessError(f"cannot read back {path}: {exc}") from exc
-                continue  # a torn earlier attempt: leave it, write beside it
-            except OSError as exc:
-                raise WitnessError(f"cannot create {path}: {exc}") from exc
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError as exc:
-                raise WitnessError(f"cannot write {path}: {exc}") from exc
-            finally:
-                os.close(fd)
-            _fsync_dir(directory)
-            return
-        raise WitnessError(f"{directory} holds 9 damaged copies of checkpoint {checkpoint.n}; inspect the volume")
-
-    def _chain_dir(self, chain_id: str) -> Path:
-        directory = self.path / chain_id
-        if chain_id in self._known_dirs:
-            return directory
-        try:
-            if not self.path.is_dir():
-                if not self._create:
-                    raise WitnessError(f"{self.path} does not exist; create it or mount the witness volume there")
-                self.path.mkdir(parents=True, exist_ok=True)
-            if not directory.is_dir():
-                directory.mkdir(exist_ok=True)
-                _fsync_dir(self.path)
-        except OSError as exc:
-            raise WitnessError(f"cannot create {directory}: {exc}") from exc
-        self._known_dirs.add(chain_id)
-        return directory
-
-    # ------------------------------------------------------------------ reading
-    def read(self, chain_ids: Collection[str] | None = None) -> Iterator[WitnessEntry]:
-        if not self.path.is_dir():
-            raise WitnessError(
-                f"witness directory {self.path} does not exist or is not a directory; check --witness (and that "
-                "the witness volume is mounted)"
-            )
-        wanted = set(chain_ids) if chain_ids else None
-        try:
-            chain_dirs = sorted(p for p in self.path.iterdir() if p.is_dir())
-        except OSError as exc:
-            raise WitnessError(f"cannot list {self.path}: {exc}") from exc
-        for chain_dir in chain_dirs:
-            if wanted is not None and chain_dir.name not in wanted:
-                continue
-            try:
-                files = sorted(p for p in chain_dir.iterdir() if p.name.endswith(SUFFIX))
-            except OSError as exc:
-                yield WitnessEntry(str(chain_dir), None, f"cannot list: {exc}")
-                continue
-            for file in files:
-                try:
-                    yield WitnessEntry(str(file), file.read_bytes())
-                except OSError as exc:
-                    yield WitnessEntry(str(file), None, f"cannot read: {exc}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise WitnessError(f"cannot open {path} to sync it: {exc}") from exc
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some FUSE / object-store mounts cannot fsync a directory; their creates are durable on close.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise WitnessError(f"cannot sync {path}: {exc}") from exc
-    finally:
-        os.close(fd)
 
 
 class _Pending:
