@@ -364,3 +364,30 @@ def test_verify_with_the_archive_catches_a_run_deleted_after_retention(db: str, 
     report = _report(db, key, archive=archive)
     assert any(f.kind is Kind.MANIFEST_MISSING and "000002.manifest" in f.detail for f in report.errors), \
         [str(f) for f in report.findings]
+
+
+def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, key, tmp_path: Path) -> None:  # noqa: ANN001
+    """A record PostgreSQL refused (kept in audit_quarantine, which retention leaves alone) was archived with its
+    chain: after retention it is part of the archived prefix, not a second claim on its position."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        ensure_partitions(conn, behind=30, now=NOW)
+    chain = TrailChain(key, created="2025-01-01T00:00:00Z")
+    chain.log_many("2025-01-02T00:00:00Z", 10, step_seconds=3600)
+    chain.checkpoint(ns("2025-01-28T00:00:00Z"))
+    chain.log_many("2025-03-02T00:00:00Z", 5, step_seconds=3600)
+    chain.checkpoint(ns("2025-03-28T00:00:00Z"), closed=True)
+    store(db, chain)
+    with psycopg.connect(db, autocommit=True) as conn:  # as the sink does with a row PostgreSQL refuses
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("INSERT INTO audit_quarantine (chain_id, seq, hash, canonical, reason) "
+                     "SELECT chain_id, seq, hash, canonical, 'refused' FROM audit_logs WHERE seq = 4")
+        conn.execute("DELETE FROM audit_logs WHERE seq = 4")
+    assert [f.kind for f in _report(db, key).findings if f.severity is not Severity.INFO] == [Kind.QUARANTINED]
+    archive = DirectoryStore(tmp_path / "archive", create=True)
+    with psycopg.connect(db, autocommit=True) as conn:
+        archive_database(conn, archive, before=datetime(2025, 2, 15, tzinfo=timezone.utc), key=key)
+        assert apply_retention(conn, plan_retention(conn, archive, {key.key_id: key.verify_key()},
+                                                    parse_policy("500"), now=NOW), key) is not None
+    report = _report(db, key)
+    assert report.ok and report.chains[chain.chain_id].extra["archived_seq"] == 10
+    assert [f.kind for f in report.findings if f.severity is not Severity.INFO] == [], [str(f) for f in report.findings]

@@ -224,6 +224,11 @@ class ChainWalker:
             return
         self._sync_fast()
         upto = min(column_seq - 1, self._archived_seq)
+        # Records PostgreSQL refused (audit_quarantine, which retention leaves alone) took their place in the
+        # chain when it was archived: inside the prefix they are archived, not a second claim on a position.
+        for pos in [p for p in self._quarantined if self._expected <= p <= upto]:
+            del self._quarantined[pos]
+            self.summary.quarantined -= 1
         self._expected = upto + 1
         self._last_link = self._archived_head if upto == self._archived_seq else None
 
@@ -382,6 +387,8 @@ class ChainWalker:
 
     def finish(self) -> None:
         self._sync_fast()
+        if self._expected <= self._archived_seq:  # the rows ended inside the archived prefix
+            self._skip_archived(self._archived_seq + 1)
         while self._pending or self._quarantined:
             remaining = set(self._pending) | set(self._quarantined)
             nxt = min(remaining)

@@ -308,9 +308,10 @@ def _report_archived(
         summary.extra["archived_head"] = prefix.head
         summary.extra["archived_in"] = where
         walker = walkers.get(chain_id)
-        if walker is None:  # nothing of the chain is left in PostgreSQL: it ends where the archive does
+        if summary.last_seq is None or summary.last_seq < prefix.seq:
+            # Nothing of the chain after its archived prefix is in PostgreSQL: it ends where the archive does.
             summary.last_seq, summary.head_hash = prefix.seq, prefix.head
-        else:
+        if walker is not None:
             seen = walker.observed.get(prefix.seq)
             if seen is not None and seen[0] != prefix.head:
                 report.add(Finding(
@@ -318,7 +319,7 @@ def _report_archived(
                     f"record {prefix.seq} hashes to {seen[0]} in the database, but {prefix.checkpoint.describe()} "
                     f"signed {prefix.head} as the archived head: the live record or the archived one was changed",
                 ))
-        live = f"; the database holds seq {summary.first_seq}..{summary.last_seq}" if walker is not None and \
+        live = f"; the database holds seq {summary.first_seq}..{summary.last_seq}" if summary.records and \
             summary.first_seq is not None else "; none of its records is left in the database"
         report.add(Finding(Kind.ARCHIVED, Severity.INFO, chain_id, None,
                            f"archived up to seq {prefix.seq} ({where}){live}", count=prefix.seq))
