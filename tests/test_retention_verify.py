@@ -74,11 +74,12 @@ def _errors(report) -> list[tuple[str, str | None, int | None]]:  # noqa: ANN001
     return [(f.kind.value, f.chain_id, f.seq) for f in report.errors]
 
 
-def _forge(dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes | None = None) -> None:  # noqa: ANN001
+def _forge(dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes | None = None,  # noqa: ANN001
+           prev: str | None = None) -> None:
     """Insert retention checkpoint n+1 (as anyone with INSERT on audit_retention could), signed by ``signer``."""
     n = like.n + 1
     forged = sign_retention(signer, {
-        "n": n, "prev": like.hash, "time": format_timestamp(ns("2026-12-02T01:00:00Z")), "policy": "500d",
+        "n": n, "prev": prev or like.hash, "time": format_timestamp(ns("2026-12-02T01:00:00Z")), "policy": "500d",
         "cutoff": like.doc["cutoff"], "partitions": [MAR], "archive": like.doc["archive"], "chains": claim,
     })
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -391,3 +392,11 @@ def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, ke
     report = _report(db, key)
     assert report.ok and report.chains[chain.chain_id].extra["archived_seq"] == 10
     assert [f.kind for f in report.findings if f.severity is not Severity.INFO] == [], [str(f) for f in report.findings]
+
+
+def test_a_retention_checkpoint_that_does_not_link_to_the_one_before_is_reported(retained, key) -> None:  # noqa: ANN001
+    dsn, _, _, checkpoint = retained
+    _forge(dsn, key, {c: dict(v) for c, v in checkpoint.chains.items()}, like=checkpoint, prev="cd" * 32)
+    report = _report(dsn, key)
+    assert any(f.kind is Kind.CHECKPOINT_INCONSISTENT and "retention checkpoint 2" in f.detail for f in report.errors), \
+        [str(f) for f in report.findings]
