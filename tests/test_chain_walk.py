@@ -58,7 +58,15 @@ def test_a_quarantined_record_at_an_occupied_position_is_reported_not_looped_on(
 def test_a_quarantined_conflict_at_the_last_position_and_a_genuine_quarantined_record() -> None:
     chain, records = _chain(4)
     # Record 2 refused by PostgreSQL (a genuine quarantine), record 4 contested by a forgery.
+    # Record 2 is valid for its place but not in audit_logs: hidden from queries, an error (issue 9).
     report = _walk(chain, [records[0], records[2], records[3]], [records[1], _forge(records[3])])
     kinds = sorted((f.kind.value, f.severity.value, f.seq) for f in report.findings)
-    assert kinds == [("inserted", "warning", 4), ("quarantined", "warning", None)]
-    assert report.ok
+    assert kinds == [("inserted", "warning", 4), ("quarantined", "info", None), ("record_hidden", "error", 2)]
+    assert not report.ok
+
+
+def test_a_quarantined_copy_of_a_stored_record_is_no_finding() -> None:
+    """Once the cause of a refusal is fixed and the record stored in audit_logs, its quarantined copy is moot."""
+    chain, records = _chain(3)
+    report = _walk(chain, records, [records[1]])
+    assert report.findings == [] and report.ok

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from otel_audit.core.record import RECORD_DOMAIN, RECORD_FIELDS
+from otel_audit.verify.exact import json_column_equal
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
 
 __all__ = ["ChainWalker", "FIELDS"]
@@ -40,6 +41,11 @@ _FIELD_SET = frozenset(FIELDS)
 _SEQ_INDEX = FIELDS.index("seq")
 _CHAIN_INDEX = FIELDS.index("chain_id")
 _ID_INDEX = FIELDS.index("id")
+_INT_FIELDS = ("v", "seq", "trace_flags", "severity_number")
+_INT_INDEXES = tuple(FIELDS.index(f) for f in _INT_FIELDS)
+_JSON_FIELDS = ("old_values", "attributes")
+_OLD_INDEX = FIELDS.index("old_values")
+_ATTR_INDEX = FIELDS.index("attributes")
 
 #: How many out-of-place rows are held while waiting for a missing position to
 #: turn up (a reordering) before it is declared missing. Bounds memory.
@@ -90,6 +96,7 @@ class ChainWalker:
         self._last_entry: _Entry | None = None
         self._pending: dict[int, _Entry] = {}
         self._quarantined: dict[int, _Entry] = {}
+        self._quarantine_reasons: dict[int, str | None] = {}
         self._last_pos_hash: tuple[int, str] | None = None
         self._break: tuple[_Entry, str] | None = None
         self._fast_n = 0
@@ -98,8 +105,17 @@ class ChainWalker:
         self._fast_last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ input
-    def feed(self, column_seq: int, stored_hash: str, canonical: bytes, columns: Sequence[Any] | None) -> None:
-        """One stored row. ``columns`` are its values in :data:`FIELDS` order (None: not a table row)."""
+    def feed(
+        self,
+        column_seq: int,
+        stored_hash: str,
+        canonical: bytes,
+        columns: Sequence[Any] | None,
+        json_texts: tuple[str | None, str | None] | None = None,
+    ) -> None:
+        """One stored row. ``columns`` are its values in :data:`FIELDS` order (None: not a table row);
+        ``json_texts`` the texts of its ``old_values`` and ``attributes`` columns, for the exact comparison
+        of numbers (None: rendered from ``columns``)."""
         if column_seq != self._expected and self._expected <= self._archived_seq:
             self._skip_archived(column_seq)
         computed = _sha256(RECORD_DOMAIN + canonical).hexdigest()
@@ -122,6 +138,7 @@ class ChainWalker:
                 and list(map(doc.get, FIELDS)) == columns  # every column equals its sealed field
                 and doc["prev_hash"] == self._last_link
                 and doc.keys() <= _FIELD_SET
+                and _typed_same(doc, columns, canonical, json_texts)
             ):
                 self._last_link = computed
                 self._expected = column_seq + 1
@@ -160,8 +177,8 @@ class ChainWalker:
         pos = doc["seq"]
         if columns is not None:
             expected_columns = list(map(doc.get, FIELDS))
-            if expected_columns != columns:
-                self._compare_columns(doc, expected_columns, columns, column_seq)
+            if expected_columns != columns or not _typed_same(doc, columns, canonical, json_texts):
+                self._compare_columns(doc, expected_columns, columns, column_seq, canonical, json_texts)
         if doc.get("chain_id") != self.chain_id:
             self._add(
                 Kind.REORDERED,
@@ -200,19 +217,52 @@ class ChainWalker:
         self._last_link, self._expected = head_hash, last_seq + 1
         self.observed.update(observed)
 
-    def add_quarantined(self, stored_hash: str, canonical: bytes) -> None:
-        """A record PostgreSQL refused: it takes its place in the chain, no columns to check."""
+    def add_quarantined(
+        self, stored_hash: str, canonical: bytes, column_seq: int | None = None, reason: str | None = None
+    ) -> None:
+        """A row of audit_quarantine: a record the sink did not store in audit_logs.
+
+        When it holds a position the stored rows lack, it takes its place in
+        the walk (so the links around it still verify) and is reported as
+        ``record_hidden``, an error: a record of the chain must be in
+        audit_logs, where queries look, and a superuser who moves one here
+        hides it from them. A different record at a position a stored row
+        holds is a refused contender (``inserted``, a warning); an exact copy
+        of the stored record is nothing.
+        """
         self._sync_fast()
         computed = hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest()
         try:
             doc = orjson.loads(canonical)
-            pos = int(doc["seq"])
+            pos = doc["seq"]
+            if pos.__class__ is not int:
+                raise TypeError(pos)
         except Exception:
-            self._add(Kind.MALFORMED, None, "a quarantined record is not an otel-audit record document")
+            self._add(Kind.MALFORMED, column_seq, "a quarantined record is not an otel-audit record document")
             return
+        if doc.get("chain_id") != self.chain_id:
+            self._add(
+                Kind.REORDERED,
+                column_seq,
+                f"a row of audit_quarantine filed under chain {self.chain_id} holds a record sealed in chain "
+                f"{doc.get('chain_id')} (seq {pos})",
+                doc.get("id"),
+            )
+            return
+        if column_seq is not None and column_seq != pos:
+            self._add(
+                Kind.REORDERED,
+                column_seq,
+                f"column audit_quarantine.seq is {column_seq} but the record was sealed with seq {pos}",
+                doc.get("id"),
+            )
         if computed != stored_hash:
             self._add(Kind.MODIFIED, pos, "quarantined record's bytes do not match its stored hash", doc.get("id"))
+        if pos in self._quarantined:  # the table's key is the (possibly edited) seq column: two claims
+            self._add(Kind.INSERTED, pos, f"two rows of audit_quarantine hold records sealed at seq {pos}", doc.get("id"))
+            return
         self._quarantined[pos] = _Entry(pos, computed, doc.get("prev_hash"), doc.get("id"), doc.get("timestamp"), True, computed)
+        self._quarantine_reasons[pos] = reason
         self.summary.quarantined += 1
 
     # ------------------------------------------------------------------ walking
@@ -268,6 +318,8 @@ class ChainWalker:
         pos = entry.pos
         if not entry.quarantined and pos in self._quarantined:
             self._conflict(self._quarantined.pop(pos), entry.canonical_hash)
+        if entry.quarantined:
+            self._hidden(entry)
         self._flush_break(at_end=False)
         if self._last_link is not None and entry.prev is not None and entry.prev != self._last_link:
             # Classified once we know whether anything follows it.
@@ -323,6 +375,18 @@ class ChainWalker:
             entry.record_id,
         )
 
+    def _hidden(self, entry: _Entry) -> None:
+        reason = self._quarantine_reasons.get(entry.pos)
+        self._add(
+            Kind.RECORD_HIDDEN,
+            entry.pos,
+            f"record {entry.pos} of the chain is in audit_quarantine, not in audit_logs, so queries on audit_logs "
+            f"do not see it (quarantine reason: {reason!r}). A superuser can hide a record this way; if "
+            "PostgreSQL really refused it, fix the cause and insert the record into audit_logs (its quarantined "
+            "copy is then no finding)",
+            entry.record_id,
+        )
+
     def _conflict(self, quarantined: _Entry, stored_hash: str | None) -> None:
         """A quarantined record claims a position a stored row already holds.
 
@@ -333,6 +397,8 @@ class ChainWalker:
         forged stored record breaks the next link, reported separately).
         """
         self.summary.quarantined -= 1  # not one of the chain's records
+        if stored_hash == quarantined.canonical_hash:
+            return  # a copy of the stored record (stored again once the cause of a refusal was fixed)
         self.report.add(
             Finding(
                 Kind.INSERTED,
@@ -409,11 +475,11 @@ class ChainWalker:
             self.report.add(
                 Finding(
                     Kind.QUARANTINED,
-                    Severity.WARNING,
+                    Severity.INFO,
                     self.chain_id,
                     None,
-                    f"{self.summary.quarantined} record(s) were refused by PostgreSQL and are kept in "
-                    "audit_quarantine; they verify as part of the chain",
+                    f"{self.summary.quarantined} record(s) of the chain are kept in audit_quarantine instead of "
+                    "audit_logs (each reported as record_hidden)",
                     count=self.summary.quarantined,
                 )
             )
@@ -431,9 +497,25 @@ class ChainWalker:
             )
 
     # ------------------------------------------------------------------ details
-    def _compare_columns(self, doc: dict[str, Any], expected: list[Any], columns: Sequence[Any], column_seq: int) -> None:
+    def _compare_columns(
+        self,
+        doc: dict[str, Any],
+        expected: list[Any],
+        columns: Sequence[Any],
+        column_seq: int,
+        canonical: bytes,
+        json_texts: tuple[str | None, str | None] | None,
+    ) -> None:
+        texts = _json_texts(columns, json_texts)
         for index, (field, sealed, stored) in enumerate(zip(FIELDS, expected, columns, strict=True)):
-            if sealed == stored or (field == "ip_address" and _same_ip(sealed, stored)):
+            if field in _JSON_FIELDS:
+                if json_column_equal(doc, field, stored, texts[field == "attributes"], canonical):
+                    continue
+                stored = texts[field == "attributes"]  # shown as stored, digits and all
+            elif index in _INT_INDEXES:
+                if sealed == stored and sealed.__class__ is stored.__class__:
+                    continue
+            elif sealed == stored or (field == "ip_address" and _same_ip(sealed, stored)):
                 continue
             if index in (_SEQ_INDEX, _CHAIN_INDEX):
                 self._add(
@@ -452,6 +534,29 @@ class ChainWalker:
 
     def _add(self, kind: Kind, seq: int | None, detail: str, record_id: str | None = None) -> None:
         self.report.add(Finding(kind, _E, self.chain_id, seq, detail, record_id))
+
+
+def _json_texts(
+    columns: Sequence[Any], json_texts: tuple[str | None, str | None] | None
+) -> tuple[str | bytes | None, str | bytes | None]:
+    if json_texts is not None:
+        return json_texts
+    old, attrs = columns[_OLD_INDEX], columns[_ATTR_INDEX]
+    return (None if old is None else orjson.dumps(old), None if attrs is None else orjson.dumps(attrs))
+
+
+def _typed_same(
+    doc: dict[str, Any], columns: Sequence[Any], canonical: bytes, json_texts: tuple[str | None, str | None] | None
+) -> bool:
+    """After ``==`` of every column with its field: also equal by type (``true`` is not ``1``) and,
+    for the jsonb columns, numbers by exact decimal value (see :mod:`otel_audit.verify.exact`)."""
+    for i in _INT_INDEXES:
+        if columns[i].__class__ is not doc.get(FIELDS[i]).__class__:
+            return False
+    old_text, attrs_text = _json_texts(columns, json_texts)
+    return json_column_equal(doc, "attributes", columns[_ATTR_INDEX], attrs_text, canonical) and json_column_equal(
+        doc, "old_values", columns[_OLD_INDEX], old_text, canonical
+    )
 
 
 def _same_ip(a: Any, b: Any) -> bool:

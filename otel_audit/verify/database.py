@@ -36,6 +36,7 @@ from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
 from otel_audit.verify.delivery import check_deliveries
+from otel_audit.verify.exact import json_column_equal, loads_or_unreadable
 from otel_audit.verify.parallel import can_fork, chain_heights, default_workers, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import RangeResult
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
@@ -58,11 +59,16 @@ _COLUMN_SQL = {
     "timestamp": "pg_catalog.to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     "ip_address": "pg_catalog.abbrev(ip_address)",
 }
+_CHANGED_INDEX = FIELDS.index("changed_fields")
+_PROBLEMS_INDEX = FIELDS.index("problems")
 _COLUMNS_JSON = "pg_catalog.json_build_array({})::text".format(
     ", ".join(_COLUMN_SQL.get(f, f) for f in FIELDS)
 )
+# Also the jsonb columns' own texts (numbers with every digit: see verify/exact.py) and the arrays'
+# dimensions, which a list loses ('[0:1]={a,b}' is another array than '{a,b}').
 _STREAM = (
-    "COPY (SELECT chain_id::text, seq, hash, canonical, {cols} FROM audit_logs a {where} "
+    "COPY (SELECT chain_id::text, seq, hash, canonical, {cols}, old_values::text, attributes::text, "
+    "pg_catalog.array_dims(changed_fields), pg_catalog.array_dims(problems) FROM audit_logs a {where} "
     "ORDER BY a.chain_id, a.seq) TO STDOUT (FORMAT BINARY)"  # the uuid column (index order), not the text
 )
 
@@ -140,8 +146,8 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
                 watch=watch(chain_id),
                 archived=(prefix.seq, prefix.head) if (prefix := archived.get(chain_id)) is not None else None,
             )
-            for stored_hash, canonical in quarantine.pop(chain_id, []):
-                walker.add_quarantined(stored_hash, canonical)
+            for seq, stored_hash, canonical, reason in quarantine.pop(chain_id, []):
+                walker.add_quarantined(stored_hash, canonical, seq, reason)
         return walker
 
     def watch(chain_id: str) -> frozenset[int]:
@@ -402,14 +408,18 @@ def _walk(
     with conn.cursor() as cur:
         query = _STREAM.format(cols=_COLUMNS_JSON, where="WHERE chain_id = ANY(%s::uuid[])")
         with cur.copy(query, (chain_ids,)) as copy:
-            copy.set_types(["text", "int8", "text", "bytea", "text"])
+            copy.set_types(["text", "int8", "text", "bytea", "text", "text", "text", "text", "text"])
             n = 0
-            for chain_id, seq, stored_hash, canonical, columns in copy.rows():
+            for chain_id, seq, stored_hash, canonical, columns, old, attrs, changed_dims, problems_dims in copy.rows():
                 if chain_id != current_id:
                     if current is not None:
                         current.finish()
                     current_id, current = chain_id, walker_for(chain_id)
-                current.feed(seq, stored_hash, canonical, loads(columns))  # type: ignore[union-attr]
+                values = loads(columns)
+                for index, dims in ((_CHANGED_INDEX, changed_dims), (_PROBLEMS_INDEX, problems_dims)):
+                    if dims is not None and dims != f"[1:{len(values[index])}]":
+                        values[index] = f"{dims}={orjson.dumps(values[index]).decode()}"  # not a plain array
+                current.feed(seq, stored_hash, canonical, values, (old, attrs))  # type: ignore[union-attr]
                 n += 1
                 if n & 0x3FFF == 0:
                     tick(0x4000)
@@ -484,19 +494,26 @@ def _load_registry(
 ) -> dict[str, str | None]:
     """chain id -> genesis hash to start its links from (None when it cannot be trusted)."""
     registry: dict[str, str | None] = {}
-    query = "SELECT chain_id::text, genesis, genesis_hash, emitter FROM audit_chains"
+    # The projections are read as text (created_at rendered like the genesis member, emitter with every
+    # digit of its numbers) and compared with the sealed genesis here: see _check_registry_columns.
+    query = (
+        "SELECT chain_id::text, genesis, genesis_hash, emitter::text, "
+        "pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM audit_chains"
+    )
     params: tuple[Any, ...] = ()
     if chain_ids:
         query += " WHERE chain_id = ANY(%s::uuid[])"
         params = (chain_ids,)
-    for chain_id, genesis, stored_hash, emitter in conn.execute(query, params):
-        summary = report.chains[chain_id] = ChainSummary(chain_id, registered=True, emitter=emitter)
+    for chain_id, genesis, stored_hash, emitter_text, created_at in conn.execute(query, params):
         genesis = bytes(genesis)
         computed = genesis_hash(genesis)
         try:
             doc = orjson.loads(genesis)
         except orjson.JSONDecodeError:
             doc = None
+        # What verify --json and status show is the sealed genesis, not the columns (which are checked below).
+        emitter = doc.get("emitter") if isinstance(doc, dict) else loads_or_unreadable(emitter_text)
+        summary = report.chains[chain_id] = ChainSummary(chain_id, registered=True, emitter=emitter)
         if computed != stored_hash or not isinstance(doc, dict) or doc.get("chain_id") != chain_id:
             report.add(
                 Finding(
@@ -508,6 +525,8 @@ def _load_registry(
                 )
             )
             # Links from record 1 are checked against the hash the genesis bytes really have.
+        else:
+            _check_registry_columns(report, chain_id, doc, genesis, emitter_text, created_at)
         registry[chain_id] = computed
         summary.extra["created"] = doc.get("created") if isinstance(doc, dict) else None
         if isinstance(doc, dict):
@@ -533,6 +552,39 @@ def _load_registry(
     return registry
 
 
+def _check_registry_columns(
+    report: VerificationReport,
+    chain_id: str,
+    doc: dict[str, Any],
+    genesis: bytes,
+    emitter_text: str | None,
+    created_at: str | None,
+) -> None:
+    """audit_chains.created_at and .emitter are projections of the sealed genesis: each must equal its member
+    exactly (``created`` as text to the microsecond, ``emitter`` as JSON by type and exact value; an absent
+    member projects to ``{}``). ``registered_at`` (when the row was inserted) and ``delivered_by`` (checked
+    against the ingest's attestations) are not projections."""
+    if "emitter" in doc:
+        emitter_same = json_column_equal(doc, "emitter", loads_or_unreadable(emitter_text), emitter_text, genesis)
+    else:
+        emitter_same = emitter_text is not None and loads_or_unreadable(emitter_text) == {}
+    for column, same, stored, sealed in (
+        ("created_at", created_at is not None and created_at == doc.get("created"), created_at, doc.get("created")),
+        ("emitter", emitter_same, emitter_text, doc.get("emitter", {})),
+    ):
+        if not same:
+            report.add(
+                Finding(
+                    Kind.REGISTRY_MISMATCH,
+                    Severity.ERROR,
+                    chain_id,
+                    0,
+                    f"column audit_chains.{column} was changed: stored {stored!r}, sealed in the chain's genesis "
+                    f"{sealed!r}",
+                )
+            )
+
+
 def _unregistered_chains(conn: psycopg.Connection, registry: dict[str, Any], chain_ids: list[str] | None) -> list[str]:
     # A loose index scan over the unique (chain_id, seq) index: cheap however many rows.
     rows = conn.execute(
@@ -554,14 +606,17 @@ def _unregistered_chains(conn: psycopg.Connection, registry: dict[str, Any], cha
     return [c for c in found if c not in registry]
 
 
-def _load_quarantine(conn: psycopg.Connection, chain_ids: list[str] | None) -> dict[str, list[tuple[str, bytes]]]:
-    out: dict[str, list[tuple[str, bytes]]] = {}
-    for chain_id, stored_hash, canonical in conn.execute(
-        "SELECT chain_id::text, hash, canonical FROM audit_quarantine ORDER BY chain_id, seq"
+def _load_quarantine(
+    conn: psycopg.Connection, chain_ids: list[str] | None
+) -> dict[str, list[tuple[int, str, bytes, str | None]]]:
+    """chain id column -> its audit_quarantine rows (seq column, hash, bytes, reason)."""
+    out: dict[str, list[tuple[int, str, bytes, str | None]]] = {}
+    for chain_id, seq, stored_hash, canonical, reason in conn.execute(
+        "SELECT chain_id::text, seq, hash, canonical, reason FROM audit_quarantine ORDER BY chain_id, seq"
     ):
         if chain_ids and chain_id not in chain_ids:
             continue
-        out.setdefault(chain_id, []).append((stored_hash, bytes(canonical)))
+        out.setdefault(chain_id, []).append((seq, stored_hash, bytes(canonical), reason))
     return out
 
 

@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from otel_audit.core.record import RECORD_DOMAIN, RECORD_FIELDS
+from otel_audit.verify.exact import json_column_equal, loads_or_unreadable
 
 __all__ = ["SEQ_MAX", "SEQ_MIN", "ChainGroup", "RangeResult", "RangeTask", "check_task"]
 
@@ -65,8 +66,11 @@ _TEXT_FIELDS = tuple(
 assert set(_TEXT_FIELDS) | {*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq"} == set(RECORD_FIELDS)
 
 _FIELD_SET = frozenset(RECORD_FIELDS)
+# The lower bounds of the two arrays are rendered too: a binary array arrives as a Python list without
+# its bounds, and '[0:1]={a,b}' is another value than '{a,b}' (changed_fields[1] differs).
 _COLUMNS = (
-    "seq, hash, canonical, pg_catalog.array_to_json(ARRAY[{text}]::text[])::text, "
+    "seq, hash, canonical, pg_catalog.array_to_json(ARRAY[{text}, "
+    "pg_catalog.array_lower(changed_fields, 1)::text, pg_catalog.array_lower(problems, 1)::text]::text[])::text, "
     "format_version, trace_flags, severity_number, changed_fields, problems, old_values::text, attributes::text"
 ).format(text=", ".join(_TEXT_SQL.get(f, f) for f in _TEXT_FIELDS))
 _RANGE_QUERY = (
@@ -159,12 +163,13 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
     observed = result.observed
     sha256 = hashlib.sha256
     loads, dumps = orjson.loads, orjson.dumps
+    loads_json, json_equal = loads_or_unreadable, json_column_equal
     domain = RECORD_DOMAIN
     text_fields, field_set = _TEXT_FIELDS, _FIELD_SET
     expected = task.first
     link: str | None = None
     invalid = 0
-    doc: dict = {}
+    doc: Any = {}
     for seq, stored_hash, canonical, rendered, v, flags, severity, changed, problems, old, attrs in rows:
         if seq != expected:
             result.why = f"seq {seq} where {expected} was next"
@@ -175,39 +180,42 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
             break
         try:
             doc = loads(canonical)
-            same = (
-                doc.__class__ is dict
-                and doc.keys() <= field_set
-                and doc.get("seq") == seq
-                and dumps(list(map(doc.get, text_fields))) == rendered
-                and doc.get("v") == v
-                and doc.get("trace_flags") == flags
-                and doc.get("severity_number") == severity
-                and doc.get("changed_fields") == changed
-                and doc.get("problems") == problems
-                and doc.get("attributes") == (None if attrs is None else loads(attrs))
-                and doc.get("old_values") == (None if old is None else loads(old))
-            )
-        except orjson.JSONDecodeError:  # not JSON, or a jsonb column orjson cannot read (a number beyond 64 bits)
-            same = False
+        except orjson.JSONDecodeError:
+            doc = None
+        # Exact, by type: == alone would take true for 1 and 1.0 for 1 (see verify/exact.py).
+        same = (
+            doc.__class__ is dict
+            and doc.keys() <= field_set
+            and (sealed_seq := doc.get("seq")) == seq
+            and sealed_seq.__class__ is int
+            and dumps([*map(doc.get, text_fields), "1" if doc.get("changed_fields") else None,
+                       "1" if doc.get("problems") else None]) == rendered
+            and (x := doc.get("v")) == v and x.__class__ is v.__class__
+            and (x := doc.get("trace_flags")) == flags and x.__class__ is flags.__class__
+            and (x := doc.get("severity_number")) == severity and x.__class__ is severity.__class__
+            and doc.get("changed_fields") == changed
+            and doc.get("problems") == problems
+            and json_equal(doc, "attributes", loads_json(attrs), attrs, canonical)
+            and (old is None and "old_values" not in doc or json_equal(doc, "old_values", loads_json(old), old, canonical))
+        )
         if not same:
             result.why = f"seq {seq}: a column differs from the sealed document, or the document is malformed"
             break
         if link is None:
-            result.first_seq, result.first_prev, result.first_timestamp = seq, doc["prev_hash"], doc["timestamp"]
-        elif doc["prev_hash"] != link:
+            result.first_seq, result.first_prev, result.first_timestamp = seq, doc.get("prev_hash"), doc.get("timestamp")
+        elif doc.get("prev_hash") != link:
             result.why = f"seq {seq}: prev_hash does not link to seq {seq - 1}"
             break
         link = computed
         if problems:
             invalid += 1
         if seq in watch:
-            observed[seq] = (computed, doc["timestamp"])
+            observed[seq] = (computed, doc.get("timestamp"))
         expected = seq + 1
     else:
         result.clean = True
         if link is not None:
-            result.last_seq, result.last_hash, result.last_timestamp = expected - 1, link, doc["timestamp"]
+            result.last_seq, result.last_hash, result.last_timestamp = expected - 1, link, doc.get("timestamp")
     result.rows = expected - task.first
     result.invalid = invalid
     return result

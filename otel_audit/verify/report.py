@@ -28,9 +28,11 @@ class Kind(str, Enum):
     REORDERED = "reordered"  # a row stored under another sequence number or chain than it was sealed with
     BROKEN_LINK = "broken_link"  # prev_hash does not match the previous record
     MALFORMED = "malformed"  # stored bytes are not an otel-audit record document
+    RECORD_HIDDEN = "record_hidden"  # a record of the chain kept outside audit_logs (audit_quarantine)
     # Chains
     UNREGISTERED_CHAIN = "unregistered_chain"  # records of a chain missing from audit_chains
     GENESIS_MODIFIED = "genesis_modified"  # the chain registry entry does not match its hash
+    REGISTRY_MISMATCH = "registry_mismatch"  # an audit_chains column differs from the sealed genesis
     DELIVERY_UNATTESTED = "delivery_unattested"  # audit_chains.delivered_by without the ingest's attestation
     # Anchoring: signed checkpoints and witnesses
     TRUNCATED = "truncated"  # records at the end of a chain deleted: a trusted checkpoint covers more
