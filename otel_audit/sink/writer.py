@@ -591,7 +591,8 @@ class PostgresSink:
         self.stats.quarantined += 1
         _log.error(
             "otel-audit: PostgreSQL refused audit record chain=%s seq=%s permanently (%s); it is kept in "
-            "audit_quarantine and still verifies as part of its chain",
+            "audit_quarantine, and otel-audit verify reports it as record_hidden (an error) until the cause is "
+            "fixed and the record is stored in audit_logs",
             chain_id,
             seq,
             reason,

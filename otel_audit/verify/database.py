@@ -69,7 +69,9 @@ _COLUMNS_JSON = "pg_catalog.json_build_array({})::text".format(
 _STREAM = (
     "COPY (SELECT chain_id::text, seq, hash, canonical, {cols}, old_values::text, attributes::text, "
     "pg_catalog.array_dims(changed_fields), pg_catalog.array_dims(problems) FROM audit_logs a {where} "
-    "ORDER BY a.chain_id, a.seq) TO STDOUT (FORMAT BINARY)"  # the uuid column (index order), not the text
+    # The uuid column (index order), not the text; rows sharing a seq column by their hash, bytewise: the
+    # first placed at a position takes it (docs/specification.md, "The walk"), so the order is specified.
+    "ORDER BY a.chain_id, a.seq, a.hash COLLATE \"C\") TO STDOUT (FORMAT BINARY)"
 )
 
 
