@@ -131,3 +131,18 @@ def test_json_column_rule(sealed: str, stored: str, same: bool) -> None:
     canonical = ('{"attributes":' + sealed + "}").encode()
     doc = loads_or_unreadable(canonical)
     assert json_column_equal(doc, "attributes", loads_or_unreadable(stored), stored, canonical) is same
+
+
+@pytest.mark.storage
+def test_the_fast_pass_proves_a_trail_of_tricky_values_clean(exact_trail: str) -> None:
+    """Exactness must not cost the fast pass its speed: untampered floats, booleans, nulls and arrays
+    are proved clean there, not sent to the full walk."""
+    import psycopg
+
+    from otel_audit.verify.ranges import ChainGroup, check_task
+
+    with psycopg.connect(exact_trail) as conn:
+        chains = tuple(r[0] for r in conn.execute("SELECT chain_id::text FROM audit_chains"))
+        results = check_task(conn, ChainGroup(chains, {}))
+    assert results and all(r.clean for r in results), [r.why for r in results]
+    assert sum(r.rows for r in results) == N + 1
