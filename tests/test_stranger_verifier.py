@@ -30,6 +30,7 @@ from otel_audit.witness import DirectoryWitness
 from tests import stranger_verifier as stranger
 from tests.ingest_harness import audit_request
 from tests.serve_harness import ROOT, ServeProcess, verify_cli
+from tests.test_verify_tamper import DROP_POSITION_INDEXES
 
 pytestmark = pytest.mark.storage
 
@@ -285,6 +286,14 @@ ATTACKS: dict[str, tuple[str, Callable[[psycopg.Connection], None], str]] = {
         "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq > (SELECT max(seq) - 3 FROM audit_logs "
         "WHERE chain_id = '{chain}')"), "truncated"),
     "rewritten and rehashed": ("trusted-key", _rewrite_from(30), "rewritten"),
+    "a second, different row at one position": ("plain", _sql(
+        DROP_POSITION_INDEXES,
+        "CREATE TEMP TABLE forged ON COMMIT DROP AS SELECT * FROM audit_logs WHERE chain_id = '{chain}' AND seq = 40",
+        "UPDATE forged SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), 'UTF8'), "
+        "actor_id = replace(actor_id, 'user-', 'evil-'), resource_id = replace(resource_id, 'user-', 'evil-')",
+        "UPDATE forged SET hash = encode(sha256(convert_to('otel-audit.record.v1', 'UTF8') || '\\x00'::bytea "
+        "|| canonical), 'hex')",
+        "INSERT INTO audit_logs SELECT * FROM forged"), "inserted"),
     "newest checkpoints deleted with the newest rows": ("trusted-key+witness", _sql(
         "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq > 50",
         "DELETE FROM audit_checkpoints WHERE chain_id = '{chain}' AND seq > 50"), "rolled_back"),
