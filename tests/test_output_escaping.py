@@ -199,7 +199,10 @@ def test_values_a_superuser_wrote_are_escaped_in_query_verify_and_status(db: str
 
     as_json = json.loads(cli("verify", "--dsn", db, "--json").stdout)
     (chain,) = as_json["chains"]
-    assert chain["emitter"]["service_name"] == FORGED  # JSON stays exact
+    # verify shows the sealed emitter; the edited column is a registry_mismatch whose detail keeps it exactly
+    assert chain["emitter"]["service_name"] == "billing"
+    (mismatch,) = [f for f in as_json["findings"] if f["kind"] == "registry_mismatch"]
+    assert "mallory" in mismatch["detail"] and "\\u001b[2K" in mismatch["detail"]  # the jsonb text, as stored
 
 
 def test_verify_proof_text_escapes_the_sealed_fields(db: str, spool_dir: Path, tmp_path: Path) -> None:
