@@ -136,6 +136,7 @@ class Redactor:
         self.values: tuple[str, ...] = tuple(r for r in VALUE_RULES if r in rules)
         self.exempt = frozenset(exempt)
         self._name_cache: dict[str, bool] = {}
+        self._nested_cache: dict[str, bool] = {}
         self._pan = "pan" in self.values
         self._text_rules = [
             (rule, pattern)
@@ -162,8 +163,14 @@ class Redactor:
         return hit
 
     def _nested_sensitive(self, name: str) -> bool:
-        flat = _normalize_name(name)
-        return any(word in flat for word in self.names)
+        """Name rules for keys inside maps (no exemptions there); cached like top-level names."""
+        hit = self._nested_cache.get(name)
+        if hit is None:
+            flat = _normalize_name(name)
+            hit = any(word in flat for word in self.names)
+            if len(self._nested_cache) < 65536:
+                self._nested_cache[name] = hit
+        return hit
 
     # ------------------------------------------------------------------ values
     def redact_text(self, text: str, path: str, notes: list[str]) -> str:
@@ -243,6 +250,36 @@ class Redactor:
         return value
 
     # ------------------------------------------------------------------ records
+    def _collect(self, value: Any, texts: list[str], depth: int) -> bool:
+        """Gather the texts of a plain map or list (``old_values``) for :meth:`_clean`; ``False`` when it
+        holds anything the fast check cannot judge (a sensitive key, a large number, another type)."""
+        if depth > 8:
+            return False
+        items = value.values() if value.__class__ is dict else value
+        if value.__class__ is dict:
+            cache = self._nested_cache
+            for key in value:
+                hit = cache.get(key)
+                if hit is None:
+                    if key.__class__ is not str:
+                        return False
+                    hit = self._nested_sensitive(key)
+                if hit:
+                    return False
+        for item in items:
+            kind = item.__class__
+            if kind is str:
+                texts.append(item)
+            elif kind is int:
+                if item >= _INT_LOW or item <= -_INT_LOW:
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                if not self._collect(item, texts, depth + 1):
+                    return False
+            elif not (kind is float or kind is bool or item is None):
+                return False
+        return True
+
     def _clean(self, attributes: Mapping[str, Any], body: Any) -> bool:
         """The fast check for the common record: no sensitive name, only texts and small numbers at the top
         level, and one search over all texts joined by line breaks (no rule matches across one) finds
@@ -262,6 +299,9 @@ class Redactor:
                 texts.append(value)
             elif kind is int:
                 if value >= _INT_LOW or value <= -_INT_LOW:
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                if not self._collect(value, texts, 0):
                     return False
             elif not (kind is float or kind is bool or value is None):
                 return False
