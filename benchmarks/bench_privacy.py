@@ -2,8 +2,8 @@
 
 Every row is an audit ``logging`` call through the full pipeline (LoggingHandler with the
 input filter, the otel-audit processor, spool, sink to a real PostgreSQL, a
-BatchLogRecordProcessor with a no-op exporter), each with its own LoggerProvider and
-configuration; rounds alternate, medians are reported. The reference row is the same
+BatchLogRecordProcessor with a no-op exporter). All rows share one pipeline; between rounds
+only the processor's privacy policy changes. Rounds alternate, medians are reported. The reference row is the same
 audit call with every privacy protection off. The record is the usual one (an actor
 reading a patient record) plus old values and a user agent, so that every protection has
 something to do; a second redaction row carries a bearer token and a card number.
@@ -30,6 +30,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor  # noqa: E402
 import otel_audit  # noqa: E402
 from benchmarks.bench_hot_path import NoopExporter  # noqa: E402
 from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where  # noqa: E402
+from otel_audit.privacy import PrivacyPolicy, privacy_policy  # noqa: E402
 from otel_audit.privacy.keystore import init_keystore  # noqa: E402
 from otel_audit.privacy.pseudonym import new_key_line  # noqa: E402
 
@@ -46,18 +47,6 @@ def timed(logger: logging.Logger, calls: int, extra: dict) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def audited(dsn: str, name: str, **options: object) -> tuple[otel_audit.AuditHandle, logging.Logger]:
-    provider = LoggerProvider(shutdown_on_exit=False)
-    audit = otel_audit.configure(
-        dsn, logger_provider=provider, install_handler=False, metrics=False,
-        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"), **options,
-    )
-    provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
-    logger = logging.Logger(name, level=logging.INFO)
-    logger.addHandler(audit.protect(LoggingHandler(logger_provider=provider)))
-    return audit, logger
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=10_000)
@@ -72,29 +61,42 @@ def main() -> None:
     (keys / "ring").write_text(new_key_line("p1"))
     (keys / "master").write_text(new_key_line("m1"))
 
-    rows: dict[str, tuple[tuple[otel_audit.AuditHandle, logging.Logger], dict]] = {
-        "audit call, privacy off (reference)": (audited(dsn, "off", redact=False), EXTRA),
-        "+ redaction (default), nothing found": (audited(dsn, "redact"), EXTRA),
-        "+ redaction, bearer token and card number": (audited(dsn, "redact-hit"), SECRET_EXTRA),
+    # One pipeline (one sink thread, one spool) for every row: between rounds only the processor's policy
+    # changes, so the rows differ by the protections and nothing else.
+    provider = LoggerProvider(shutdown_on_exit=False)
+    audit = otel_audit.configure(
+        dsn, logger_provider=provider, install_handler=False, metrics=False,
+        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"), redact=False,
+    )
+    provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
+    logger = logging.Logger("bench-privacy", level=logging.INFO)
+    logger.addHandler(audit.protect(LoggingHandler(logger_provider=provider)))
+    env: dict[str, str] = {}
+    encrypting = {"keystore_dsn": keystore, "master_key": keys / "master"}
+    rows: dict[str, tuple[PrivacyPolicy, dict]] = {
+        "audit call, privacy off (reference)": (privacy_policy(redact=False, env=env), EXTRA),
+        "+ redaction (default), nothing found": (privacy_policy(env=env), EXTRA),
+        "+ redaction, bearer token and card number": (privacy_policy(env=env), SECRET_EXTRA),
         "+ pseudonymization (actor, user, address, session)": (
-            audited(dsn, "pseudo", redact=False, pseudonym_keys=keys / "ring"), EXTRA),
+            privacy_policy(redact=False, pseudonym_keys=keys / "ring", env=env), EXTRA),
         "+ encryption (old values, user agent; subject key cached)": (
-            audited(dsn, "encrypt", redact=False, keystore_dsn=keystore, master_key=keys / "master"), EXTRA),
+            privacy_policy(redact=False, env=env, **encrypting), EXTRA),  # type: ignore[arg-type]
         "all three (redaction, pseudonyms, encryption)": (
-            audited(dsn, "all", pseudonym_keys=keys / "ring", keystore_dsn=keystore, master_key=keys / "master"),
-            EXTRA),
+            privacy_policy(pseudonym_keys=keys / "ring", env=env, **encrypting), EXTRA),  # type: ignore[arg-type]
     }
-    for (audit, logger), extra in rows.values():  # warm up: imports, caches, the subject key, first segment
+    processor = audit.processor
+    for policy, extra in rows.values():  # warm up: imports, caches, the subject key, first segment
+        processor.privacy = policy
         timed(logger, 2000, extra)
-        audit.flush(60)
+    audit.flush(60)
 
     times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.rounds):
-        for name, ((audit, logger), extra) in rows.items():
+        for name, (policy, extra) in rows.items():
+            processor.privacy = policy
             times[name].append(timed(logger, args.calls, extra))
             audit.flush(120)  # outside the timing
-    for (audit, _), _ in rows.values():
-        audit.shutdown()
+    audit.shutdown()
 
     medians = {name: median(values) for name, values in times.items()}
     reference = medians["audit call, privacy off (reference)"]
