@@ -341,19 +341,30 @@ def _iso(unix: float) -> str:
 
 
 def _write(attributes: Any, amap: Any, changes: dict[str, Any]) -> Any:
-    """Replace attribute values on the OTel record (no other thread sees it yet); returns the map to seal."""
+    """Replace attribute values on the OTel record (no other thread sees it yet); returns the map to seal.
+
+    A value ``None`` removes the attribute.
+    """
     inner = getattr(attributes, "_dict", None)
     if inner is not None:
-        inner.update(changes)
+        for key, value in changes.items():
+            if value is None:
+                inner.pop(key, None)
+            else:
+                inner[key] = value
         return inner
     if attributes is not None:
         try:
             for key, value in changes.items():
-                attributes[key] = value
+                if value is None:
+                    attributes.pop(key, None)
+                else:
+                    attributes[key] = value
             return attributes
-        except TypeError:  # a read-only mapping: seal the redacted view only
+        except (TypeError, AttributeError):  # a read-only mapping: seal the protected view only
             pass
-    return {**amap, **changes}
+    merged = {**amap, **changes}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def _inherit(attributes: Any, amap: Any, defaults: dict[str, Any]) -> Any:

@@ -76,14 +76,18 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
                    "patient.phone": ALICE_PHONE})
     app.log(**{"audit.actor.id": BOB, "audit.action": "update", "audit.resource.id": "b-0",
                "audit.old_values": {"email": BOB, "phone": BOB_PHONE}, "patient.phone": BOB_PHONE})
+    app.log(**{"audit.actor.id": BOB, "audit.subject.id": "patient-77", "audit.resource.id": "p-77",
+               "audit.old_values": {"phone": "+44 20 7946 0077"}})
     exported = app.exporter.get_finished_logs()
     assert app.close()
-    # The OTLP export carries the ciphertext, not the values.
-    assert ALICE_PHONE not in str([dict(e.log_record.attributes) for e in exported])
+    # The OTLP export carries the ciphertext, not the values, and never the subject's identifier.
+    text = str([dict(e.log_record.attributes) for e in exported])
+    assert ALICE_PHONE not in text and "patient-77" not in text and "0077" not in text
+    assert "otel_audit.subject_key" in text
 
     # A superuser copies the whole database before the erasure, but not the key store.
     copy = json.dumps(_rows(db))
-    for plain in (ALICE, ALICE_PHONE, ALICE_AGENT, BOB, BOB_PHONE):
+    for plain in (ALICE, ALICE_PHONE, ALICE_AGENT, BOB, BOB_PHONE, "patient-77", "0077"):
         assert plain not in copy
     assert verify(db).ok
 
@@ -117,8 +121,9 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
     # Alice's fields are unreadable even with the key store; Bob's are not.
     rows = _query(capsys, "actor", ALICE, *with_keys)
     assert len(rows) == 3 and all(r["old_values"] == ERASED and r["user_agent"] == ERASED for r in rows)
-    rows = _query(capsys, "actor", BOB, *with_keys)
-    assert rows[0]["old_values"] == {"email": BOB, "phone": BOB_PHONE}
+    rows = {r["resource_id"]: r for r in _query(capsys, "actor", BOB, *with_keys)}
+    assert rows["b-0"]["old_values"] == {"email": BOB, "phone": BOB_PHONE}
+    assert rows["p-77"]["old_values"] == {"phone": "+44 20 7946 0077"}  # another subject: untouched
 
     # ...in the archive too.
     store = KeyStore(keystore, master_keys(master))
@@ -144,7 +149,7 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
     assert ALICE not in json.dumps(_rows(db))
     with psycopg.connect(keystore) as conn:
         assert conn.execute("SELECT count(*) FROM audit_subject_keys WHERE wrapped_key IS NULL").fetchone() == (1,)
-        assert conn.execute("SELECT count(*) FROM audit_subject_keys WHERE wrapped_key IS NOT NULL").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM audit_subject_keys WHERE wrapped_key IS NOT NULL").fetchone() == (2,)
 
     # Erasing again finds nothing to destroy (exit 1), and says so in the trail as well.
     assert cli(["erase", "--subject", ALICE, "--dsn", db, "--keystore-dsn", keystore, "--master-key", str(master),

@@ -27,7 +27,14 @@ from otel_audit import settings
 from otel_audit.core import attributes as A
 from otel_audit.core.record import Draft
 from otel_audit.errors import AuditConfigurationError
-from otel_audit.privacy.encrypt import DEFAULT_ENCRYPTED, DEFAULT_SUBJECT_FIELDS, Encryptor
+from otel_audit.privacy.encrypt import (
+    DEFAULT_ENCRYPTED,
+    DEFAULT_SUBJECT_FIELDS,
+    ENCRYPTED,
+    SUBJECT_ID,
+    SUBJECT_KEY,
+    Encryptor,
+)
 from otel_audit.privacy.fields import FIELD_OF, replace_field
 from otel_audit.privacy.keystore import KeyStore, MasterKey, master_keys
 from otel_audit.privacy.pseudonym import (
@@ -69,17 +76,22 @@ class PrivacyPolicy:
         """Pseudonymize the configured fields of a built record, in place, before it is sealed.
 
         Returns the attribute values to write back onto the OpenTelemetry
-        record (attribute name -> protected value), or ``None`` when nothing
-        changed.
+        record (attribute name -> protected value; ``None``: remove the
+        attribute), or ``None`` when nothing changed.
         """
         doc = draft.doc
         changes: dict[str, Any] | None = None
         encryptor = self.encryptor
         if encryptor is not None:  # first: the subject is read from the plain values
+            changes = {}
             for name in encryptor.protect(doc):
-                if changes is None:
-                    changes = {}
                 self._note_change(changes, doc, name)
+            # The subject's identifier is never stored, nor exported: None removes it from the OTel record.
+            changes[SUBJECT_ID] = None
+            key_ref = doc["attributes"].get(SUBJECT_KEY)
+            if key_ref is not None:
+                changes[SUBJECT_KEY] = key_ref
+                changes[ENCRYPTED] = doc["attributes"].get(ENCRYPTED)
         pseudonymizer = self.pseudonymizer
         if pseudonymizer is not None:
             transform = pseudonymizer.pseudonym
