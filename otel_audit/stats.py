@@ -31,6 +31,8 @@ class PipelineStats:
     last_error: str | None = None
     last_error_unix: float | None = None
     database_up: bool | None = None
+    # Set while PostgreSQL refuses for a reason retrying will not fix (privileges, login): what it said.
+    configuration_error: str | None = None
     started_unix: float = field(default_factory=time.time)
 
     def note_error(self, message: str) -> None:

@@ -49,6 +49,7 @@ def _chain_dir_status(path: Path) -> dict[str, Any]:
     segments = sorted(path.glob("*.seg"))
     info: dict[str, Any] = {
         "chain_id": meta.get("chain_id", path.name),
+        "path": str(path),
         "relay": bool(meta.get("relay")),  # records of other emitters' chains (OTLP ingest)
         "pid": meta.get("pid"),
         "owner_alive": live,

@@ -6,6 +6,7 @@ one line on stdout:
 
 * ``log N``: log N audit records; ``flush T``: flush with timeout T, answers the result;
 * ``wait-down``: wait until the sink has failed to write (the database is unreachable);
+* ``wait-misconfigured``: wait until the sink reports a configuration error (and its status file says so);
 * ``shutdown T``: ``handle.shutdown(timeout=T)``, answers ``<result> <seconds>``;
 * ``stats``: the pipeline's counters as JSON;
 * ``kill``: SIGKILL itself; ``exit``: return from the script (``atexit`` shuts down).
@@ -51,6 +52,11 @@ def main() -> None:
             while handle.pipeline.stats.database_up is not False:
                 time.sleep(0.02)
             print("down", flush=True)
+        elif command == "wait-misconfigured":
+            while handle.pipeline.stats.configuration_error is None:
+                time.sleep(0.02)
+            time.sleep(1.1)  # the sink writes its status file every second
+            print("misconfigured", flush=True)
         elif command == "shutdown":
             started = time.monotonic()
             result = handle.shutdown(timeout=float(arg))

@@ -182,3 +182,57 @@ def test_repeated_messages_on_stderr_are_rate_limited(monkeypatch: pytest.Monkey
     handler.repeat_interval = 0
     handler.emit(log.makeRecord(log.name, logging.WARNING, __file__, 1, "otel-audit: down (%d)", (5,), None))
     assert stream.getvalue().splitlines()[-1].startswith("WARNING otel-audit: down (5) (4 more like this in the last")
+
+
+# ---------------------------------------------------------------------- a role that may not write
+@pytest.fixture
+def reader_dsn(db: str) -> Iterator[str]:
+    """``db`` as a role that can log in and read the audit tables but not insert (a wrong role)."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from otel_audit.sink.schema import grant_reader
+
+    role = "oa_wrong_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        grant_reader(conn, role)
+    yield make_conninfo(db, user=role)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_role_that_may_not_insert_is_a_loud_configuration_error_and_loses_nothing(
+    db: str, reader_dsn: str, tmp_path: Path
+) -> None:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from otel_audit.sink.schema import grant_writer
+
+    spool = tmp_path / "spool"
+    app = OperatorApp(reader_dsn, spool)
+    app.send("log 2")
+    assert app.send("wait-misconfigured") == "misconfigured"
+
+    status = cli("status", "--spool-dir", str(spool))
+    assert status.returncode == 2, status.stdout + status.stderr
+    assert "CONFIGURATION ERROR: InsufficientPrivilege [42501]" in status.stdout
+    assert "otel-audit status: CONFIGURATION ERROR in process" in status.stderr
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(0,)]
+
+    # The records wait in the spool; once the DBA grants the privileges they are written.
+    with psycopg.connect(db, autocommit=True) as conn:
+        grant_writer(conn, conninfo_to_dict(reader_dsn)["user"])
+    assert app.send("flush 60") == "True"
+    code, stderr = app.finish("exit")
+    assert code == 0, stderr
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(2,)]
+    assert stderr.count("ERROR otel-audit: CONFIGURATION ERROR: PostgreSQL refuses to store audit records") == 1, stderr
+    assert "permission denied" in stderr and "--writer-role" in stderr
+    assert "configuration error is resolved" in stderr
+    assert "cannot write audit records to PostgreSQL" not in stderr  # not reported as an outage

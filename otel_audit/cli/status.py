@@ -8,7 +8,7 @@ from pathlib import Path
 
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, add_dsn, connect
-from otel_audit.cli.output import print_json, write_line
+from otel_audit.cli.output import escape_text, print_json, write_line
 from otel_audit.status import database_status, spool_status
 
 
@@ -36,12 +36,23 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         _print(result)
+    misconfigured = [
+        chain for chain in result["spool"]["chains"]
+        if chain["owner_alive"] and (chain.get("process") or {}).get("configuration_error")
+    ]
+    for chain in misconfigured:
+        # A live process PostgreSQL refuses for good (privileges, login): said where scripts look too.
+        print(
+            f"otel-audit status: CONFIGURATION ERROR in process {chain.get('pid')}: "
+            f"{escape_text(chain['process']['configuration_error'])}; its records wait in {escape_text(chain['path'])}",
+            file=sys.stderr,
+        )
     database = result.get("database")
     if database is not None and database.get("missing_tables"):
         # Said on stderr too, so that scripts reading only the exit code and stderr see why.
         print(f"otel-audit status: {database['note']}", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_OK
+    return EXIT_ERROR if misconfigured else EXIT_OK
 
 
 def _print(result: dict) -> None:
@@ -71,7 +82,9 @@ def _print(result: dict) -> None:
             age = process.get("oldest_uncommitted_age_seconds")
             if age:
                 line += f" oldest_uncommitted {age:.1f}s"
-            if process.get("last_error"):
+            if process.get("configuration_error"):
+                line += f"  CONFIGURATION ERROR: {process['configuration_error']}"
+            elif process.get("last_error"):
                 line += f"  last error: {process['last_error']}"
         if "records_in_spool" in chain:
             line += f"  {chain['records_in_spool']} record(s) to replay"

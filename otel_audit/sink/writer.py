@@ -20,11 +20,15 @@ received with their seal and verified. They are stored under their original
 chain; a record that is already there (its emitter's own sink was faster) is a
 no-op, a *different* record at the same position is quarantined.
 
-Failures are sorted into two kinds:
+Failures are sorted into three kinds:
 
 * *transient* (connection lost, server shutting down, disk full, missing
   table, lock timeouts, ...): the batch stays in the spool and is retried
   with exponential backoff until it goes through. Nothing is dropped.
+* *configuration* (the role may not insert or log in, SQLSTATE 42501, 28000, 28P01, or
+  the database does not exist): retried like a transient failure, since a GRANT or a
+  corrected setting fixes it without a restart, but reported as a configuration error
+  (logged at ERROR, at most once a minute, and in ``otel-audit status``), not as an outage.
 * *record-level* (SQLSTATE classes 22 data exception, 23 integrity violation,
   54 program limit): the batch is bisected until the offending records are
   isolated; those are written to ``audit_quarantine`` with PostgreSQL's
@@ -111,6 +115,9 @@ SELECT seq, hash FROM audit_quarantine WHERE chain_id = %(c)s AND seq BETWEEN %(
 #: Seconds between checks that the coming months' partitions exist.
 PARTITION_CHECK_INTERVAL = 3600.0
 
+#: Seconds between two reports of the same configuration error (it is retried meanwhile).
+CONFIGURATION_REPORT_INTERVAL = 60.0
+
 #: SQLSTATE classes that blame the records rather than the server.
 _RECORD_LEVEL_CLASSES = ("22", "23", "54")
 
@@ -146,6 +153,37 @@ def target_fingerprint(dsn: str) -> str:
 
 class _Transient(Exception):
     """The database cannot take the batch now; retry later."""
+
+
+class _Misconfigured(_Transient):
+    """The database refuses for a reason retrying will not fix: the role may not write (or log
+    in), the database does not exist. Still retried (the records stay in the spool and are
+    written once a GRANT or a corrected setting takes effect), but reported as the
+    configuration error it is, loudly, not as an outage."""
+
+
+#: SQLSTATEs of a configuration error: insufficient_privilege, invalid_authorization_specification,
+#: invalid_password, invalid_catalog_name (no such database).
+_CONFIGURATION_STATES = ("42501", "28000", "28P01", "3D000")
+#: The same refusals at connection time, where libpq reports no SQLSTATE: its message.
+_CONFIGURATION_TEXTS = (
+    "password authentication failed",
+    "does not exist",  # role "x" does not exist, database "x" does not exist
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "is not permitted to log in",
+)
+
+
+def _failure(exc: BaseException) -> _Transient:
+    """The retryable failure ``exc`` stands for: :class:`_Misconfigured` or :class:`_Transient`."""
+    state = getattr(exc, "sqlstate", None)
+    text = str(exc)
+    if state in _CONFIGURATION_STATES or (
+        state is None and "FATAL" in text and any(t in text for t in _CONFIGURATION_TEXTS)
+    ):
+        return _Misconfigured(_describe(exc))
+    return _Transient(_describe(exc))
 
 
 @dataclass
@@ -225,6 +263,7 @@ class PostgresSink:
         self._next_adopt = 0.0
         self._status_written = 0.0
         self._next_partitions = 0.0  # monotonic time of the next partition check
+        self._next_config_report = 0.0  # monotonic time from which a configuration error is logged again
         self._failures = 0  # write attempts that failed (close() stops waiting after some)
         self._release_lock = threading.Lock()
         self._release_on_stop = False  # close() gave up waiting for the thread: it releases
@@ -524,6 +563,10 @@ class PostgresSink:
             stats.replayed += len(batch.records)
         stats.last_commit_unix = time.time()
         stats.database_up = True
+        if stats.configuration_error is not None:
+            stats.configuration_error = None
+            self._next_config_report = 0.0
+            _log.warning("otel-audit: PostgreSQL accepts audit records again; the configuration error is resolved")
         self._retry_delay = self.retry_initial
         # Free the spool space first: a caller woken by the notification may log
         # straight away and must find the space it was waiting for.
@@ -546,7 +589,7 @@ class PostgresSink:
             raise
         except psycopg.Error as exc:
             if not _is_record_level(exc):
-                raise _Transient(_describe(exc)) from exc
+                raise _failure(exc) from exc
             first_error = exc
         # Record-level failure. Genesis rows and checkpoints are small and fixed-form:
         # store them on their own, then isolate the culprit records by bisection.
@@ -568,7 +611,7 @@ class PostgresSink:
                 raise
             except psycopg.Error as exc:
                 if not _is_record_level(exc):
-                    raise _Transient(_describe(exc)) from exc
+                    raise _failure(exc) from exc
                 self._write_isolating(records, a, b, exc)
 
     def _quarantine(self, record: tuple[bytes, bytes], reason: str) -> None:
@@ -585,7 +628,7 @@ class PostgresSink:
             )
         except psycopg.Error as exc:
             if not _is_record_level(exc):
-                raise _Transient(_describe(exc)) from exc
+                raise _failure(exc) from exc
             self._quarantine_file(chain_id, seq, canonical, hash_hex, f"{reason}; quarantine table refused it too: {exc}")
             return
         self.stats.quarantined += 1
@@ -645,11 +688,11 @@ class PostgresSink:
                     self.checkpoint_handler(checkpoints, conn)
         except psycopg.OperationalError as exc:
             self._drop_connection()
-            raise _Transient(_describe(exc)) from exc
+            raise _failure(exc) from exc
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
                 self._drop_connection()
-                raise _Transient(_describe(exc)) from exc
+                raise _failure(exc) from exc
             raise
         for ord_, stored_hash in conflicts:
             self._quarantine(
@@ -671,7 +714,7 @@ class PostgresSink:
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) or conn.broken:
                 self._drop_connection()
-            raise _Transient(_describe(exc)) from exc
+            raise _failure(exc) from exc
         if not stored:
             return records
         return [r for seq, r in zip(seqs, records, strict=True) if (seq, r[1].hex()) not in stored]
@@ -731,7 +774,7 @@ class PostgresSink:
             conn = connect(self.dsn, application_name=self.application_name)
             conn.execute(CREATE_STAGE)
         except psycopg.Error as exc:
-            raise _Transient(_describe(exc)) from exc
+            raise _failure(exc) from exc
         self._conn = conn
         _log.info("otel-audit: connected to PostgreSQL")
         self._next_partitions = 0.0
@@ -769,7 +812,20 @@ class PostgresSink:
 
     def _on_transient(self, exc: _Transient) -> None:
         message = str(exc)
-        if self.stats.database_up is not False:
+        if isinstance(exc, _Misconfigured):
+            self.stats.configuration_error = message
+            now = time.monotonic()
+            if now >= self._next_config_report:
+                self._next_config_report = now + CONFIGURATION_REPORT_INTERVAL
+                _log.error(
+                    "otel-audit: CONFIGURATION ERROR: PostgreSQL refuses to store audit records (%s). Retrying "
+                    "will not fix this: give the role in the DSN the writer privileges (`otel-audit db init "
+                    "--writer-role ROLE`) or correct the DSN. The records are kept in the spool %s and written "
+                    "once it works",
+                    message,
+                    self.spool_config.directory,
+                )
+        elif self.stats.database_up is not False:
             _log.warning(
                 "otel-audit: cannot write audit records to PostgreSQL (%s); they are kept in the spool %s "
                 "and retried with backoff",
