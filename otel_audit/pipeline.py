@@ -427,11 +427,12 @@ class AuditPipeline:
         _log.warning(
             "otel-audit: %s not yet written to PostgreSQL at shutdown (%s). They are safe in the spool %s "
             "and will be replayed by the next process that uses the spool directory %s and writes to the "
-            "same database",
+            "same database, or now with: otel-audit replay --spool %s --dsn DSN",
             what,
             reason,
             self.spool.path,
             self.config.spool.directory,
+            self.spool.path,
         )
 
     def restart_after_fork(self) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,25 @@ import psycopg
 
 from otel_audit.core.chain import KIND_RECORD
 from otel_audit.sink.schema import current_version
+from otel_audit.sink.writer import describe_database, same_database
 from otel_audit.spool.frames import MAGIC, iter_frames
 from otel_audit.spool.spool import list_chain_dirs, read_committed
 
 __all__ = ["database_status", "spool_status"]
 
 
-def spool_status(root: Path) -> dict[str, Any]:
+def spool_status(
+    root: Path, *, identity: dict[str, Any] | None = None, dsn_argument: str = "DSN"
+) -> dict[str, Any]:
+    """What the spool directory ``root`` holds.
+
+    ``identity``: the database the caller is looking at (:func:`database_identity`),
+    to say whether an orphaned spool belongs to it; ``dsn_argument``: how to write the
+    ``--dsn`` of the ``otel-audit replay`` command suggested for orphaned spools.
+    """
     chains = []
     for path in list_chain_dirs(root):
-        chains.append(_chain_dir_status(path))
+        chains.append(_chain_dir_status(path, identity, dsn_argument))
     quarantine = root / "quarantine"
     return {
         "spool_dir": str(root),
@@ -41,7 +51,7 @@ def spool_status(root: Path) -> dict[str, Any]:
     }
 
 
-def _chain_dir_status(path: Path) -> dict[str, Any]:
+def _chain_dir_status(path: Path, identity: dict[str, Any] | None, dsn_argument: str) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         meta = json.loads((path / "meta.json").read_text())
@@ -84,8 +94,35 @@ def _chain_dir_status(path: Path) -> dict[str, Any]:
                             oldest = json.loads(frame.payload)["timestamp"]
         info["records_in_spool"] = pending
         info["oldest_record"] = oldest
-        info["note"] = "owner is gone: the next process using this spool directory and database replays it"
+        info.update(_orphan_advice(path, meta, identity, dsn_argument))
     return info
+
+
+def _orphan_advice(
+    path: Path, meta: dict[str, Any], identity: dict[str, Any] | None, dsn_argument: str
+) -> dict[str, Any]:
+    """Who will replay a dead process's spool, and the command that replays it now."""
+    written_for = meta.get("database")
+    command = f"otel-audit replay --spool {shlex.quote(str(path))} --dsn {dsn_argument}"
+    if not written_for:
+        configured = meta.get("dsn") or "a DSN not recorded"
+        note = (
+            f"owner is gone and never reached a database (it was configured with {configured}): only a process "
+            "configured with that same DSN replays it by itself. If that DSN was wrong, replay it into the right "
+            f"database: {command}"
+        )
+    elif identity is not None and not same_database(written_for, identity):
+        command = f"otel-audit replay --spool {shlex.quote(str(path))} --dsn DSN_OF_THAT_DATABASE"
+        note = (
+            f"owner is gone; it belongs to {describe_database(written_for)}, not to the database given here. "
+            f"Its next process there replays it, or now: {command}"
+        )
+    else:
+        note = (
+            f"owner is gone: the next process that uses this spool directory and writes to "
+            f"{describe_database(written_for)} replays it (whatever its DSN looks like); to replay it now: {command}"
+        )
+    return {"database": written_for, "written_for_dsn": meta.get("dsn"), "note": note, "replay_command": command}
 
 
 def _lock_held(lock: Path) -> bool:

@@ -236,3 +236,96 @@ def test_a_role_that_may_not_insert_is_a_loud_configuration_error_and_loses_noth
     assert "permission denied" in stderr and "--writer-role" in stderr
     assert "configuration error is resolved" in stderr
     assert "cannot write audit records to PostgreSQL" not in stderr  # not reported as an outage
+
+
+# ---------------------------------------------------------------------- spools belong to a database, not a DSN string
+def test_a_spool_is_replayed_by_a_process_reaching_the_same_database_under_another_dsn(
+    proxy: PgProxy, db: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    dead = OperatorApp(proxy.dsn, spool)  # one spelling: through the proxy's port
+    dead.send("log 2")
+    assert dead.send("flush 30") == "True"
+    proxy.cut()
+    dead.send("log 3")
+    dead.finish("kill")
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(2,)]
+
+    app = App(db, spool)  # another spelling of the same database: its own host and port
+    assert app.close()
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(5,)]
+    assert app.audit.stats()["replayed"] == 3
+    assert not any(p.is_dir() for p in spool.iterdir() if p.name != "quarantine")
+
+
+def mistyped(dsn: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dsn, host="127.0.0.1", port="1", connect_timeout="2")  # nothing listens there
+
+
+def test_a_spool_of_a_mistyped_dsn_is_replayed_with_the_command_status_gives(db: str, tmp_path: Path) -> None:
+    from tests.harness import verify
+
+    spool = tmp_path / "spool"
+    app = OperatorApp(mistyped(db), spool)
+    app.send("log 3")
+    assert app.send("wait-down") == "down"
+    code, stderr = app.finish("exit", timeout=25)
+    assert code == 0 and "3 audit record(s) not yet written" in stderr and "otel-audit replay --spool" in stderr
+
+    status = cli("status", "--spool-dir", str(spool), "--dsn", db, "--json")
+    (chain,) = json.loads(status.stdout)["spool"]["chains"]
+    assert chain["records_in_spool"] == 3 and "never reached a database" in chain["note"]
+    assert "port=1" in chain["note"]  # what it was configured with, to recognize the mistake
+    command = chain["replay_command"]
+    assert command in chain["note"]
+    text = cli("status", "--spool-dir", str(spool), "--dsn", db).stdout
+    assert command in text
+
+    import shlex
+
+    argv = shlex.split(command)
+    assert argv[:2] == ["otel-audit", "replay"]
+    replayed = cli(*argv[1:])
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "3 record(s) written" in replayed.stdout and "never reached a database" in replayed.stdout
+    assert rows(db, "SELECT count(*) FROM audit_logs") == [(3,)]
+    report = verify(db)
+    assert report.ok, [str(f) for f in report.findings]
+    assert json.loads(cli("status", "--spool-dir", str(spool), "--json").stdout)["spool"]["chains"] == []
+
+
+def test_replay_refuses_a_spool_of_another_database_unless_forced(
+    postgres, proxy: PgProxy, db: str, tmp_path: Path  # noqa: ANN001
+) -> None:
+    spool = tmp_path / "spool"
+    dead = OperatorApp(proxy.dsn, spool)
+    dead.send("log 1")
+    assert dead.send("flush 30") == "True"
+    proxy.cut()
+    dead.send("log 2")
+    dead.finish("kill")
+
+    schema, other = postgres.new_schema()
+    try:
+        # A process of the other database leaves it alone...
+        app = App(other, spool)
+        app.log()
+        assert app.close()
+        assert rows(other, "SELECT count(*) FROM audit_logs") == [(1,)]  # its own record only
+        (chain,) = json.loads(cli("status", "--spool-dir", str(spool), "--dsn", other, "--json").stdout)["spool"][
+            "chains"
+        ]
+        assert "DSN_OF_THAT_DATABASE" in chain["replay_command"] and "not to the database given here" in chain["note"]
+        # ... and so does replay, saying why.
+        refused = cli("replay", "--spool", str(spool), "--dsn", other)
+        assert refused.returncode == 2
+        assert "replaying would store its chain in another database" in refused.stderr and "--force" in refused.stderr
+        assert rows(other, "SELECT count(*) FROM audit_logs") == [(1,)]
+        forced = cli("replay", "--spool", str(spool), "--dsn", other, "--force")
+        assert forced.returncode == 0, forced.stderr
+        # Its whole chain (the spool still holds the record its process had stored elsewhere).
+        assert rows(other, "SELECT count(*) FROM audit_logs") == [(1 + 3,)]
+    finally:
+        postgres.drop_schema(schema)

@@ -39,7 +39,8 @@ def _error(command: str, message: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from otel_audit.cli import (
-        archive, checkpoints, collector, db, demo, ingest, privacy, query, report, retention, status, verify,
+        archive, checkpoints, collector, db, demo, ingest, privacy, query, replay, report, retention, status,
+        verify,
     )
 
     parser = CommandParser(
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otel-audit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    modules = (db, verify, query, report, demo, status, checkpoints, ingest, collector, archive, retention, privacy)
+    modules = (
+        db, verify, query, report, demo, status, replay, checkpoints, ingest, collector, archive, retention, privacy,
+    )
     for module in modules:
         module.register(sub)
     return parser

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, add_dsn, connect
 from otel_audit.cli.output import escape_text, print_json, write_line
+from otel_audit.sink.writer import database_identity
 from otel_audit.status import database_status, spool_status
 
 
@@ -28,10 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     result: dict = {}
     spool_dir = args.spool_dir or settings.SPOOL_DIR.get()
-    result["spool"] = spool_status(spool_dir)
+    identity = None
     if args.dsn or settings.DSN.get():
         with connect(args) as conn:
             result["database"] = database_status(conn)
+            identity = database_identity(conn)
+    result["spool"] = spool_status(spool_dir, identity=identity, dsn_argument=_dsn_argument(args))
     if args.json:
         print_json(result)
     else:
@@ -53,6 +57,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"otel-audit status: {database['note']}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_ERROR if misconfigured else EXIT_OK
+
+
+def _dsn_argument(args: argparse.Namespace) -> str:
+    """How the suggested `otel-audit replay` command should name the database: as given, unless
+    that would print a password."""
+    if args.dsn:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            if not conninfo_to_dict(args.dsn).get("password"):
+                return shlex.quote(args.dsn)
+        except Exception:  # noqa: BLE001 - a DSN psycopg cannot parse was refused by connect() already
+            pass
+        return "DSN"
+    if settings.DSN.get():
+        return '"$OTEL_AUDIT_DSN"'
+    return "DSN"
 
 
 def _print(result: dict) -> None:
@@ -91,6 +112,8 @@ def _print(result: dict) -> None:
             if chain["oldest_record"]:
                 line += f", oldest {chain['oldest_record']}"
         write_line(line)
+        if chain.get("note"):
+            write_line(f"    {chain['note']}")
     db = result.get("database")
     if db:
         if db.get("missing_tables"):

@@ -73,7 +73,7 @@ from otel_audit.spool.frames import KIND_DELIVERED_GENESIS, parse_delivered_gene
 from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition, list_chain_dirs
 from otel_audit.stats import PipelineStats
 
-__all__ = ["PostgresSink", "connect", "target_fingerprint"]
+__all__ = ["PostgresSink", "connect", "database_identity", "describe_database", "same_database", "target_fingerprint"]
 
 _log = logging.getLogger("otel_audit.sink")
 
@@ -149,6 +149,59 @@ def target_fingerprint(dsn: str) -> str:
         params.setdefault(key, os.environ.get(env, ""))
     relevant = {k: str(params.get(k, "")) for k in ("host", "hostaddr", "port", "dbname", "user", "options")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# Which database a connection reached, whatever the DSN said: the cluster's system identifier
+# (shared by its physical replicas), the database's oid and name, and the schema that holds
+# (or would hold) the audit tables.
+_IDENTITY = """
+SELECT (SELECT system_identifier FROM pg_control_system())::text, d.oid::bigint, d.datname,
+       coalesce((SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.oid = to_regclass('audit_logs')), current_schema())
+FROM pg_database d WHERE d.datname = current_database()
+"""
+_IDENTITY_KEYS = ("system_identifier", "database_oid", "schema")
+
+
+def database_identity(conn: psycopg.Connection) -> dict[str, Any] | None:
+    """The identity of the database ``conn`` writes to, or ``None`` if the role may not read it.
+
+    Spools are tied to it rather than to the DSN string, so that records spooled under
+    one spelling of a DSN (``localhost`` or ``127.0.0.1``, another user, a URL or
+    ``key=value`` form) are replayed by a process that reaches the same database under
+    another. ``pg_control_system()`` is executable by every role unless revoked.
+    """
+    try:
+        row = conn.execute(_IDENTITY).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    if row is None or row[0] is None:
+        return None
+    sysid, oid, name, schema = row
+    return {"system_identifier": str(sysid), "database_oid": int(oid), "database": name, "schema": schema}
+
+
+def same_database(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return bool(a and b) and all(a.get(k) == b.get(k) for k in _IDENTITY_KEYS)  # type: ignore[union-attr]
+
+
+def describe_database(identity: dict[str, Any] | None) -> str:
+    if not identity:
+        return "an unknown database"
+    return (
+        f"database {identity.get('database')} (oid {identity.get('database_oid')}, schema "
+        f"{identity.get('schema')}) of the cluster with system identifier {identity.get('system_identifier')}"
+    )
+
+
+def redacted_dsn(dsn: str) -> str:
+    """``dsn`` without its password, for messages and ``meta.json``."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(a DSN that does not parse)"
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **params)
 
 
 class _Transient(Exception):
@@ -263,6 +316,8 @@ class PostgresSink:
         self._next_adopt = 0.0
         self._status_written = 0.0
         self._next_partitions = 0.0  # monotonic time of the next partition check
+        self.identity: dict[str, Any] | None = None  # of the database reached (see database_identity)
+        self._identity_checked = False
         self._next_config_report = 0.0  # monotonic time from which a configuration error is logged again
         self._failures = 0  # write attempts that failed (close() stops waiting after some)
         self._release_lock = threading.Lock()
@@ -272,7 +327,9 @@ class PostgresSink:
 
     # ------------------------------------------------------------------ lifecycle
     def open_spool(self, chain_id: str) -> ChainSpool:
-        spool = ChainSpool.create(self.spool_config, chain_id, self.target)
+        spool = ChainSpool.create(
+            self.spool_config, chain_id, self.target, database=self.identity, dsn=redacted_dsn(self.dsn)
+        )
         self._own = _Source(spool, spool.start(), in_sync=True)
         self._sources.insert(0, self._own)
         return spool
@@ -281,7 +338,10 @@ class PostgresSink:
         """A spool for records sealed elsewhere (the OTLP ingest); drained like the own one."""
         if self._relay is not None:
             return self._relay.spool
-        spool = ChainSpool.create(self.spool_config, new_chain_id(), self.target, relay=True)
+        spool = ChainSpool.create(
+            self.spool_config, new_chain_id(), self.target, relay=True, database=self.identity,
+            dsn=redacted_dsn(self.dsn),
+        )
         self._relay = _Source(spool, spool.start(), in_sync=True, relay=True)
         self._sources.insert(1 if self._own is not None else 0, self._relay)
         self._wake.set()
@@ -480,8 +540,15 @@ class PostgresSink:
         if now >= self._next_partitions and self._conn is not None and not self._conn.broken:
             self._maintain_partitions(self._conn)
         if self.adopt_orphans and now >= self._next_adopt:
+            try:
+                self._adopt()
+            except _Transient as exc:  # the database is needed to know which spools are its own
+                if self._stopping:
+                    return False
+                self._update_gauges()
+                self._on_transient(exc)
+                return False
             self._next_adopt = now + self.adopt_interval
-            self._adopt()
         progressed = False
         for source in list(self._sources):
             try:
@@ -498,12 +565,25 @@ class PostgresSink:
         self._update_gauges()
         return progressed
 
+    def _belongs_here(self, meta: dict[str, Any]) -> bool:
+        """Is a dead process's spool (its ``meta.json``) for the database this sink writes to?
+
+        By the database's identity when both are known, however the DSNs were spelt;
+        otherwise (its process never reached a database, or this role may not read the
+        identity) only if the DSNs name the same target.
+        """
+        database = meta.get("database")
+        if database and self.identity:
+            return same_database(database, self.identity)
+        return meta.get("target") == self.target
+
     def _adopt(self) -> None:
         known = {s.spool.path for s in self._sources}
-        for path in list_chain_dirs(Path(self.spool_config.directory)):
-            if path in known:
-                continue
-            spool = ChainSpool.adopt(path, self.spool_config, self.target)
+        paths = [p for p in list_chain_dirs(Path(self.spool_config.directory)) if p not in known]
+        if paths and not self._identity_checked:
+            self._connection()  # learns the identity
+        for path in paths:
+            spool = ChainSpool.adopt(path, self.spool_config, self._belongs_here)
             if spool is None:
                 continue
             _log.info("otel-audit: replaying the spool of an earlier process: %s", path)
@@ -719,6 +799,76 @@ class PostgresSink:
             return records
         return [r for seq, r in zip(seqs, records, strict=True) if (seq, r[1].hex()) not in stored]
 
+    # ------------------------------------------------------------------ explicit replay
+    def replay(self, path: Path, *, force: bool = False) -> dict[str, Any]:
+        """Write a dead process's spool directory ``path`` to this sink's database now, on
+        the calling thread (``otel-audit replay``); the directory is removed once written.
+
+        Refuses (``status`` ``"refused"``) a spool that belongs to another database unless
+        ``force``, and one whose process is alive (``"in use"``: it writes its records
+        itself). A spool whose process never reached a database is replayed: the DSN it
+        was written for was wrong, and this is the way to its intended database. Raises
+        :class:`~otel_audit.errors.AuditError` when the database refuses the records or
+        cannot be reached; what is not written stays in the spool, and the command can be
+        run again (records already stored are skipped).
+        """
+        from otel_audit.errors import AuditError  # noqa: PLC0415 - the CLI's path only
+
+        result: dict[str, Any] = {"spool": str(path), "records": 0, "already_stored": 0}
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            return {**result, "status": "refused", "reason": f"not a spool directory ({exc})"}
+        result["chain_id"] = meta.get("chain_id")
+        try:
+            self._connection()
+        except _Transient as exc:
+            raise AuditError(f"cannot write to the database: {exc}") from exc
+        written_for = meta.get("database")
+        result["database"] = describe_database(self.identity)
+        if written_for and self.identity and not same_database(written_for, self.identity) and not force:
+            return {
+                **result,
+                "status": "refused",
+                "reason": f"its records were written to {describe_database(written_for)}, but --dsn reaches "
+                f"{describe_database(self.identity)}: replaying would store its chain in another database. "
+                "Use the DSN of the database it belongs to, or add --force if this is where it belongs "
+                "(the database was restored or moved)",
+            }
+        if not written_for:
+            result["note"] = (
+                f"its process never reached a database (it was configured with {meta.get('dsn') or 'an unknown DSN'})"
+            )
+        config = self.spool_config
+        segments = sorted(path.glob("*.seg"))
+        if segments:  # read with the segment size it was written with
+            size = segments[0].stat().st_size
+            config = SpoolConfig(directory=path.parent, segment_bytes=size, max_bytes=max(2 * size, config.max_bytes))
+        spool = ChainSpool.adopt(path, config, lambda _meta: True)
+        if spool is None:
+            return {**result, "status": "in use", "reason": f"its process (pid {meta.get('pid')}) is alive and "
+                    "writes its records itself"}
+        source = _Source(spool, spool.start(), in_sync=False, relay=bool(meta.get("relay")), extra={"adopted": True})
+        self._sources.append(source)
+        try:
+            while self._drain(source):
+                pass
+        except _Transient as exc:
+            if source in self._sources:
+                self._sources.remove(source)
+                spool.close()
+            raise AuditError(
+                f"{path}: {exc}. {source.records_passed} record(s) were stored; the rest stay in the spool: "
+                "fix the cause and run the command again"
+            ) from exc
+        result["records"] = source.records_done
+        result["already_stored"] = source.records_passed - source.records_done
+        return {**result, "status": "replayed"}
+
+    def disconnect(self) -> None:
+        """Close the connection (after :meth:`replay`; a running sink is stopped with :meth:`close`)."""
+        self._drop_connection()
+
     def _finish_adopted(self, source: _Source) -> None:
         if not source.relay:
             self._close_adopted_chain(source)
@@ -773,8 +923,10 @@ class PostgresSink:
         try:
             conn = connect(self.dsn, application_name=self.application_name)
             conn.execute(CREATE_STAGE)
+            identity = database_identity(conn)
         except psycopg.Error as exc:
             raise _failure(exc) from exc
+        self._learn_identity(identity)
         self._conn = conn
         _log.info("otel-audit: connected to PostgreSQL")
         self._next_partitions = 0.0
@@ -782,6 +934,24 @@ class PostgresSink:
         for source in self._sources:
             source.in_sync = False
         return self._conn
+
+    def _learn_identity(self, identity: dict[str, Any] | None) -> None:
+        """Remember which database the DSN reached and note it in the spools this process owns."""
+        self._identity_checked = True
+        if identity is None:
+            return
+        if self.identity is None:
+            self.identity = identity
+        elif not same_database(identity, self.identity):
+            _log.warning(
+                "otel-audit: the DSN now reaches %s, not %s as before; this process's spool stays tied to the first",
+                describe_database(identity),
+                describe_database(self.identity),
+            )
+            return
+        for source in (self._own, self._relay):
+            if source is not None and source.spool.owner:
+                source.spool.record_database(self.identity)
 
     def _maintain_partitions(self, conn: psycopg.Connection) -> None:
         """Create the coming months' partitions (hourly). Never fatal: without them rows go to the default one."""

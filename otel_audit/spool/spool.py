@@ -16,7 +16,7 @@ pre-faulting read-only makes every first store take a write fault, measured
 Layout::
 
     <root>/<chain-id>/lock          flock()ed by the owning process while it lives
-    <root>/<chain-id>/meta.json     chain id, target database fingerprint, owner pid
+    <root>/<chain-id>/meta.json     chain id, the database it is written to, owner pid
     <root>/<chain-id>/00000001.seg  segments, oldest first; deleted once committed
     <root>/<chain-id>/committed     how far the records are known to be in PostgreSQL
     <root>/<chain-id>/genesis       the chain's genesis document (written once)
@@ -29,7 +29,12 @@ holding the genesis and the older checkpoints were already committed and deleted
 
 A process drains its own chain and adopts the directories of dead processes
 (their lock is free) that target the same database, so records left by a
-crashed process are written by the next one.
+crashed process are written by the next one. "The same database" is the
+database's identity, recorded in ``meta.json`` once the sink has reached it
+(``database``: see :func:`otel_audit.sink.writer.database_identity`), whatever
+DSN spelling reached it; a spool whose process never reached a database has
+only the fingerprint of its DSN (``target``) and is adopted by the same DSN or
+replayed explicitly with ``otel-audit replay``.
 """
 
 from __future__ import annotations
@@ -42,10 +47,10 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from otel_audit import settings
 from otel_audit.errors import AuditConfigurationError, SpoolFull
@@ -179,7 +184,16 @@ class ChainSpool:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, config: SpoolConfig, chain_id: str, target: str, *, relay: bool = False) -> ChainSpool:
+    def create(
+        cls,
+        config: SpoolConfig,
+        chain_id: str,
+        target: str,
+        *,
+        relay: bool = False,
+        database: dict[str, Any] | None = None,
+        dsn: str | None = None,
+    ) -> ChainSpool:
         """A new spool directory owned by this process.
 
         ``relay=True``: a spool of records sealed by *other* emitters (the OTLP
@@ -199,9 +213,13 @@ class ChainSpool:
                 "to a writable directory on local disk."
             ) from exc
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        meta = {"chain_id": chain_id, "target": target, "pid": os.getpid(), "created": time.time()}
+        meta: dict[str, Any] = {"chain_id": chain_id, "target": target, "pid": os.getpid(), "created": time.time()}
         if relay:
             meta["relay"] = True
+        if database is not None:
+            meta["database"] = database
+        if dsn is not None:
+            meta["dsn"] = dsn  # without its password: for people reading status
         _write_json_atomic(path / "meta.json", meta)
         _fsync_dir(path)
         _fsync_dir(root)
@@ -216,8 +234,14 @@ class ChainSpool:
         return spool
 
     @classmethod
-    def adopt(cls, path: Path, config: SpoolConfig, target: str) -> ChainSpool | None:
-        """Take over a dead process's chain directory, or ``None`` if it is alive or foreign."""
+    def adopt(
+        cls, path: Path, config: SpoolConfig, target: str | Callable[[dict[str, Any]], bool]
+    ) -> ChainSpool | None:
+        """Take over a dead process's chain directory, or ``None`` if it is alive or foreign.
+
+        ``target``: the DSN fingerprint its ``meta.json`` must name, or a function that
+        says from ``meta.json`` whether it belongs to this process's database.
+        """
         try:
             meta = json.loads((path / "meta.json").read_text())
             lock_fd = os.open(path / "lock", os.O_RDWR)
@@ -228,7 +252,8 @@ class ChainSpool:
         except OSError:
             os.close(lock_fd)
             return None  # its owner is alive
-        if meta.get("target") != target:
+        accept = target(meta) if callable(target) else meta.get("target") == target
+        if not accept:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
             return None
@@ -236,6 +261,18 @@ class ChainSpool:
         numbers = spool._segment_numbers()
         spool._released_before = numbers[0] if numbers else 1
         return spool
+
+    def record_database(self, database: dict[str, Any]) -> None:
+        """Note in ``meta.json`` which database this spool's records go to (owner, once known)."""
+        if self.meta.get("database") == database or self._closed:
+            return
+        meta = {**self.meta, "database": database}
+        try:
+            _write_json_atomic(self.path / "meta.json", meta)
+        except OSError as exc:
+            _log.warning("spool %s: cannot record its database in meta.json: %s", self.path, exc)
+            return
+        self.meta = meta
 
     # ------------------------------------------------------------------ writing
     def append(self, kind: int, payload: bytes, digest: bytes) -> SpoolPosition:
