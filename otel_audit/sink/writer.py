@@ -421,12 +421,13 @@ class PostgresSink:
                 # Its current attempt (a connect timeout, a COMMIT the server does not
                 # answer) outlasts the timeout: it releases the spool when it ends.
                 self._release_on_stop = True
-                _log.warning(
-                    "otel-audit: the sink is still waiting for PostgreSQL at shutdown (%s); not waiting for it",
-                    self.stats.last_error or "no answer yet",
-                )
+                if not flushed:
+                    _log.warning(
+                        "otel-audit: the sink is still waiting for PostgreSQL at shutdown (%s); not waiting for it",
+                        self.stats.last_error or "no answer yet",
+                    )
                 self._write_status()
-                return False
+                return flushed
             self._release()
         return flushed
 
