@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PostgresUnderTest
 from tests.harness import App, rows
 from tests.pgproxy import PgProxy
 from tests.test_output_escaping import cli
@@ -297,7 +298,7 @@ def test_a_spool_of_a_mistyped_dsn_is_replayed_with_the_command_status_gives(db:
 
 
 def test_replay_refuses_a_spool_of_another_database_unless_forced(
-    postgres, proxy: PgProxy, db: str, tmp_path: Path  # noqa: ANN001
+    postgres: PostgresUnderTest, proxy: PgProxy, db: str, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
     dead = OperatorApp(proxy.dsn, spool)

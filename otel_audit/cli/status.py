@@ -65,12 +65,8 @@ def _dsn_argument(args: argparse.Namespace) -> str:
     if args.dsn:
         from psycopg.conninfo import conninfo_to_dict
 
-        try:
-            if not conninfo_to_dict(args.dsn).get("password"):
-                return shlex.quote(args.dsn)
-        except Exception:  # noqa: BLE001 - a DSN psycopg cannot parse was refused by connect() already
-            pass
-        return "DSN"
+        # connect() has parsed it already.
+        return "DSN" if conninfo_to_dict(args.dsn).get("password") else shlex.quote(args.dsn)
     if settings.DSN.get():
         return '"$OTEL_AUDIT_DSN"'
     return "DSN"

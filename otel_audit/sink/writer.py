@@ -59,6 +59,7 @@ import psycopg
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD, genesis_hash
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.record import record_seq
+from otel_audit.errors import AuditError
 from otel_audit.sink.checkpoints import store_checkpoints
 from otel_audit.sink.partitions import ensure_partitions
 from otel_audit.sink.rows import (
@@ -813,8 +814,6 @@ class PostgresSink:
         cannot be reached; what is not written stays in the spool, and the command can be
         run again (records already stored are skipped).
         """
-        from otel_audit.errors import AuditError  # noqa: PLC0415 - the CLI's path only
-
         result: dict[str, Any] = {"spool": str(path), "records": 0, "already_stored": 0}
         try:
             meta = json.loads((path / "meta.json").read_text())
