@@ -15,12 +15,31 @@ normal OTLP export continues::
 
 from typing import TYPE_CHECKING, Any
 
+# Every public exception (otel_audit.errors imports nothing, so this stays light).
 from otel_audit.errors import (
+    ArchiveError,
+    ArchiveIntegrityError,
     AuditConfigurationError,
     AuditError,
     AuditNotCommitted,
     AuditRecordInvalid,
+    CanonicalEncodingError,
+    ChainClosed,
+    CheckpointFormatError,
+    CollectorConfigError,
+    DatabaseNotReady,
+    DatabaseUnavailable,
+    InvalidInput,
+    ManifestError,
+    MissingTablesError,
+    NotAnchoredError,
+    NotFound,
+    ProofUnavailable,
+    RetentionFormatError,
     SpoolFull,
+    StoreConflict,
+    StoreError,
+    WitnessError,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +51,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveError",
+    "ArchiveIntegrityError",
     "AuditConfigurationError",
     "AuditError",
     "AuditHandle",
@@ -39,7 +60,23 @@ __all__ = [
     "AuditLogRecordProcessor",
     "AuditNotCommitted",
     "AuditRecordInvalid",
+    "CanonicalEncodingError",
+    "ChainClosed",
+    "CheckpointFormatError",
+    "CollectorConfigError",
+    "DatabaseNotReady",
+    "DatabaseUnavailable",
+    "InvalidInput",
+    "ManifestError",
+    "MissingTablesError",
+    "NotAnchoredError",
+    "NotFound",
+    "ProofUnavailable",
+    "RetentionFormatError",
     "SpoolFull",
+    "StoreConflict",
+    "StoreError",
+    "WitnessError",
     "__version__",
     "audit_context",
     "configure",

@@ -28,7 +28,7 @@ from otel_audit import settings
 from otel_audit.core.chain import Chain
 from otel_audit.core.checkpoint import Checkpoint, frame_digest, sign_checkpoint
 from otel_audit.core.keys import SigningKey
-from otel_audit.errors import ChainClosed
+from otel_audit.errors import ChainClosed, InvalidInput
 from otel_audit.stats import PipelineStats
 
 __all__ = [
@@ -77,9 +77,9 @@ class Checkpointer:
         with the chain's head at that moment (the pipeline notes both in the spool directory, for
         whoever adopts the spool if this process dies)."""
         if every_records < 1:
-            raise ValueError("every_records must be at least 1")
+            raise InvalidInput("every_records must be at least 1")
         if every_seconds <= 0:
-            raise ValueError("every_seconds must be positive")
+            raise InvalidInput("every_seconds must be positive")
         self.chain = chain
         self.key = key
         self.every_records = every_records

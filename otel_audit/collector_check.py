@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from otel_audit.core.attributes import AUDIT_ACTION
+from otel_audit.errors import CollectorConfigError
 
 SIGNALS = {"traces", "metrics", "logs", "profiles"}
 SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
@@ -79,10 +80,6 @@ NORMAL_PATH_ENDPOINT_VARS = ("OBSERVABILITY_ENDPOINT", "OTEL_GATEWAY_ENDPOINT")
 
 #: Problem categories that are warnings; every other category is an error.
 WARNING_CATEGORIES = frozenset({"type", "unused"})
-
-
-class CollectorConfigError(ValueError):
-    """The file cannot be read or is not a collector configuration (YAML mapping, unique keys)."""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from otel_audit.core import attributes as A
+from otel_audit.errors import InvalidInput
 
 __all__ = [
     "AuditContext",
@@ -149,7 +150,7 @@ def _named(
     values = {key: _attribute_value(value) for key, value in values.items()}
     bad = _FORBIDDEN.intersection(values)
     if bad:
-        raise ValueError(
+        raise InvalidInput(
             f"an audit context cannot supply {sorted(bad)}: audit.action marks a single record as an audit "
             "record and the audit.record/sequence/integrity attributes are written by the seal"
         )

@@ -31,6 +31,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from otel_audit.errors import InvalidInput, MissingTablesError
+
 __all__ = [
     "NARROW_COLUMNS",
     "RESULTS",
@@ -83,19 +85,15 @@ _COLUMN_SQL = {
 }
 
 
-class MissingTablesError(LookupError):
-    """The otel-audit tables are not in this database / search_path."""
-
-
 def parse_duration(text: str) -> timedelta:
     """``30d``, ``24h``, ``15m``, ``90s``, ``2w`` -> timedelta."""
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration: use a number and one of s, m, h, d, w (e.g. 30d, 24h)")
+        raise InvalidInput(f"{text!r} is not a duration: use a number and one of s, m, h, d, w (e.g. 30d, 24h)")
     try:
         return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
     except OverflowError:
-        raise ValueError(f"{text!r} is too long a duration") from None
+        raise InvalidInput(f"{text!r} is too long a duration") from None
 
 
 def parse_time(text: str, *, end: bool = False, now: datetime | None = None) -> datetime:
@@ -110,7 +108,7 @@ def parse_time(text: str, *, end: bool = False, now: datetime | None = None) -> 
         try:
             return now - parse_duration(text)
         except OverflowError:
-            raise ValueError(f"{text!r} reaches back before year 1") from None
+            raise InvalidInput(f"{text!r} reaches back before year 1") from None
     stripped = text.strip()
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", stripped):
@@ -119,7 +117,7 @@ def parse_time(text: str, *, end: bool = False, now: datetime | None = None) -> 
             return value + timedelta(days=1) if end else value
         value = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
     except (ValueError, OverflowError):
-        raise ValueError(
+        raise InvalidInput(
             f"{text!r} is neither a duration (30d, 24h, 15m) nor an ISO 8601 date or time (2026-12-01, "
             "2026-12-01T08:00:00Z)"
         ) from None
@@ -158,20 +156,20 @@ class RecordFilter:
             self.chain_id = self.chain_id.strip().lower()
 
     def validate(self) -> None:
-        """Raise ValueError (a usage error) for what PostgreSQL would refuse or can never match."""
+        """Raise InvalidInput (a ValueError: a usage error) for what PostgreSQL would refuse or can never match."""
         texts = [self.actor_id, self.resource_type, self.resource_id, self.session_id, *self.actions, *self.services]
         if any(t is not None and "\x00" in t for t in texts):
-            raise ValueError("a filter value contains a NUL character, which no stored value can hold")
+            raise InvalidInput("a filter value contains a NUL character, which no stored value can hold")
         if self.trace_id is not None and not _TRACE_ID.fullmatch(self.trace_id):
-            raise ValueError(f"{self.trace_id!r} is not a trace id: expected 32 hexadecimal digits")
+            raise InvalidInput(f"{self.trace_id!r} is not a trace id: expected 32 hexadecimal digits")
         if self.chain_id is not None and not _UUID.fullmatch(self.chain_id):
-            raise ValueError(f"{self.chain_id!r} is not a chain id: expected a UUID")
+            raise InvalidInput(f"{self.chain_id!r} is not a chain id: expected a UUID")
         for result in self.results:
             if result not in RESULTS:
-                raise ValueError(f"result {result!r} is not one of {', '.join(RESULTS)}")
+                raise InvalidInput(f"result {result!r} is not one of {', '.join(RESULTS)}")
         if self.since is not None and self.until is not None and self.since >= self.until:
-            raise ValueError(f"the time range is empty: since {self.since.isoformat()} is not before until "
-                             f"{self.until.isoformat()}")
+            raise InvalidInput(f"the time range is empty: since {self.since.isoformat()} is not before until "
+                               f"{self.until.isoformat()}")
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
         """The SQL condition over ``audit_logs`` and its parameters."""
@@ -300,7 +298,7 @@ def find_records(
     included, marked in ``problems``.
     """
     if limit < 1:
-        raise ValueError(f"limit must be at least 1, not {limit}")
+        raise InvalidInput(f"limit must be at least 1, not {limit}")
     where.validate()
     require_tables(conn)
     names = list(columns or (WIDE_COLUMNS if wide else NARROW_COLUMNS))
@@ -375,7 +373,7 @@ def failed_attempts(
     """Actors with more than ``threshold`` failed or denied attempts in ``window`` back from now, or in
     ``[since, until)`` when either is given (the seed's security-monitoring query)."""
     if threshold < 0:
-        raise ValueError(f"threshold must be 0 or more, not {threshold}")
+        raise InvalidInput(f"threshold must be 0 or more, not {threshold}")
     require_tables(conn, ("audit_logs",))
     if since is None and until is None:
         since = datetime.now(timezone.utc) - window

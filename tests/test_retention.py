@@ -12,6 +12,7 @@ from otel_audit.archive import DirectoryStore, archive_database
 from otel_audit.archive.retention import POLICIES, apply_retention, parse_policy, plan_retention
 from otel_audit.cli.main import main as cli
 from otel_audit.core.keys import generate_signing_key, write_keypair
+from otel_audit.errors import AuditError
 from otel_audit.sink.partitions import ensure_partitions
 from otel_audit.sink.retention import add_hold, holds, release_hold
 from tests.harness import rows
@@ -162,7 +163,7 @@ def test_a_record_arriving_after_the_plan_stops_the_removal(trail, tmp_path: Pat
     late = TrailChain(key, created="2025-01-01T00:00:00Z")
     late.log("2025-01-15T00:00:00Z")
     store(dsn, late)
-    with pytest.raises(RuntimeError, match="can no longer be removed"):
+    with pytest.raises(AuditError, match="can no longer be removed"):
         apply_retention(psycopg.connect(dsn, autocommit=True), plan, key)
     assert JAN in _partitions(dsn) and rows(dsn, "SELECT count(*) FROM audit_retention") == [(0,)]
 

@@ -38,6 +38,7 @@ import orjson
 
 from otel_audit.core.canonical import canonical_json
 from otel_audit.core.keys import KEY_ID_HEX_CHARS, SigningKey, VerifyKey
+from otel_audit.errors import ManifestError
 
 __all__ = [
     "ARCHIVE_FORMAT",
@@ -196,10 +197,6 @@ def _timestamp(value: Any, datetime: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- manifests
-class ManifestError(ValueError):
-    """The bytes are not a signed otel-audit archive manifest."""
-
-
 @dataclass(frozen=True)
 class Manifest:
     run: int

@@ -33,6 +33,7 @@ from otel_audit.archive.writer import load_manifests
 from otel_audit.core.keys import SigningKey, VerifyKey
 from otel_audit.core.record import format_timestamp
 from otel_audit.core.retention import RetentionCheckpoint, sign_retention
+from otel_audit.errors import InvalidInput
 from otel_audit.sink.partitions import list_partitions
 from otel_audit.sink.retention import PartitionCheck, check_partition, drop_partitions, holds
 from otel_audit.verify.report import VerificationReport
@@ -64,7 +65,7 @@ def parse_policy(text: str) -> Policy:
         return POLICIES[text]
     match = re.fullmatch(r"(\d+)d?", text.strip())
     if not match or int(match.group(1)) < 1:
-        raise ValueError(f"{text!r} is not a policy: use pci-dss, hipaa, soc2 or a number of days (e.g. 400)")
+        raise InvalidInput(f"{text!r} is not a policy: use pci-dss, hipaa, soc2 or a number of days (e.g. 400)")
     return Policy(f"{int(match.group(1))}d", int(match.group(1)), None, "site policy")
 
 

@@ -28,17 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from otel_audit.errors import AuditError
+from otel_audit.errors import StoreConflict, StoreError
 
 __all__ = ["ArchiveStore", "DirectoryStore", "S3Store", "StoreConflict", "StoreError", "open_store"]
-
-
-class StoreError(AuditError):
-    """The archive destination cannot be used (the message says why and what to do)."""
-
-
-class StoreConflict(StoreError):
-    """An object exists with other bytes than those being written."""
 
 
 class ArchiveStore(Protocol):

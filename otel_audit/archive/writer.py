@@ -52,7 +52,7 @@ from otel_audit.archive.store import ArchiveStore, sha256_hex
 from otel_audit.core.checkpoint import CheckpointFormatError, parse_checkpoint
 from otel_audit.core.keys import SigningKey
 from otel_audit.core.record import RECORD_DOMAIN, format_timestamp
-from otel_audit.errors import AuditError
+from otel_audit.errors import ArchiveError, ArchiveIntegrityError, InvalidInput
 
 __all__ = ["ArchiveIntegrityError", "ArchiveResult", "archive_database", "load_manifests"]
 
@@ -60,14 +60,6 @@ __all__ = ["ArchiveIntegrityError", "ArchiveResult", "archive_database", "load_m
 ARCHIVE_LOCK_KEY = 0x07E1A0D2
 DEFAULT_RECORDS_PER_FILE = 100_000
 ROW_GROUP = 65_536
-
-
-class ArchiveIntegrityError(AuditError):
-    """The database's records do not form an intact chain; they were not archived."""
-
-
-class ArchiveError(AuditError):
-    """The archive cannot be extended (its manifests are inconsistent, another run holds the lock, ...)."""
 
 
 @dataclass
@@ -127,7 +119,7 @@ def archive_database(
     """Archive every record older than ``before`` (see the module docstring)."""
     started = time.monotonic()
     if before.tzinfo is None:
-        raise ValueError("before must be timezone-aware")
+        raise InvalidInput("before must be timezone-aware")
     with _advisory_lock(conn):
         manifests = load_manifests(store)
         newest = manifests[-1] if manifests else None

@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from otel_audit import settings
+from otel_audit.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -79,4 +80,4 @@ def connect(args: argparse.Namespace, *, autocommit: bool = True) -> psycopg.Con
         return psycopg.connect(dsn, autocommit=autocommit, application_name="otel-audit-cli", connect_timeout=10)
     except psycopg.Error as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConnectionError(f"cannot connect to PostgreSQL: {message}") from exc
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {message}") from exc

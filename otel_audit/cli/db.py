@@ -6,6 +6,7 @@ import argparse
 
 from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json
+from otel_audit.errors import DatabaseNotReady
 from otel_audit.sink.partitions import (
     DEFAULT_AHEAD_MONTHS,
     ensure_partitions,
@@ -73,7 +74,7 @@ def run_maintain(args: argparse.Namespace) -> int:
         raise UsageError("--ahead must be 0 or more")
     with connect(args) as conn:
         if current_version(conn) < 3 or not is_partitioned(conn):
-            raise LookupError(
+            raise DatabaseNotReady(
                 "audit_logs is not partitioned in this database (schema version "
                 f"{current_version(conn)}); upgrade it with `otel-audit db init --dsn ...`"
             )

@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _error(args.command, str(exc))
         return EXIT_ERROR
-    except (ConnectionError, LookupError, AuditError, ValueError, OSError) as exc:
+    except (AuditError, OSError) as exc:
+        # Everything otel-audit raises on purpose is an AuditError (otel_audit.errors); OSError covers the
+        # files a command reads or writes. Anything else is a bug and keeps its traceback.
         _error(args.command, str(exc))
         return EXIT_ERROR
     except Exception as exc:

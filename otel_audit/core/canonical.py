@@ -33,16 +33,14 @@ from typing import Any
 import orjson
 import rfc8785
 
+from otel_audit.errors import CanonicalEncodingError
+
 __all__ = ["CanonicalEncodingError", "canonical_json", "jcs_number", "reference_canonical_json"]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _SORT = orjson.OPT_SORT_KEYS
 _Fragment = orjson.Fragment
-
-
-class CanonicalEncodingError(ValueError):
-    """The value is outside the canonical JSON domain (normalize it first)."""
 
 
 def jcs_number(value: float) -> str:

@@ -50,6 +50,7 @@ import orjson
 from otel_audit.core.canonical import canonical_json
 from otel_audit.core.keys import KEY_ID_HEX_CHARS, SigningKey, VerifyKey
 from otel_audit.core.record import CHECKPOINT_DOMAIN, format_timestamp
+from otel_audit.errors import CheckpointFormatError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -73,10 +74,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{%d}" % KEY_ID_HEX_CHARS)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
-
-
-class CheckpointFormatError(ValueError):
-    """The bytes are not a signed otel-audit checkpoint."""
 
 
 class SignatureStatus(str, Enum):

@@ -39,6 +39,7 @@ import orjson
 
 from otel_audit.core.canonical import canonical_json
 from otel_audit.core.keys import KEY_ID_HEX_CHARS, SigningKey, VerifyKey
+from otel_audit.errors import RetentionFormatError
 
 __all__ = ["RETENTION_DOMAIN", "RetentionCheckpoint", "RetentionFormatError", "parse_retention", "sign_retention"]
 
@@ -47,10 +48,6 @@ _MEMBERS = frozenset({"v", "type", "n", "prev", "time", "policy", "cutoff", "par
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{%d}" % KEY_ID_HEX_CHARS)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class RetentionFormatError(ValueError):
-    """The bytes are not a retention checkpoint."""
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
+from otel_audit.errors import InvalidInput
 from otel_audit.ingest.auth import ANONYMOUS, TokenIdentity, TokenSet
 from otel_audit.ingest.decode import JSON, PROTOBUF, RequestError, decode_request, encoding_of
 from otel_audit.ingest.service import ExportResult, IngestConfig, IngestService
@@ -151,7 +152,7 @@ class IngestServer:
             _log.warning("otel-audit serve: authentication is OFF (--insecure-no-auth): anyone who can reach "
                          "this port can write audit records")
         elif not len(tokens):
-            raise ValueError("no ingest tokens: pass a TokenSet with at least one token, or None to disable auth")
+            raise InvalidInput("no ingest tokens: pass a TokenSet with at least one token, or None to disable auth")
         self.service = service
         self.config: IngestConfig = service.config
         self.tokens = tokens

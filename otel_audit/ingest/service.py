@@ -58,7 +58,7 @@ from otel_audit.core import attributes as A
 from otel_audit.core.chain import genesis_hash
 from otel_audit.core.recognize import Recognizer
 from otel_audit.core.record import Draft, RecordBuilder
-from otel_audit.errors import SpoolFull
+from otel_audit.errors import InvalidInput, SpoolFull
 from otel_audit.ingest.auth import ANONYMOUS, TokenIdentity
 from otel_audit.ingest.otlp import attribute_map, builder_context, resource_extra, resource_fields
 from otel_audit.ingest.presealed import LinkTracker, SealedInput, SealRejected, has_seal, read_seal
@@ -112,11 +112,11 @@ class IngestConfig:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_records", "max_attributes", "max_connections", "max_inflight_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+                raise InvalidInput(f"{name} must be positive")
         if self.max_inflight_bytes < self.max_body_bytes:
-            raise ValueError("max_inflight_bytes must be at least max_body_bytes (one request must fit)")
+            raise InvalidInput("max_inflight_bytes must be at least max_body_bytes (one request must fit)")
         if self.commit_timeout <= 0:
-            raise ValueError("commit_timeout must be positive")
+            raise InvalidInput("commit_timeout must be positive")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from otel_audit import __version__
 from otel_audit.core.keys import VerifyKey
+from otel_audit.errors import InvalidInput
 from otel_audit.query import (
     RESULTS,
     TIMELINE_COLUMNS,
@@ -78,7 +79,7 @@ def build_report(conn: psycopg.Connection, options: ReportOptions | None = None)
     until = options.until or now
     since = options.since or until - timedelta(days=30)
     if since >= until:
-        raise ValueError(f"the period is empty: --since {since.isoformat()} is not before --until {until.isoformat()}")
+        raise InvalidInput(f"the period is empty: --since {since.isoformat()} is not before --until {until.isoformat()}")
     require_tables(conn, ("audit_logs", "audit_chains", "audit_quarantine"))
     with _one_snapshot(conn):  # verify_database runs inside it as it is
         started = datetime.now(timezone.utc)

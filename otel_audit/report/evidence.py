@@ -39,6 +39,7 @@ import psycopg
 from otel_audit import __version__
 from otel_audit.core.checkpoint import CheckpointFormatError, parse_checkpoint
 from otel_audit.core.keys import VerifyKey, load_trusted_key
+from otel_audit.errors import InvalidInput
 from otel_audit.query import WIDE_COLUMNS, RecordFilter, find_records
 from otel_audit.report.collect import ReportOptions, build_report
 from otel_audit.report.html import render_html
@@ -81,7 +82,7 @@ class EvidenceSummary:
 def write_evidence_pack(conn: psycopg.Connection, out: Path, options: EvidenceOptions) -> EvidenceSummary:
     """Write the pack to ``out`` (replaced atomically: written beside it, then renamed)."""
     if options.limit < 1:
-        raise ValueError(f"limit must be at least 1, not {options.limit}")
+        raise InvalidInput(f"limit must be at least 1, not {options.limit}")
     keys = _keys(options.trusted_key_files)
     report = build_report(conn, options.report)
     chosen, matching = _choose(conn, options.selections, options.limit)

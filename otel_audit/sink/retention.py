@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from otel_audit.core.retention import RetentionCheckpoint
+from otel_audit.errors import AuditError, NotFound
 
 __all__ = ["Hold", "PartitionCheck", "add_hold", "check_partition", "drop_partitions", "holds", "release_hold"]
 
@@ -54,7 +55,7 @@ def add_hold(conn: psycopg.Connection, *, reason: str, chain_id: str | None = No
 
 def release_hold(conn: psycopg.Connection, hold_id: int, *, reason: str) -> None:
     if conn.execute("SELECT 1 FROM audit_legal_holds WHERE id = %s", (hold_id,)).fetchone() is None:
-        raise LookupError(f"there is no legal hold {hold_id}; list them with `otel-audit retention holds`")
+        raise NotFound(f"there is no legal hold {hold_id}; list them with `otel-audit retention holds`")
     conn.execute("INSERT INTO audit_legal_hold_releases (hold_id, reason) VALUES (%s, %s)", (hold_id, reason))
 
 
@@ -149,7 +150,7 @@ def drop_partitions(
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(part.name)))
             again = check_partition(conn, part.name, part.lower, part.upper, archived, active)
             if again.blocked:
-                raise RuntimeError(f"{part.name} can no longer be removed: " + "; ".join(again.blocked))
+                raise AuditError(f"{part.name} can no longer be removed: " + "; ".join(again.blocked))
         row = conn.execute("SELECT n, hash FROM audit_retention ORDER BY n DESC LIMIT 1").fetchone()
         n, prev = (int(row[0]) + 1, row[1]) if row else (1, None)
         checkpoint = make_checkpoint(n, prev)

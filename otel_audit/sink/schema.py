@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from otel_audit.errors import DatabaseNotReady
+
 __all__ = ["AUDIT_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "current_version", "grant_reader", "grant_writer", "migrate"]
 
 # A fixed key for pg_advisory_xact_lock: concurrent `db init` runs apply each
@@ -437,7 +439,7 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
         have = {r[0] for r in conn.execute("SELECT version FROM otel_audit_schema")}
         newest = max(have, default=0)
         if newest > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise DatabaseNotReady(
                 f"the database has otel-audit schema version {newest}, newer than this otel-audit "
                 f"({SCHEMA_VERSION}); upgrade otel-audit instead of downgrading the schema"
             )

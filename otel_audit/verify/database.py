@@ -32,6 +32,7 @@ from psycopg.pq import TransactionStatus
 
 from otel_audit.core.chain import genesis_hash
 from otel_audit.core.keys import VerifyKey
+from otel_audit.errors import DatabaseNotReady
 from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
@@ -440,7 +441,7 @@ def _load_anchoring(
         version = current_version(conn)
         if version < 2:
             if checking:
-                raise LookupError(
+                raise DatabaseNotReady(
                     f"this database has otel-audit schema version {version}, without the audit_checkpoints table, "
                     "so there are no signed checkpoints to check: upgrade it with `otel-audit db init --dsn ...`, "
                     "then run the emitters with OTEL_AUDIT_SIGNING_KEY"
@@ -485,7 +486,7 @@ def _load_anchoring(
 def _require_schema(conn: psycopg.Connection) -> None:
     row = conn.execute("SELECT to_regclass('audit_logs'), to_regclass('audit_chains')").fetchone()
     if not row or row[0] is None or row[1] is None:
-        raise LookupError(
+        raise DatabaseNotReady(
             "no otel-audit tables (audit_logs, audit_chains) in this database / search_path; "
             "check --dsn, or run `otel-audit db init` if this is a new database"
         )

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from otel_audit.errors import DatabaseNotReady
 from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, ChainGroup, RangeResult, RangeTask, check_task
 
 __all__ = ["CleanChain", "can_fork", "chain_heights", "default_workers", "join_ranges", "plan", "run_tasks"]
@@ -189,7 +190,7 @@ def run_tasks(
     try:
         snapshot = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
     except psycopg.Error as exc:
-        raise LookupError(
+        raise DatabaseNotReady(
             f"this server cannot share the verification snapshot with worker processes ({exc}); "
             "verify in one process instead (otel-audit verify --workers 1, or VerifyOptions(workers=1))"
         ) from exc

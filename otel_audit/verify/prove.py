@@ -17,23 +17,12 @@ import psycopg
 from otel_audit.core.checkpoint import CheckpointFormatError, parse_checkpoint
 from otel_audit.core.keys import VerifyKey
 from otel_audit.core.proof import ProofResult, build_proof, verify_proof
+from otel_audit.errors import NotAnchoredError, ProofUnavailable
 
 __all__ = ["NotAnchoredError", "ProofUnavailable", "prove_record"]
 
 #: Candidate checkpoints tried (nearest first) before giving up.
 _CANDIDATES = 20
-
-
-class ProofUnavailable(LookupError):
-    """No proof can be built (unknown record, or the database's data does not hold together)."""
-
-    def __init__(self, message: str, result: ProofResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-class NotAnchoredError(ProofUnavailable):
-    """The record exists but no checkpoint covers it yet."""
 
 
 def prove_record(

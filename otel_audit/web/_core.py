@@ -26,6 +26,7 @@ from opentelemetry import propagate, trace
 
 from otel_audit.context import _CURRENT, AuditContext
 from otel_audit.core import attributes as A
+from otel_audit.errors import InvalidInput
 from otel_audit.processor import _FAIL_CLOSED
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class WebAuditConfig:
         logger: str | logging.Logger = "audit.http",
     ) -> None:
         if requests not in ("all", "state-changing", "marked"):
-            raise ValueError(f"requests={requests!r}: use 'all', 'state-changing' or 'marked'")
+            raise InvalidInput(f"requests={requests!r}: use 'all', 'state-changing' or 'marked'")
         self.requests = requests
         self.exclude_exact = frozenset(e for e in exclude if not e.endswith("*"))
         self.exclude_prefixes = tuple(e[:-1] for e in exclude if e.endswith("*"))
@@ -336,7 +337,7 @@ class _Trusted:
             try:
                 nets.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                raise ValueError(
+                raise InvalidInput(
                     f"trusted_proxies: {entry!r} is not an IP address or network (use '10.0.0.0/8', '::1', 'unix')"
                 ) from None
         self.nets = tuple(nets)

@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
 from otel_audit.core.checkpoint import Checkpoint, CheckpointFormatError, parse_envelope
-from otel_audit.errors import AuditError
+from otel_audit.errors import WitnessError
 
 __all__ = [
     "SUFFIX",
@@ -117,10 +117,6 @@ def entry_place(location: str) -> tuple[str, str]:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class WitnessError(AuditError):
-    """A witness could not store or read checkpoints."""
 
 
 @dataclass(frozen=True)
