@@ -31,12 +31,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.bench_throughput import SEED_SCHEMA
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 
 import otel_audit
+from benchmarks.bench_throughput import SEED_SCHEMA
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 from otel_audit.archive import DirectoryStore, archive_database, verify_archive
 from otel_audit.core.keys import generate_signing_key, write_keypair
 from otel_audit.verify.parallel import default_workers

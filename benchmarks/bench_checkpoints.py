@@ -41,11 +41,11 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import otel_audit  # noqa: E402
-from otel_audit.core.keys import generate_signing_key, load_trusted_keys, write_keypair  # noqa: E402
-from otel_audit.sink.schema import migrate  # noqa: E402
-from otel_audit.verify import VerifyOptions, verify_database  # noqa: E402
-from otel_audit.witness import DirectoryWitness  # noqa: E402
+import otel_audit
+from otel_audit.core.keys import generate_signing_key, load_trusted_keys, write_keypair
+from otel_audit.sink.schema import migrate
+from otel_audit.verify import VerifyOptions, verify_database
+from otel_audit.witness import DirectoryWitness
 
 ATTRS = {
     "audit.action": "read",

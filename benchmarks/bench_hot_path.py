@@ -16,25 +16,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
-
-import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
-from tests.pgproxy import PgProxy
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 
 import otel_audit
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
+from tests.pgproxy import PgProxy
 
 
 class NoopExporter(LogRecordExporter):
-    def export(self, batch):  # noqa: ANN001, ANN201
+    def export(self, batch):
         return LogRecordExportResult.SUCCESS
 
     def shutdown(self) -> None:

@@ -96,7 +96,7 @@ def build_bodies(n_bodies: int, seed: int) -> list[bytes]:
     return bodies
 
 
-def client_process(port: int, connections: int, seconds: float, seed: int, queue) -> None:  # noqa: ANN001
+def client_process(port: int, connections: int, seconds: float, seed: int, queue) -> None:
     """Send pre-built requests on ``connections`` keep-alive connections for ``seconds``."""
     bodies = build_bodies(64, seed)
     headers = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {TOKEN}"}
@@ -273,7 +273,7 @@ def bench_canonical_export_cost(calls: int, rounds: int) -> tuple[float, float, 
     sealed = []
     original = processor_module._annotate
 
-    def capture(attributes, record, genesis=None):  # noqa: ANN001, ANN202
+    def capture(attributes, record, genesis=None):
         sealed.append(record)
         original(attributes, record, genesis)
 
@@ -282,7 +282,7 @@ def bench_canonical_export_cost(calls: int, rounds: int) -> tuple[float, float, 
     processor_module._annotate = original
     record = sealed[0]
 
-    def without_canonical(attributes, sealed, genesis=None):  # noqa: ANN001, ANN202 - the previous behaviour
+    def without_canonical(attributes, sealed, genesis=None):  # the previous behaviour
         attributes._dict.update({
             A.RECORD_ID: sealed.record_id, A.CHAIN_ID: sealed.chain_id, A.SEQUENCE_NUMBER: sealed.seq,
             A.SEQUENCE_PREV_HASH: sealed.prev_hash, A.INTEGRITY_ALGORITHM: "sha256", A.INTEGRITY_VALUE: sealed.hash,

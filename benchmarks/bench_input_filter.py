@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.bench_hot_path import NoopExporter, make_logger
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
 import otel_audit
+from benchmarks.bench_hot_path import NoopExporter, make_logger
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 
 
 def cpu_timed(logger: logging.Logger, calls: int, extra: dict) -> float:

@@ -29,17 +29,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.common import fresh_schema, report, where  # noqa: E402
-
-from otel_audit.core.chain import KIND_RECORD, Chain, emitter_metadata  # noqa: E402
-from otel_audit.core.checkpoint import sign_checkpoint  # noqa: E402
-from otel_audit.core.keys import SigningKey, generate_signing_key, load_signing_key, write_keypair  # noqa: E402
-from otel_audit.core.record import RecordBuilder  # noqa: E402
-from otel_audit.report import ReportOptions, build_report, render_html  # noqa: E402
-from otel_audit.sink.checkpoints import INSERT_CHECKPOINT  # noqa: E402
-from otel_audit.sink.rows import CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE  # noqa: E402
-from otel_audit.sink.writer import stage_copy_data  # noqa: E402
-from otel_audit.verify import VerifyOptions, verify_database  # noqa: E402
+from benchmarks.common import fresh_schema, report, where
+from otel_audit.core.chain import KIND_RECORD, Chain, emitter_metadata
+from otel_audit.core.checkpoint import sign_checkpoint
+from otel_audit.core.keys import SigningKey, generate_signing_key, load_signing_key, write_keypair
+from otel_audit.core.record import RecordBuilder
+from otel_audit.report import ReportOptions, build_report, render_html
+from otel_audit.sink.checkpoints import INSERT_CHECKPOINT
+from otel_audit.sink.rows import CREATE_STAGE, INSERT_CHAINS, PROJECT_STAGE, STAGE_TABLE
+from otel_audit.sink.writer import stage_copy_data
+from otel_audit.verify import VerifyOptions, verify_database
 
 SERVICES = ("ehr", "pharmacy", "portal", "auth")
 BATCH = 50_000

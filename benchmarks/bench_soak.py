@@ -12,24 +12,23 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 
-import sys
-from pathlib import Path
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, report, where
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
-from tests.pgproxy import PgProxy
 
 import otel_audit
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, report, where
+from tests.pgproxy import PgProxy
 
 
 def rss_mib() -> float:

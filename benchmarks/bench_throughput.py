@@ -17,25 +17,24 @@ import argparse
 import hashlib
 import json
 import logging
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psycopg
 
-import sys
-from pathlib import Path
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, report, where
-from tests.pgproxy import PgProxy
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 
 import otel_audit
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, report, where
+from tests.pgproxy import PgProxy
 
 SEED_SCHEMA = """
 CREATE TABLE audit_logs (
@@ -142,7 +141,7 @@ def otel_audit_design(records: int, threads: int, *, fsync: str = "interval", fa
     return rate
 
 
-def _run_threads(work, threads: int, records: int, finish=None) -> float:  # noqa: ANN001
+def _run_threads(work, threads: int, records: int, finish=None) -> float:
     pool = [threading.Thread(target=work) for _ in range(threads)]
     start = time.perf_counter()
     for t in pool:

@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 
-import sys
-from pathlib import Path
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 
 import otel_audit
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
 from otel_audit.verify import VerifyOptions, verify_database
 from otel_audit.verify.parallel import default_workers
 

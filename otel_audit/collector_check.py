@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from otel_audit.core.attributes import AUDIT_ACTION
-from otel_audit.errors import CollectorConfigError
+from otel_audit.errors import CollectorConfigError as CollectorConfigError  # re-exported: raised here
 
 SIGNALS = {"traces", "metrics", "logs", "profiles"}
 SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
@@ -120,7 +120,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
 
 
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -160,12 +160,12 @@ def ctype(component_id: str) -> str:
     return component_id.split("/", 1)[0]
 
 
-def section(cfg: dict, name: str) -> dict:
+def section(cfg: dict[str, Any], name: str) -> dict[Any, Any]:
     value = cfg.get(name)
     return value if isinstance(value, dict) else {}
 
 
-def pipelines(cfg: dict) -> dict:
+def pipelines(cfg: dict[str, Any]) -> dict[Any, Any]:
     service = cfg.get("service") or {}
     value = service.get("pipelines")
     return value if isinstance(value, dict) else {}
@@ -204,7 +204,7 @@ def duration_seconds(value: Any) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-def walk(node: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+def walk(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
     yield path, node
     if isinstance(node, dict):
         for key, value in node.items():
@@ -232,7 +232,7 @@ def is_audit_route(item: Any) -> bool:
     return bool(m and m.group("key") == AUDIT_ACTION)
 
 
-def connector_targets(cfg: dict, connector_id: str, matched: bool) -> list[str]:
+def connector_targets(cfg: dict[str, Any], connector_id: str, matched: bool) -> list[str]:
     """Pipelines a log record leaves a connector for; ``matched``: it carries audit.action."""
     conf = section(cfg, "connectors").get(connector_id) or {}
     if ctype(connector_id) == "routing":
@@ -244,7 +244,7 @@ def connector_targets(cfg: dict, connector_id: str, matched: bool) -> list[str]:
     return [name for name, spec in pipelines(cfg).items() if connector_id in listed(spec, "receivers")]
 
 
-def entry_log_pipelines(cfg: dict) -> list[str]:
+def entry_log_pipelines(cfg: dict[str, Any]) -> list[str]:
     connectors = section(cfg, "connectors")
     return [
         name
@@ -253,7 +253,7 @@ def entry_log_pipelines(cfg: dict) -> list[str]:
     ]
 
 
-def trace_log_record(cfg: dict, matched: bool) -> tuple[set[str], set[str]]:
+def trace_log_record(cfg: dict[str, Any], matched: bool) -> tuple[set[str], set[str]]:
     """Follow a log record from the receivers: (exporters reached, pipelines on the way to a
     persistent exporter)."""
     pls = pipelines(cfg)
@@ -299,7 +299,7 @@ def check_config(cfg: dict[str, Any], options: CheckOptions | None = None) -> li
     return problems
 
 
-def check_references(cfg: dict) -> list[str]:
+def check_references(cfg: dict[str, Any]) -> list[str]:
     out: list[str] = []
     pls = pipelines(cfg)
     if not pls:
@@ -359,7 +359,7 @@ def check_references(cfg: dict) -> list[str]:
     return out
 
 
-def check_types(cfg: dict) -> list[str]:
+def check_types(cfg: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for kind in SECTIONS:
         for cid in section(cfg, kind):
@@ -374,7 +374,7 @@ def check_types(cfg: dict) -> list[str]:
     return out
 
 
-def check_extensions(cfg: dict) -> list[str]:
+def check_extensions(cfg: dict[str, Any]) -> list[str]:
     out: list[str] = []
     extensions = section(cfg, "extensions")
     enabled = listed(cfg.get("service"), "extensions")
@@ -406,7 +406,7 @@ def check_extensions(cfg: dict) -> list[str]:
     return out
 
 
-def check_routing(cfg: dict) -> list[str]:
+def check_routing(cfg: dict[str, Any]) -> list[str]:
     out: list[str] = []
     pls = pipelines(cfg)
     routers = {cid: conf for cid, conf in section(cfg, "connectors").items() if ctype(cid) == "routing"}
@@ -463,7 +463,7 @@ def check_routing(cfg: dict) -> list[str]:
     return out
 
 
-def check_audit_path(cfg: dict, options: CheckOptions | None = None) -> list[str]:
+def check_audit_path(cfg: dict[str, Any], options: CheckOptions | None = None) -> list[str]:
     options = options or CheckOptions()
     out: list[str] = []
     exporters = section(cfg, "exporters")
@@ -543,7 +543,7 @@ def check_audit_path(cfg: dict, options: CheckOptions | None = None) -> list[str
     return out
 
 
-def check_delivery(cfg: dict, options: CheckOptions | None = None) -> list[str]:
+def check_delivery(cfg: dict[str, Any], options: CheckOptions | None = None) -> list[str]:
     options = options or CheckOptions()
     out: list[str] = []
     if not any(ctype(name) == "logs" for name in pipelines(cfg)):

@@ -454,7 +454,7 @@ def _add_otlp_exporter(provider: LoggerProvider) -> None:
                 "pip install 'otel-audit[grpc]', or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
             ) from exc
     elif protocol in ("http/protobuf", "http/json"):
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # type: ignore[assignment]
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     else:
         raise AuditConfigurationError(
             f"unknown OTLP protocol {protocol!r}: use grpc or http/protobuf (OTEL_EXPORTER_OTLP_PROTOCOL)"

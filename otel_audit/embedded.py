@@ -45,7 +45,9 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-            self._server: Any = pgserver.get_server(self.data_dir, cleanup_mode=None if keep_running else "stop")
+            self._server: Any = pgserver.get_server(  # type: ignore[attr-defined]
+                self.data_dir, cleanup_mode=None if keep_running else "stop"
+            )
 
     def dsn(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database))
@@ -65,7 +67,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server now (fast shutdown); a no-op when it is not running."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import, one per binary
 
         if not self.is_running():
             return

@@ -82,7 +82,8 @@ def _plain(value: Any, depth: int) -> bool:
     if kind is str:
         return value.isascii() or _is_utf8(value)
     if kind is int:
-        return -_SAFE <= value <= _SAFE
+        safe: bool = -_SAFE <= value <= _SAFE
+        return safe
     if kind is float or kind is bool or value is None or kind is bytes:
         return True
     if kind is dict:

@@ -139,7 +139,7 @@ class AuditPipeline:
         self.stats = PipelineStats()
         config = self.config
         self.witness = WitnessPublisher(config.witnesses, self.stats) if config.witnesses else None
-        hooks = dict(self._sink_hooks)
+        hooks: dict[str, Any] = dict(self._sink_hooks)
         hooks.setdefault("close_adopted", self._close_adopted)
         user_after_commit = hooks.pop("after_commit", None)
         if self.witness is not None or user_after_commit is not None:

@@ -95,7 +95,7 @@ class AuditLogRecordProcessor(LogRecordProcessor):
             os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     # ------------------------------------------------------------------ OTel API
-    def on_emit(self, log_record: ReadWriteLogRecord) -> None:  # type: ignore[override]
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
         record = log_record.log_record
         attributes = record.attributes
         amap = getattr(attributes, "_dict", attributes)
@@ -130,9 +130,10 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         except Exception as exc:
             if self.strict:
                 raise
-            sealed = self._seal_fallback(log_record, amap, exc)
-            if sealed is None:
+            fallback = self._seal_fallback(log_record, amap, exc)
+            if fallback is None:
                 return
+            sealed = fallback
         _annotate(attributes, sealed, self.pipeline.chain.genesis if sealed.seq == 1 else None)
         pending = _FAIL_CLOSED.get()
         if pending is not None:

@@ -210,7 +210,7 @@ class RecordFilter:
         if self.problems:
             parts.append("cardinality(problems) > 0")
         condition = " AND ".join(parts) if parts else "TRUE"
-        return sql.SQL(condition), params  # type: ignore[arg-type]  # only fixed column names and placeholders
+        return sql.SQL(condition), params  # only fixed column names and placeholders
 
     def matches(self, row: dict[str, Any]) -> bool:
         """The same condition, for a record read from its sealed document (quarantined records)."""
@@ -352,7 +352,7 @@ def quarantined_records(conn: psycopg.Connection) -> list[dict[str, Any]]:
             row["timestamp"] = datetime.fromisoformat(str(doc.get("timestamp", "")).replace("Z", "+00:00"))
         except ValueError:
             row["timestamp"] = None
-        problems = doc.get("problems") if isinstance(doc.get("problems"), list) else []
+        problems = doc["problems"] if isinstance(doc.get("problems"), list) else []
         row["problems"] = [f"quarantined: {reason}", *(str(p) for p in problems)]
         row["hash"] = stored_hash
         out.append(row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 __all__ = ["PipelineStats"]
 
@@ -39,7 +40,7 @@ class PipelineStats:
         self.last_error = message
         self.last_error_unix = time.time()
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         data = asdict(self)
         oldest = self.oldest_uncommitted_unix
         data["oldest_uncommitted_age_seconds"] = None if oldest is None else max(0.0, time.time() - oldest)

@@ -151,7 +151,7 @@ class Browser:
         if ws is not None:
             try:
                 ws.close()
-            except Exception:  # noqa: BLE001 (closing anyway)
+            except Exception:  # closing anyway
                 pass
         if self.process.poll() is None:
             self.process.terminate()

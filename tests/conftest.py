@@ -32,7 +32,7 @@ TEST_DSN_ENV = "OTEL_AUDIT_TEST_DSN"
 class PostgresUnderTest:
     """The server the storage tests use, and how to reach it."""
 
-    def __init__(self, admin_dsn: str, embedded=None) -> None:  # noqa: ANN001
+    def __init__(self, admin_dsn: str, embedded=None) -> None:
         self.admin_dsn = admin_dsn
         self.embedded = embedded
 
@@ -140,7 +140,7 @@ def verify_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     used: list[int] = []
     run_tasks = database.run_tasks
 
-    def counting_run_tasks(conn, tasks, workers):  # noqa: ANN001, ANN202
+    def counting_run_tasks(conn, tasks, workers):
         used.append(workers)
         return run_tasks(conn, tasks, workers)
 

@@ -24,7 +24,7 @@ def s3_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch):
     """A boto3 S3 client; the environment points every other boto3 client of the test at the same server."""
     import boto3
 
@@ -34,7 +34,7 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     return boto3.client("s3")
 
 
-def bucket(s3, *, locked: bool) -> str:  # noqa: ANN001
+def bucket(s3, *, locked: bool) -> str:
     """A new bucket, with Object Lock (and so versioning) when ``locked``."""
     name = f"audit-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=locked)

@@ -32,16 +32,16 @@ CUTOFF = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def key():  # noqa: ANN201
+def key():
     return generate_signing_key()
 
 
 @pytest.fixture
-def key_files(tmp_path: Path, key) -> tuple[Path, Path]:  # noqa: ANN001
+def key_files(tmp_path: Path, key) -> tuple[Path, Path]:
     return write_keypair(key, tmp_path / "keys" / "archive")
 
 
-def populate(dsn: str, key, *, sizes=(1200, 300, 40)) -> list[TrailChain]:  # noqa: ANN001
+def populate(dsn: str, key, *, sizes=(1200, 300, 40)) -> list[TrailChain]:
     """Chains with records in 2024 (to archive), checkpoints, and newer records (to keep)."""
     chains = []
     for size in sizes:
@@ -59,15 +59,15 @@ def populate(dsn: str, key, *, sizes=(1200, 300, 40)) -> list[TrailChain]:  # no
     return chains
 
 
-def trusted(key) -> dict:  # noqa: ANN001
+def trusted(key) -> dict:
     return {key.key_id: key.verify_key()}
 
 
-def errors(report) -> list[tuple[str, str]]:  # noqa: ANN001
+def errors(report) -> list[tuple[str, str]]:
     return [(f.kind.value, f.detail) for f in report.errors]
 
 
-def test_archive_then_verify_offline_and_against_the_database(db: str, tmp_path: Path, key, key_files) -> None:  # noqa: ANN001
+def test_archive_then_verify_offline_and_against_the_database(db: str, tmp_path: Path, key, key_files) -> None:
     chains = populate(db, key)
     dest = tmp_path / "archive"
     assert cli(["archive", "--dsn", db, "--before", "2025-01-01", "--to", str(dest),
@@ -91,7 +91,7 @@ def test_archive_then_verify_offline_and_against_the_database(db: str, tmp_path:
     assert cli(["verify-archive", str(dest), "--trusted-key", str(key_files[1]), "--dsn", db]) == 0
 
 
-def test_a_key_that_is_not_trusted_fails(db: str, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_a_key_that_is_not_trusted_fails(db: str, tmp_path: Path, key) -> None:
     populate(db, key, sizes=(30,))
     dest = DirectoryStore(tmp_path / "a", create=True)
     with psycopg.connect(db, autocommit=True) as conn:
@@ -102,7 +102,7 @@ def test_a_key_that_is_not_trusted_fails(db: str, tmp_path: Path, key) -> None: 
 
 
 @pytest.fixture
-def archived(db: str, tmp_path: Path, key) -> DirectoryStore:  # noqa: ANN001
+def archived(db: str, tmp_path: Path, key) -> DirectoryStore:
     """Two runs, several bundles each."""
     populate(db, key)
     dest = DirectoryStore(tmp_path / "archive", create=True)
@@ -131,7 +131,7 @@ def _edit_parquet(path: Path, column: str, row: int, value: object) -> bytes:
     return sink.getvalue()
 
 
-def _resign(dest: DirectoryStore, key, path: str, data: bytes) -> None:  # noqa: ANN001
+def _resign(dest: DirectoryStore, key, path: str, data: bytes) -> None:
     """What only the holder of the archive key could do: replace a bundle and re-sign its manifest."""
     import hashlib
 
@@ -156,14 +156,14 @@ def _bundle(dest: DirectoryStore, run: int, kind: str = "records") -> str:
     return [p for p in dest.list(f"{kind}/run={run:06d}/")][0]
 
 
-def test_a_deleted_bundle_is_named(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_a_deleted_bundle_is_named(archived: DirectoryStore, key) -> None:
     victim = _bundle(archived, 1)
     (archived.root / victim).unlink()
     found = errors(verify_archive(archived, trusted(key)))
     assert any(k == Kind.BUNDLE_MISSING.value and victim in d for k, d in found), found
 
 
-def test_an_edited_bundle_is_named(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_an_edited_bundle_is_named(archived: DirectoryStore, key) -> None:
     victim = archived.root / _bundle(archived, 2)
     _writable(victim)
     data = bytearray(victim.read_bytes())
@@ -173,7 +173,7 @@ def test_an_edited_bundle_is_named(archived: DirectoryStore, key) -> None:  # no
     assert any(k == Kind.BUNDLE_MODIFIED.value and str(victim.name) in d for k, d in found), found
 
 
-def test_an_added_bundle_is_named(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_an_added_bundle_is_named(archived: DirectoryStore, key) -> None:
     source = archived.root / _bundle(archived, 1)
     copy = archived.root / "records" / "run=000002" / "part-00099.parquet"
     copy.write_bytes(source.read_bytes())
@@ -181,13 +181,13 @@ def test_an_added_bundle_is_named(archived: DirectoryStore, key) -> None:  # noq
     assert any(k == Kind.BUNDLE_UNLISTED.value and "part-00099" in d for k, d in found), found
 
 
-def test_a_deleted_manifest_is_detected(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_a_deleted_manifest_is_detected(archived: DirectoryStore, key) -> None:
     (archived.root / "manifests" / "000001.manifest").unlink()
     kinds = {k for k, _ in errors(verify_archive(archived, trusted(key)))}
     assert Kind.MANIFEST_MISSING.value in kinds and Kind.BUNDLE_UNLISTED.value in kinds, kinds
 
 
-def test_the_newest_manifest_deleted_leaves_its_bundles_unlisted(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_the_newest_manifest_deleted_leaves_its_bundles_unlisted(archived: DirectoryStore, key) -> None:
     """Without the newest manifest, its run looks interrupted: a warning (--strict fails), not silence. Only WORM
     storage (S3 Object Lock) makes the newest manifest undeletable; rerunning `archive` writes it again."""
     (archived.root / "manifests" / "000002.manifest").unlink()
@@ -199,7 +199,7 @@ def test_the_newest_manifest_deleted_leaves_its_bundles_unlisted(archived: Direc
     assert any(k == Kind.BUNDLE_UNLISTED.value and "run=000002" in d for k, d in found), found
 
 
-def test_reordered_manifests_are_detected(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_reordered_manifests_are_detected(archived: DirectoryStore, key) -> None:
     one, two = archived.root / "manifests" / "000001.manifest", archived.root / "manifests" / "000002.manifest"
     a, b = one.read_bytes(), two.read_bytes()
     _writable(one)
@@ -210,7 +210,7 @@ def test_reordered_manifests_are_detected(archived: DirectoryStore, key) -> None
     assert any(k == Kind.MANIFEST_INVALID.value and "000001.manifest" in d for k, d in found), found
 
 
-def test_an_edited_manifest_fails_its_signature(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_an_edited_manifest_fails_its_signature(archived: DirectoryStore, key) -> None:
     path = archived.root / "manifests" / "000002.manifest"
     _writable(path)
     path.write_bytes(path.read_bytes().replace(b'"records":', b'"records": ', 1).replace(b'"records": ', b'"records":', 1)
@@ -219,7 +219,7 @@ def test_an_edited_manifest_fails_its_signature(archived: DirectoryStore, key) -
     assert any(k == Kind.BAD_SIGNATURE.value and "000002.manifest" in d for k, d in found), found
 
 
-def test_a_changed_column_under_a_resigned_manifest_is_found(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_a_changed_column_under_a_resigned_manifest_is_found(archived: DirectoryStore, key) -> None:
     path = _bundle(archived, 1)
     _resign(archived, key, path, _edit_parquet(archived.root / path, "actor_id", 3, "somebody-else"))
     found = errors(verify_archive(archived, trusted(key)))
@@ -229,7 +229,7 @@ def test_a_changed_column_under_a_resigned_manifest_is_found(archived: Directory
     assert {k for k, _ in found} == {Kind.MODIFIED.value, Kind.MANIFEST_INVALID.value}, found
 
 
-def test_rewritten_records_under_a_resigned_manifest_break_the_links(archived: DirectoryStore, key) -> None:  # noqa: ANN001
+def test_rewritten_records_under_a_resigned_manifest_break_the_links(archived: DirectoryStore, key) -> None:
     import orjson
 
     from otel_audit.core.canonical import canonical_json
@@ -246,7 +246,7 @@ def test_rewritten_records_under_a_resigned_manifest_break_the_links(archived: D
     assert Kind.BROKEN_LINK.value in kinds or Kind.REWRITTEN.value in kinds, kinds
 
 
-def test_a_chain_that_does_not_verify_is_not_archived(db: str, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_a_chain_that_does_not_verify_is_not_archived(db: str, tmp_path: Path, key) -> None:
     populate(db, key, sizes=(50,))
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
@@ -270,7 +270,7 @@ def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout
     return False
 
 
-def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str, tmp_path: Path, key) -> None:
     populate(db, key, sizes=(2000, 1500, 700, 30))
     keyfile, pub = write_keypair(key, tmp_path / "k")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -308,7 +308,7 @@ def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str
 
 
 # ---------------------------------------------------------------------------------------------------- S3
-def test_s3_archive_with_object_lock(db: str, tmp_path: Path, key, key_files, s3) -> None:  # noqa: ANN001
+def test_s3_archive_with_object_lock(db: str, tmp_path: Path, key, key_files, s3) -> None:
     populate(db, key)
     bucket = _bucket(s3, locked=True)
     url = f"s3://{bucket}/trail"
@@ -339,7 +339,7 @@ def test_s3_archive_with_object_lock(db: str, tmp_path: Path, key, key_files, s3
         store_.put(victim["Key"].split("/", 1)[1], b"other bytes")
 
 
-def test_s3_bucket_without_object_lock_is_refused_unless_allowed(db: str, key, key_files, s3) -> None:  # noqa: ANN001
+def test_s3_bucket_without_object_lock_is_refused_unless_allowed(db: str, key, key_files, s3) -> None:
     populate(db, key, sizes=(20,))
     bucket = _bucket(s3, locked=False)
     url = f"s3://{bucket}/x"

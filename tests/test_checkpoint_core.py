@@ -51,7 +51,7 @@ ATTRS = {
 }
 
 
-def wait_for(condition, timeout: float = 30.0) -> bool:  # noqa: ANN001
+def wait_for(condition, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -65,7 +65,7 @@ def key() -> SigningKey:
     return generate_signing_key()
 
 
-def checkpoint(key: SigningKey, n: int = 1, **overrides):  # noqa: ANN201, ANN003
+def checkpoint(key: SigningKey, n: int = 1, **overrides):
     fields = dict(
         chain_id=CHAIN, n=n, seq=5, head="a" * 64, genesis="b" * 64, prev=None if n == 1 else "c" * 64,
         time_ns=1_795_000_000_123_456_789, interval_ms=10_000, closed=False,
@@ -127,7 +127,7 @@ def test_checkpoint_bytes_follow_the_documented_format(key: SigningKey) -> None:
     assert cp.hash == hashlib.sha256(CHECKPOINT_DOMAIN + cp.body).hexdigest()
     public = key.verify_key().public
     public.verify(cp.signature, CHECKPOINT_DOMAIN + cp.body)  # raises if not
-    with pytest.raises(Exception):  # noqa: B017 - the domain tag is part of what is signed
+    with pytest.raises(Exception):  # the domain tag is part of what is signed
         public.verify(cp.signature, cp.body)
     assert cp.envelope == cp.body + b"\n" + base64.b64encode(cp.signature) + b"\n"
     again = parse_envelope(cp.envelope)
@@ -158,7 +158,7 @@ def test_signature_status_untrusted_and_bad(key: SigningKey) -> None:
         (lambda b: b[:-1], "not JSON"),
     ],
 )
-def test_malformed_checkpoint_bodies_are_refused(key: SigningKey, edit, message: str) -> None:  # noqa: ANN001
+def test_malformed_checkpoint_bodies_are_refused(key: SigningKey, edit, message: str) -> None:
     cp = checkpoint(key)
     with pytest.raises(CheckpointFormatError, match=message):
         parse_checkpoint(edit(cp.body), cp.signature)
@@ -257,7 +257,7 @@ def test_an_idle_chain_keeps_signing_checkpoints(spool_dir: Path, key: SigningKe
     spool.close()
 
 
-def test_a_refused_checkpoint_is_retried_not_fatal(spool_dir: Path, key: SigningKey, caplog) -> None:  # noqa: ANN001
+def test_a_refused_checkpoint_is_retried_not_fatal(spool_dir: Path, key: SigningKey, caplog) -> None:
     class FlakySink:
         def __init__(self) -> None:
             self.frames: list[tuple[int, bytes]] = []
@@ -317,7 +317,7 @@ def test_directory_witness_is_append_only_and_idempotent(tmp_path: Path, key: Si
     assert list(witness.read([CHAIN.replace("0", "1")])) == []
 
 
-def test_an_unwritable_witness_is_loud_counted_and_retried(tmp_path: Path, key: SigningKey, caplog) -> None:  # noqa: ANN001
+def test_an_unwritable_witness_is_loud_counted_and_retried(tmp_path: Path, key: SigningKey, caplog) -> None:
     blocker = tmp_path / "mnt"
     blocker.write_text("not a directory: the witness volume is not mounted")
     stats = PipelineStats()
@@ -346,7 +346,7 @@ class ListSink:
 
 
 @pytest.fixture
-def proof_parts(key: SigningKey):  # noqa: ANN201
+def proof_parts(key: SigningKey):
     chain = Chain(ListSink(), emitter={"kind": "test"}, chain_id=CHAIN)
     builder = RecordBuilder()
     sealed = [chain.seal(builder.build({**ATTRS, "n": i}, time_unix_nano=time.time_ns())) for i in range(10)]
@@ -358,7 +358,7 @@ def proof_parts(key: SigningKey):  # noqa: ANN201
     return sealed, cp
 
 
-def test_a_proof_verifies_offline(proof_parts, key: SigningKey) -> None:  # noqa: ANN001
+def test_a_proof_verifies_offline(proof_parts, key: SigningKey) -> None:
     sealed, cp = proof_parts
     proof = build_proof(sealed[3].record_id, [s.canonical for s in sealed[3:]], cp, created_ns=time.time_ns())
     result = verify_proof(orjson.loads(orjson.dumps(proof)), {key.key_id: key.verify_key()})
@@ -415,7 +415,7 @@ def _tamper(proof: dict, how: str, key: SigningKey) -> dict:
         ("other key", "not among the trusted keys"),
     ],
 )
-def test_a_tampered_proof_is_invalid(proof_parts, key: SigningKey, how: str, problem: str) -> None:  # noqa: ANN001
+def test_a_tampered_proof_is_invalid(proof_parts, key: SigningKey, how: str, problem: str) -> None:
     sealed, cp = proof_parts
     proof = build_proof(sealed[3].record_id, [s.canonical for s in sealed[3:]], cp, created_ns=time.time_ns())
     result = verify_proof(_tamper(proof, how, key), {key.key_id: key.verify_key()})
@@ -423,7 +423,7 @@ def test_a_tampered_proof_is_invalid(proof_parts, key: SigningKey, how: str, pro
     assert any(problem in p for p in result.problems), result.problems
 
 
-def test_proof_of_the_checkpointed_record_itself(proof_parts, key: SigningKey) -> None:  # noqa: ANN001
+def test_proof_of_the_checkpointed_record_itself(proof_parts, key: SigningKey) -> None:
     sealed, cp = proof_parts
     proof = build_proof(sealed[-1].record_id, [sealed[-1].canonical], cp, created_ns=time.time_ns())
     assert verify_proof(proof, {key.key_id: key.verify_key()}).valid

@@ -69,7 +69,7 @@ def check(
     dsn: str,
     trusted: list[Path] | None,
     witness: Path | None = None,
-    **options,  # noqa: ANN003
+    **options,
 ) -> VerificationReport:
     opts = VerifyOptions(
         trusted_keys=load_trusted_keys(trusted) if trusted is not None else None,
@@ -91,7 +91,7 @@ def tamper(dsn: str, *statements: str, params: tuple = ()) -> None:
             conn.execute(statement, params if "%s" in statement else None)
 
 
-def anchored_app(dsn: str, spool: Path, keys: Keys, witness: Path | None, **options) -> App:  # noqa: ANN003
+def anchored_app(dsn: str, spool: Path, keys: Keys, witness: Path | None, **options) -> App:
     options.setdefault("checkpoint_interval", 3600)
     app = App(dsn, spool, signing_key=str(keys.private), witness_dir=witness, **options)
     checkpointer = app.audit.pipeline.checkpointer
@@ -107,7 +107,7 @@ def trail(db: str, spool_dir: Path, keys: Keys, witness_dir: Path) -> str:
     """30 records; checkpoints 1 (seq 0), 2 (seq 10), 3 (seq 20) and the closing 4 (seq 30)."""
     app = anchored_app(db, spool_dir, keys, witness_dir)
     for i in range(30):
-        app.log(**{"n": i})
+        app.log(n=i)
         if i in (9, 19):
             app.audit.pipeline.checkpointer.checkpoint_now()
     assert app.close()
@@ -152,7 +152,7 @@ def test_deleting_the_last_rows_is_truncation(trail: str, keys: Keys, witness_di
     assert report.errors[0].count == 5 and "records 26..30 were removed from the end" in report.errors[0].detail
 
 
-def recompute_from(dsn: str, start: int, edit) -> None:  # noqa: ANN001
+def recompute_from(dsn: str, start: int, edit) -> None:
     """Edit record ``start`` and re-hash it and every later record, as a careful attacker would."""
     chain_id = chain_of(dsn)
     ((prev,),) = rows(dsn, "SELECT hash FROM audit_logs WHERE chain_id = %s AND seq = %s", (chain_id, start - 1))

@@ -58,4 +58,4 @@ def test_the_public_names_are_there_when_used():
     assert otel_audit.AuditLogRecordProcessor.__module__ == "otel_audit.processor"
     assert set(otel_audit.__all__) <= set(dir(otel_audit))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        otel_audit.nope  # noqa: B018
+        otel_audit.nope

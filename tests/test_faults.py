@@ -52,7 +52,7 @@ def sustained_load(app: App, seconds: float, threads: int = 4) -> tuple[int, lis
             try:
                 app.log(**{"audit.resource.id": f"r-{k}-{i}"})
                 counts[k] += 1
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
                 return
             i += 1
@@ -100,7 +100,7 @@ def private_pg() -> Iterator:
     server.stop()
 
 
-def test_server_stopped_and_restarted_during_sustained_load(private_pg, tmp_path: Path) -> None:  # noqa: ANN001
+def test_server_stopped_and_restarted_during_sustained_load(private_pg, tmp_path: Path) -> None:
     dsn = private_pg.create_database("faults")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public")

@@ -345,7 +345,7 @@ def test_tampered_presealed_records_are_rejected_through_partial_success(db: str
     assert verify(db).ok
 
 
-def _to_json(otlp) -> dict:  # noqa: ANN001
+def _to_json(otlp) -> dict:
     from google.protobuf import json_format
 
     data = json_format.MessageToDict(otlp)

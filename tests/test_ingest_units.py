@@ -229,7 +229,7 @@ def test_a_presealed_record_is_read_back_exactly() -> None:
     assert read_seal(second, max_record_bytes=LIMIT).genesis is None
 
 
-def _reseal(attrs: dict, change) -> dict:  # noqa: ANN001
+def _reseal(attrs: dict, change) -> dict:
     """A record edited and re-hashed: self-consistent, so only its content checks can catch it."""
     doc = orjson.loads(attrs[A.RECORD_CANONICAL])
     change(doc)
@@ -255,7 +255,7 @@ def _reseal(attrs: dict, change) -> dict:  # noqa: ANN001
             orjson.loads(a[A.RECORD_CANONICAL]), option=orjson.OPT_INDENT_2).decode()}, "hash to"),
     ],
 )
-def test_presealed_records_that_do_not_match_their_seal_are_rejected(edit, fragment: str) -> None:  # noqa: ANN001
+def test_presealed_records_that_do_not_match_their_seal_are_rejected(edit, fragment: str) -> None:
     _, (first, _) = _sealed()
     with pytest.raises(SealRejected) as info:
         read_seal(edit(first), max_record_bytes=LIMIT)
@@ -298,7 +298,7 @@ def test_genesis_hash_links_record_one() -> None:
 
 
 # ---------------------------------------------------------------------- tokens
-def test_tokens_from_file_and_environment(tmp_path) -> None:  # noqa: ANN001
+def test_tokens_from_file_and_environment(tmp_path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# rotated 2026-11\nold-token-aaaaaaaaaaaa\n\nnew-token-bbbbbbbbbbbb\n")
     path.chmod(0o600)

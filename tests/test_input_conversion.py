@@ -342,7 +342,7 @@ def test_an_exception_whose_argument_cannot_be_made_text() -> None:
     assert rec.exc_info[1] is not original and isinstance(original.args[0], RaisingBoth)  # the app's object untouched
 
 
-def sys_exc_info():  # noqa: ANN201
+def sys_exc_info():
     import sys
 
     return sys.exc_info()
@@ -382,11 +382,11 @@ def test_ipv4_mapped_addresses_are_stored_as_ipv4(given: str, stored: str) -> No
 
 
 # ---------------------------------------------------------------------------- OTLP fallback decoders
-def _records(req) -> list:  # noqa: ANN001
+def _records(req) -> list:
     return [lr for rl in req.resource_logs for sl in rl.scope_logs for lr in sl.log_records]
 
 
-def _problems(lr) -> list[str]:  # noqa: ANN001
+def _problems(lr) -> list[str]:
     return list(attribute_map(lr, 256, []).get("otel_audit.input.problems") or [])
 
 

@@ -32,7 +32,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _verify(dsn: str, **options) -> list[tuple[str, int | None]]:  # noqa: ANN003
+def _verify(dsn: str, **options) -> list[tuple[str, int | None]]:
     with psycopg.connect(dsn) as conn:
         report = verify_database(conn, VerifyOptions(**options))
     return [(f.kind.value, f.seq) for f in report.errors]

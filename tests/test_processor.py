@@ -140,10 +140,7 @@ def test_fail_closed_raises_when_the_database_is_unreachable(spool_dir: Path) ->
 
 def test_attribute_values_of_every_otel_type_survive(db: str, spool_dir: Path) -> None:
     app = App(db, spool_dir)
-    app.log(**{
-        "f": 0.1, "i": 7, "b": True, "s": "é\u2028", "raw": b"\x01\x02", "seq": [1, 2.5, "x"],
-        "m": {"nested": {"deep": [None, False]}}, "big": 2**62,
-    })
+    app.log(f=0.1, i=7, b=True, s="é\u2028", raw=b"\x01\x02", seq=[1, 2.5, "x"], m={"nested": {"deep": [None, False]}}, big=2**62)
     assert app.close()
     ((attrs, canonical, problems),) = rows(db, "SELECT attributes, canonical, problems FROM audit_logs")
     doc = orjson.loads(bytes(canonical))
@@ -153,12 +150,12 @@ def test_attribute_values_of_every_otel_type_survive(db: str, spool_dir: Path) -
     assert verify(db).ok
 
 
-def test_an_internal_error_still_stores_the_event_as_text(db: str, spool_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_an_internal_error_still_stores_the_event_as_text(db: str, spool_dir: Path, monkeypatch) -> None:
     app = App(db, spool_dir)
     calls = {"n": 0}
     original = app.audit.processor._builder.build
 
-    def flaky(attributes, **kw):  # noqa: ANN001, ANN003, ANN202
+    def flaky(attributes, **kw):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")

@@ -192,7 +192,7 @@ def test_a_database_without_the_tables_says_to_run_db_init(empty_db: str) -> Non
 def test_piping_into_head_ends_quietly(db: str, spool_dir: Path) -> None:
     app = App(db, spool_dir)
     for i in range(800):
-        app.log(**{"n": i})
+        app.log(n=i)
     assert app.close()
     for fmt in ("table", "csv", "json"):
         process = subprocess.Popen(

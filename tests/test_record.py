@@ -14,7 +14,7 @@ from tests.harness import VALID
 T = 1_795_000_000_123_456_789
 
 
-def build(attrs: dict, **kw):  # noqa: ANN201
+def build(attrs: dict, **kw):
     return RecordBuilder().build(attrs, time_unix_nano=T, **kw)
 
 

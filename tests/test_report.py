@@ -66,7 +66,7 @@ def parse(page: str) -> tuple[set[str], set[str]]:
     return tags, attributes
 
 
-def options(trail: dict, **kw) -> ReportOptions:  # noqa: ANN003
+def options(trail: dict, **kw) -> ReportOptions:
     return ReportOptions(
         trusted_keys=load_trusted_keys([trail["keys"].public]), trusted_key_files=[str(trail["keys"].public)],
         witnesses=[DirectoryWitness(trail["witness"], create=False)], witness_dirs=[str(trail["witness"])], **kw,

@@ -75,14 +75,14 @@ def check_page(browser: Browser, page: Path, shot: Path, code: int, verified: di
     assert browser.evaluate("document.querySelectorAll('ol.timeline li').length") == 5  # alice's session
 
 
-def test_a_clean_trail_in_the_browser(browser: Browser, anchored: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_a_clean_trail_in_the_browser(browser: Browser, anchored: dict, tmp_path: Path) -> None:
     code, verified = open_report(browser, anchored, tmp_path, "clean")
     assert code == 0 and verified["ok"] is True
     check_page(browser, tmp_path / "clean.html", tmp_path / "clean.png", code, verified)
     assert browser.evaluate("document.getElementById('verdict').dataset.verdict") == "intact"
 
 
-def test_a_tampered_trail_in_the_browser(browser: Browser, anchored: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_a_tampered_trail_in_the_browser(browser: Browser, anchored: dict, tmp_path: Path) -> None:
     tamper(anchored["dsn"], "UPDATE audit_logs SET result = 'success' WHERE actor_id = 'mallory' AND seq = 8",
            "DELETE FROM audit_logs WHERE actor_id = 'bob'")
     code, verified = open_report(browser, anchored, tmp_path, "tampered")

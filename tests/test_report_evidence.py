@@ -35,7 +35,7 @@ def evidence(trail: dict, out: Path, *args: str) -> subprocess.CompletedProcess:
                str(trail["witness"]), "--out", str(out), *args)
 
 
-def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, tmp_path: Path) -> None:
     pack = tmp_path / "pack.zip"
     result = evidence(anchored, pack)
     assert result.returncode == 0, result.stderr
@@ -81,7 +81,7 @@ def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, 
     assert "INTACT" in readme and "no archive was given" in readme
 
 
-def test_a_proof_changed_in_the_pack_is_refused_offline(anchored: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_a_proof_changed_in_the_pack_is_refused_offline(anchored: dict, tmp_path: Path) -> None:
     pack = tmp_path / "pack.zip"
     assert evidence(anchored, pack, "--actor", "alice", "--all-results").returncode == 0
     root = unpack(pack, tmp_path / "x")
@@ -98,7 +98,7 @@ def test_a_proof_changed_in_the_pack_is_refused_offline(anchored: dict, tmp_path
     assert check.returncode != 0
 
 
-def test_a_trace_or_session_pack_proves_its_whole_story(anchored: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_a_trace_or_session_pack_proves_its_whole_story(anchored: dict, tmp_path: Path) -> None:
     pack = tmp_path / "pack.zip"
     result = evidence(anchored, pack, "--session", "s-alice")
     assert result.returncode == 0, result.stderr
@@ -108,7 +108,7 @@ def test_a_trace_or_session_pack_proves_its_whole_story(anchored: dict, tmp_path
     assert [t["kind"] for t in report["timelines"]] == ["session"] and len(report["timelines"][0]["records"]) == 5
 
 
-def test_a_pack_of_a_tampered_trail_says_so_and_exits_1(anchored: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_a_pack_of_a_tampered_trail_says_so_and_exits_1(anchored: dict, tmp_path: Path) -> None:
     tamper(anchored["dsn"], "DELETE FROM audit_logs WHERE actor_id = 'bob'")
     pack = tmp_path / "pack.zip"
     result = evidence(anchored, pack)

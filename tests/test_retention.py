@@ -25,12 +25,12 @@ JAN, FEB, MAR, APR = "audit_logs_p202501", "audit_logs_p202502", "audit_logs_p20
 
 
 @pytest.fixture
-def key():  # noqa: ANN201
+def key():
     return generate_signing_key()
 
 
 @pytest.fixture
-def trail(db: str, key) -> tuple[str, list[TrailChain]]:  # noqa: ANN001
+def trail(db: str, key) -> tuple[str, list[TrailChain]]:
     """Two chains with records from January to April 2025, checkpointed monthly, in monthly partitions."""
     with psycopg.connect(db, autocommit=True) as conn:
         ensure_partitions(conn, behind=30, now=NOW)
@@ -44,14 +44,14 @@ def trail(db: str, key) -> tuple[str, list[TrailChain]]:  # noqa: ANN001
     return db, chains
 
 
-def _archive(dsn: str, dest: Path, key, before: str) -> DirectoryStore:  # noqa: ANN001
+def _archive(dsn: str, dest: Path, key, before: str) -> DirectoryStore:
     archive = DirectoryStore(dest, create=True)
     with psycopg.connect(dsn, autocommit=True) as conn:
         archive_database(conn, archive, before=datetime.fromisoformat(before), key=key)
     return archive
 
 
-def _plan(dsn: str, archive: DirectoryStore, key, days: int = 500):  # noqa: ANN001, ANN202
+def _plan(dsn: str, archive: DirectoryStore, key, days: int = 500):
     with psycopg.connect(dsn, autocommit=True) as conn:
         return plan_retention(conn, archive, {key.key_id: key.verify_key()}, parse_policy(str(days)), now=NOW)
 
@@ -70,7 +70,7 @@ def test_policies_and_their_sources() -> None:
         parse_policy("forever")
 
 
-def test_only_archived_partitions_go_and_a_signed_checkpoint_says_where(trail, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_only_archived_partitions_go_and_a_signed_checkpoint_says_where(trail, tmp_path: Path, key) -> None:
     dsn, chains = trail
     archive = _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")  # January + February's end
     before = rows(dsn, "SELECT count(*) FROM audit_logs")[0][0]
@@ -101,7 +101,7 @@ def test_only_archived_partitions_go_and_a_signed_checkpoint_says_where(trail, t
     assert not again.removable
 
 
-def test_a_dry_run_removes_nothing(trail, tmp_path: Path, key, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+def test_a_dry_run_removes_nothing(trail, tmp_path: Path, key, capsys: pytest.CaptureFixture) -> None:
     dsn, _ = trail
     _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")
     _, public = write_keypair(key, tmp_path / "k")
@@ -117,7 +117,7 @@ def test_a_dry_run_removes_nothing(trail, tmp_path: Path, key, capsys: pytest.Ca
 
 
 @pytest.mark.parametrize("hold", ["chain", "actor", "range"])
-def test_a_legal_hold_keeps_its_partition(trail, tmp_path: Path, key, hold: str) -> None:  # noqa: ANN001
+def test_a_legal_hold_keeps_its_partition(trail, tmp_path: Path, key, hold: str) -> None:
     dsn, chains = trail
     archive = _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -141,7 +141,7 @@ def test_a_legal_hold_keeps_its_partition(trail, tmp_path: Path, key, hold: str)
     assert {p.name for p in _plan(dsn, archive, key).removable} >= {JAN}
 
 
-def test_an_archive_that_does_not_verify_removes_nothing(trail, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_an_archive_that_does_not_verify_removes_nothing(trail, tmp_path: Path, key) -> None:
     dsn, _ = trail
     archive = _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")
     victim = next((archive.root / "records").rglob("*.parquet"))
@@ -154,7 +154,7 @@ def test_an_archive_that_does_not_verify_removes_nothing(trail, tmp_path: Path, 
     assert _partitions(dsn) == parts
 
 
-def test_a_record_arriving_after_the_plan_stops_the_removal(trail, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_a_record_arriving_after_the_plan_stops_the_removal(trail, tmp_path: Path, key) -> None:
     """A late record with an old timestamp lands in a partition planned for removal: it is not lost."""
     dsn, _ = trail
     archive = _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")
@@ -168,7 +168,7 @@ def test_a_record_arriving_after_the_plan_stops_the_removal(trail, tmp_path: Pat
     assert JAN in _partitions(dsn) and rows(dsn, "SELECT count(*) FROM audit_retention") == [(0,)]
 
 
-def test_the_newest_run_deleted_whole_after_retention_is_caught_with_the_database(trail, tmp_path: Path, key) -> None:  # noqa: ANN001
+def test_the_newest_run_deleted_whole_after_retention_is_caught_with_the_database(trail, tmp_path: Path, key) -> None:
     """On storage that allows deletion, removing a whole run leaves an archive that ends earlier; the retention
     checkpoint that relied on that run's manifest tells."""
     import shutil

@@ -185,12 +185,12 @@ def test_the_zero_code_entry_point_honours_disabled_as_every_boolean(monkeypatch
 
 
 def test_defaults_are_defined_once():
+    import inspect
+
     from otel_audit.checkpointer import Checkpointer
     from otel_audit.core.chain import Chain
     from otel_audit.pipeline import PipelineConfig
     from otel_audit.spool.spool import SpoolConfig
-
-    import inspect
 
     assert inspect.signature(Chain).parameters["max_record_bytes"].default == settings.DEFAULT_MAX_RECORD_BYTES
     assert PipelineConfig.__dataclass_fields__["max_record_bytes"].default == settings.MAX_RECORD_BYTES.default

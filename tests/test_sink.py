@@ -31,7 +31,7 @@ def test_migrations_are_idempotent_and_safe_concurrently(empty_db: str) -> None:
         try:
             with psycopg.connect(empty_db, autocommit=True) as conn:
                 migrate(conn)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
@@ -69,7 +69,7 @@ def test_append_only_triggers_stop_even_the_table_owner(db: str, spool_dir: Path
 
 
 @pytest.fixture
-def roles(db: str):  # noqa: ANN201
+def roles(db: str):
     suffix = uuid.uuid4().hex[:8]
     writer, reader = f"audit_writer_{suffix}", f"audit_reader_{suffix}"
     with psycopg.connect(db, autocommit=True) as conn:
@@ -159,7 +159,7 @@ def _chain_prefix(spool: Path) -> str:
     return chain_dir.name
 
 
-def _wait(condition, timeout: float = 60.0) -> bool:  # noqa: ANN001
+def _wait(condition, timeout: float = 60.0) -> bool:
     import time
 
     deadline = time.monotonic() + timeout

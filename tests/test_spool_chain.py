@@ -26,7 +26,7 @@ ATTRS = {
 }
 
 
-def config(directory: Path, **kw) -> SpoolConfig:  # noqa: ANN003
+def config(directory: Path, **kw) -> SpoolConfig:
     kw.setdefault("segment_bytes", MiB)
     kw.setdefault("max_bytes", 64 * MiB)
     return SpoolConfig(directory=directory, **kw)
@@ -82,7 +82,7 @@ def test_torn_tail_is_ignored_on_replay(spool_dir: Path) -> None:
     for i in range(5):
         append(spool, i)
     # Simulate a power loss mid-frame: a header claiming a payload that never fully arrived.
-    mm, off = spool._mm, spool._write_off  # noqa: SLF001 - the test plays the kernel
+    mm, off = spool._mm, spool._write_off  # the test plays the kernel
     FRAME_HEADER.pack_into(mm, off, KIND_RECORD, 300, b"\x00" * 32)
     mm[off + FRAME_HEADER.size : off + FRAME_HEADER.size + 10] = b"0123456789"
     spool.close()  # releases the lock like a dead process would

@@ -23,14 +23,14 @@ from tests.s3_fixtures import bucket, s3, s3_server  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.storage
 
 
-def _verify(dsn: str, key, witness: str):  # noqa: ANN001, ANN202
+def _verify(dsn: str, key, witness: str):
     with psycopg.connect(dsn) as conn:
         return verify_database(conn, VerifyOptions(trusted_keys={key.key_id: key.verify_key()},
                                                    witnesses=[open_witness(witness, for_reading=True)]))
 
 
 def test_checkpoints_go_to_an_object_locked_bucket_and_catch_a_rollback(
-    db: str, spool_dir: Path, tmp_path: Path, s3, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    db: str, spool_dir: Path, tmp_path: Path, s3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = bucket(s3, locked=True)
     url = f"s3://{name}/witness"
@@ -69,7 +69,7 @@ def test_checkpoints_go_to_an_object_locked_bucket_and_catch_a_rollback(
     assert cli(["verify", "--dsn", db, "--trusted-key", str(public), "--witness", url]) == 1
 
 
-def test_a_witness_bucket_without_object_lock_is_refused_unless_allowed(s3) -> None:  # noqa: ANN001
+def test_a_witness_bucket_without_object_lock_is_refused_unless_allowed(s3) -> None:
     name = bucket(s3, locked=False)
     with pytest.raises(WitnessError, match="Object Lock"):
         S3Witness(f"s3://{name}/w")

@@ -159,9 +159,9 @@ def derive_columns(canonicals: Sequence[bytes]) -> Any:
 
 
 def _derive_slowly(canonicals: Sequence[bytes], schema: Any) -> Any:
-    import pyarrow as pa
-
     from datetime import datetime
+
+    import pyarrow as pa
 
     columns: dict[str, list[Any]] = {f.name: [] for f in schema}
     for canonical in canonicals:

@@ -234,7 +234,8 @@ class S3Store:
     def _head(self, key: str) -> dict[str, Any] | None:
         botocore = _botocore()
         try:
-            return self._client.head_object(Bucket=self.bucket, Key=key)
+            head: dict[str, Any] = self._client.head_object(Bucket=self.bucket, Key=key)
+            return head
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -244,7 +245,8 @@ class S3Store:
         botocore = _botocore()
         key = self._key(path)
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            data: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return data
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
@@ -273,7 +275,7 @@ class S3Store:
 
 def _botocore() -> Any:
     try:
-        import botocore.exceptions  # noqa: F401
+        import botocore.exceptions
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise StoreError("S3 archives need boto3: pip install 'otel-audit[archive]'") from exc
     import botocore

@@ -134,6 +134,7 @@ def _check_manifests(
     store: ArchiveStore, objects: list[str], trusted: Mapping[str, VerifyKey], report: VerificationReport
 ) -> list[Manifest]:
     good: dict[int, Manifest] = {}
+    manifest: Manifest | None
     for path in objects:
         if not path.startswith("manifests/"):
             continue
@@ -242,7 +243,7 @@ def _check_listing(objects: list[str], manifests: list[Manifest], report: Verifi
     interrupted = {f"run={int(p[6:12]):06d}" for p in objects
                    if p.startswith("plans/") and p[6:12].isdigit() and int(p[6:12]) > newest}
     for path in objects:
-        if path in seen or path.startswith("manifests/") or path.startswith("plans/"):
+        if path in seen or path.startswith(("manifests/", "plans/")):
             continue
         parts = path.split("/")
         if len(parts) == 3 and parts[0] in ("records", "checkpoints") and parts[1] in interrupted:
@@ -314,20 +315,22 @@ def _load_checkpoints(
                                f"{path} lacks valid checkpoints its manifest lists (e.g. {missing})"))
     for chain_id, cps in out.items():
         cps.sort(key=lambda c: c["n"])
-        previous = None
-        for cp in cps:
+        previous: dict[str, Any] | None = None
+        for entry in cps:
             if previous is None:
-                if cp["n"] != 1:
-                    report.add(Finding(Kind.CHECKPOINT_MISSING, _E, chain_id, cp["seq"],
-                                       f"the archive's checkpoints of this chain start at number {cp['n']}, not 1"))
-            elif cp["n"] != previous["n"] + 1:
-                report.add(Finding(Kind.CHECKPOINT_MISSING, _E, chain_id, cp["seq"],
-                                   f"checkpoints {previous['n'] + 1}..{cp['n'] - 1} are missing from the archive"))
-            elif cp["prev"] != previous["hash"] or cp["seq"] < previous["seq"] or cp["genesis"] != previous["genesis"]:
-                report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, cp["seq"],
-                                   f"{cp['where']} does not follow checkpoint {previous['n']} (prev link, seq or "
+                if entry["n"] != 1:
+                    report.add(Finding(Kind.CHECKPOINT_MISSING, _E, chain_id, entry["seq"],
+                                       f"the archive's checkpoints of this chain start at number {entry['n']}, "
+                                       "not 1"))
+            elif entry["n"] != previous["n"] + 1:
+                report.add(Finding(Kind.CHECKPOINT_MISSING, _E, chain_id, entry["seq"],
+                                   f"checkpoints {previous['n'] + 1}..{entry['n'] - 1} are missing from the archive"))
+            elif (entry["prev"] != previous["hash"] or entry["seq"] < previous["seq"]
+                  or entry["genesis"] != previous["genesis"]):
+                report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, entry["seq"],
+                                   f"{entry['where']} does not follow checkpoint {previous['n']} (prev link, seq or "
                                    "genesis)"))
-            previous = cp
+            previous = entry
     return out
 
 
@@ -342,7 +345,7 @@ def _digest_ok(path: str, data: bytes, entry: dict[str, Any], report: Verificati
 
 
 # ------------------------------------------------------------------------------------------------ records
-def _run(tasks: list[tuple], workers: int) -> Iterable[_BundleResult]:
+def _run(tasks: list[tuple[Any, ...]], workers: int) -> Iterable[_BundleResult]:
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield _check_bundle(task)
@@ -360,7 +363,7 @@ def _default_workers() -> int:
     return default_workers()
 
 
-def _check_bundle(task: tuple) -> _BundleResult:
+def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
     store, path, sha, size, segments, watch = task
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -422,7 +425,7 @@ def _check_bundle(task: tuple) -> _BundleResult:
     return result
 
 
-def _first_bad(owners: list, seqs: list, prevs: list, hashes: list, lo: int, hi: int, chain_id: str, first: int
+def _first_bad(owners: list[Any], seqs: list[Any], prevs: list[Any], hashes: list[Any], lo: int, hi: int, chain_id: str, first: int
                ) -> tuple[int, Kind, str] | None:
     """The first row in ``[lo, hi)`` out of place: another chain, another seq, or a broken link."""
     if owners[lo:hi] == [chain_id] * (hi - lo) and seqs[lo:hi] == list(range(first, first + hi - lo)) \

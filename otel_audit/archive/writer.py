@@ -230,7 +230,7 @@ def _make_plan(
             }
         # Checkpoints up to each chain's end (also for chains whose records were archived earlier).
         chain_ids = sorted(set(ends) | set(state))
-        last_n = dict(
+        last_n: dict[str, int | None] = dict(
             conn.execute(
                 "SELECT x.c::text, (SELECT max(n) FROM audit_checkpoints k WHERE k.chain_id = x.c AND k.seq <= x.e) "
                 "FROM unnest(%s::uuid[], %s::bigint[]) AS x(c, e)",

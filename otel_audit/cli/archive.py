@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
@@ -14,11 +15,14 @@ from otel_audit.cli.output import print_json
 from otel_audit.core.keys import load_signing_key, load_trusted_keys
 from otel_audit.query import parse_duration
 
+if TYPE_CHECKING:
+    from otel_audit.archive.store import ArchiveStore
+
 #: Object Lock retention when none is given: the common reading of HIPAA's six years, plus a margin.
 DEFAULT_RETAIN_DAYS = settings.DEFAULT_RETAIN_DAYS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "archive",
         help="write records older than a date to signed Parquet bundles (directory or S3 Object Lock)",
@@ -76,7 +80,7 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _store(dest: str, *, create: bool, args: argparse.Namespace | None = None):  # noqa: ANN202
+def _store(dest: str, *, create: bool, args: argparse.Namespace | None = None) -> ArchiveStore:
     from otel_audit.archive.store import open_store
 
     if args is None:

@@ -25,7 +25,7 @@ __all__ = ["register"]
 
 
 # ---------------------------------------------------------------------- commands
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keygen = sub.add_parser(
         "keygen",
         help="create an Ed25519 key pair for signing checkpoints",
@@ -122,7 +122,7 @@ def run_verify_proof(args: argparse.Namespace) -> int:
         proof = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         proof = None
-        parse_problem = f"the file is not JSON: {exc}"
+        parse_problem: str | None = f"the file is not JSON: {exc}"
     else:
         parse_problem = None
     result = verify_proof(proof, keys)

@@ -10,7 +10,7 @@ from typing import Any
 from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "check-collector",
         help="check OpenTelemetry Collector configurations for a safe audit path",

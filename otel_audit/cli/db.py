@@ -17,7 +17,7 @@ from otel_audit.sink.partitions import (
 from otel_audit.sink.schema import SCHEMA_VERSION, current_version, grant_reader, grant_writer, migrate
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = sub.add_parser("db", help="create or upgrade the otel-audit schema")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = dbsub.add_parser(

@@ -9,7 +9,7 @@ from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK
 from otel_audit.cli.verify import print_text
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo",
         help="run a small instrumented workload end to end (embedded PostgreSQL unless --dsn)",

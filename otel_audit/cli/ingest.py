@@ -26,7 +26,7 @@ _log = logging.getLogger("otel_audit.ingest")
 _DEFAULTS = IngestConfig()
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "serve",
         help="receive audit records over OTLP/HTTP (from any language, through the collector)",

@@ -33,7 +33,7 @@ QUESTIONS = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "query",
         help="answer an investigator's question",

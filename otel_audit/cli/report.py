@@ -11,6 +11,7 @@ import argparse
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import json_text, write_line
@@ -18,10 +19,13 @@ from otel_audit.core.keys import load_trusted_keys
 from otel_audit.query import RESULTS, RecordFilter, parse_duration, parse_time
 from otel_audit.witness import DirectoryWitness
 
+if TYPE_CHECKING:
+    from otel_audit.report import ReportOptions
+
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser(
         "report",
         help="write the auditor's report of a period: one self-contained HTML page (or JSON)",
@@ -113,7 +117,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                        help="fail when records after a chain's newest checkpoint are older than this")
 
 
-def _report_options(args: argparse.Namespace):  # noqa: ANN202
+def _report_options(args: argparse.Namespace) -> ReportOptions:
     from otel_audit.report import ReportOptions
 
     now = datetime.now(timezone.utc)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json, render
 from otel_audit.core.keys import load_signing_key, load_trusted_keys
 
+if TYPE_CHECKING:
+    from datetime import datetime
 
-def register(sub: argparse._SubParsersAction) -> None:
+    from otel_audit.archive.retention import RetentionPlan
+    from otel_audit.core.retention import RetentionCheckpoint
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("retention", help="remove archived partitions from PostgreSQL; legal holds")
     rsub = parser.add_subparsers(dest="retention_command", metavar="ACTION", required=True)
 
@@ -92,7 +99,7 @@ def run_apply(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_plan(plan, dry_run: bool, checkpoint) -> None:  # noqa: ANN001
+def _print_plan(plan: RetentionPlan, dry_run: bool, checkpoint: RetentionCheckpoint | None) -> None:
     out = sys.stdout
     print(f"policy {plan.policy.name}: partitions that ended before {plan.cutoff:%Y-%m-%d %H:%M} UTC may leave "
           f"PostgreSQL ({plan.policy.source})", file=out)
@@ -121,7 +128,7 @@ def _print_plan(plan, dry_run: bool, checkpoint) -> None:  # noqa: ANN001
               file=out)
 
 
-def _time(text: str | None):  # noqa: ANN202
+def _time(text: str | None) -> datetime | None:
     from otel_audit.cli.archive import parse_when
 
     return parse_when(text) if text else None

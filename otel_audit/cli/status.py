@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, add_dsn, connect
@@ -14,7 +15,7 @@ from otel_audit.sink.writer import database_identity
 from otel_audit.status import database_status, spool_status
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "status",
         help="what is waiting in the spool, what the processes counted, what the database holds",
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result: dict = {}
+    result: dict[str, Any] = {}
     spool_dir = args.spool_dir or settings.SPOOL_DIR.get()
     identity = None
     if args.dsn or settings.DSN.get():
@@ -72,7 +73,7 @@ def _dsn_argument(args: argparse.Namespace) -> str:
     return "DSN"
 
 
-def _print(result: dict) -> None:
+def _print(result: dict[str, Any]) -> None:
     # Every line may hold stored values (service and host names from the registry, error texts): escaped.
     spool = result["spool"]
     if not spool["exists"]:

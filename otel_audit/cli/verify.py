@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json, write_line
@@ -15,7 +16,7 @@ from otel_audit.verify.report import Severity
 from otel_audit.witness_s3 import open_witness
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "verify",
         help="verify hashes, links and columns of every chain",
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return code if code else EXIT_OK
 
 
-def print_text(report: VerificationReport, out=None) -> None:  # noqa: ANN001
+def print_text(report: VerificationReport, out: TextIO | None = None) -> None:
     out = out if out is not None else sys.stdout  # looked up per call: sys.stdout may have been replaced
     for finding in report.findings:
         write_line(str(finding), out)  # details quote stored values: escaped, never raw

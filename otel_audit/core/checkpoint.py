@@ -236,6 +236,6 @@ def parse_checkpoint(body: bytes, signature: bytes) -> Checkpoint:
 
 
 def _check(doc: dict[str, Any], name: str, kind: type, pattern: re.Pattern[str]) -> None:
-    value = doc[name]
-    if type(value) is not kind or not pattern.fullmatch(value):
+    value: Any = doc[name]
+    if type(value) is not kind or not pattern.fullmatch(str(value)):
         raise CheckpointFormatError(f"{name} is malformed: {value!r}")

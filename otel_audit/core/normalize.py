@@ -56,7 +56,8 @@ import enum
 import math
 import numbers
 from collections import UserString
-from collections.abc import ItemsView, KeysView, Mapping, Sequence, Set, ValuesView
+from collections.abc import ItemsView, KeysView, Mapping, Sequence, ValuesView
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -156,7 +157,7 @@ def object_text(value: Any) -> tuple[str, str | None]:
     return f"<unprintable {_type_name(value)}>", f"str() raised {failure} and repr() failed too"
 
 
-def plain_key(key: Any, path: str, notes: list[str], taken: Set[str] | dict[str, Any] = frozenset()) -> str:
+def plain_key(key: Any, path: str, notes: list[str], taken: AbstractSet[str] | dict[str, Any] = frozenset()) -> str:
     """A mapping key as text: ``str(key)`` for other types (made unique against ``taken``), noted."""
     if type(key) is str:
         return key if key.isascii() else unicode_text(key, f"{path}: key", notes)
@@ -241,7 +242,7 @@ def _convert_other(
         return bytes(value)
     if isinstance(value, Mapping):
         return _container(value, True, path, notes, depth, empty_keys, active)
-    if isinstance(value, Set | KeysView | ValuesView | ItemsView):
+    if isinstance(value, AbstractSet | KeysView | ValuesView | ItemsView):
         items = _container(value, False, path, notes, depth, empty_keys, active)
         if type(items) is not list:
             return items  # cut at the depth limit, or a cycle
@@ -403,7 +404,7 @@ def _shape(value: Any) -> tuple[bool, Any] | None:
     try:
         if kind is dict or (kind is not list and kind is not tuple and isinstance(value, Mapping)):
             return True, iter(list(value.items()))
-        if kind is list or kind is tuple or isinstance(value, Set | KeysView | ValuesView | ItemsView):
+        if kind is list or kind is tuple or isinstance(value, AbstractSet | KeysView | ValuesView | ItemsView):
             return False, iter(list(value))
         if isinstance(value, Sequence) and not isinstance(value, str | _BYTES_LIKE | UserString):
             return False, iter(list(value))

@@ -197,7 +197,8 @@ class Draft:
 
     @property
     def problems(self) -> list[str]:
-        return self.doc["problems"]
+        problems: list[str] = self.doc["problems"]
+        return problems
 
 
 class RecordBuilder:

@@ -64,7 +64,8 @@ class RetentionCheckpoint:
 
     @property
     def chains(self) -> dict[str, dict[str, Any]]:
-        return self.doc["chains"]
+        chains: dict[str, dict[str, Any]] = self.doc["chains"]
+        return chains
 
     def describe(self) -> str:
         archive = self.doc["archive"]

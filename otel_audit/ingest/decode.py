@@ -152,7 +152,8 @@ def _too_large(limit: int, *, decompressed: bool = False) -> RequestError:
 
 def parse_protobuf(body: bytes) -> ExportLogsServiceRequest:
     try:
-        return ExportLogsServiceRequest.FromString(body)
+        request: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(body)
+        return request
     except Exception as exc:  # DecodeError, and the runtime's own limits as other types
         failure = exc
     # Invalid UTF-8 or deep nesting in one record must not cost the whole request its
@@ -161,9 +162,9 @@ def parse_protobuf(body: bytes) -> ExportLogsServiceRequest:
         data = lenient.decode_protobuf(body)
     except lenient.Malformed:
         data = None
-    request = _from_repaired(data) if data is not None else None
-    if request is not None:
-        return request
+    repaired = _from_repaired(data) if data is not None else None
+    if repaired is not None:
+        return repaired
     if isinstance(failure, DecodeError):
         raise RequestError(
             400,

@@ -155,6 +155,7 @@ def decode_protobuf(body: bytes) -> dict[str, Any]:
     budget = DEEP_NODE_BUDGET
     # frame: [info, position, end, output dict, AnyValue nesting level]
     stack: list[list[Any]] = [[_info(ExportLogsServiceRequest.DESCRIPTOR), 0, len(data), root, 0]]
+    raw: Any  # an int (varint), bytes (fixed) or a (start, end) slice (length-delimited)
     while stack:
         frame = stack[-1]
         info, pos, end, out, level = frame

@@ -258,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.ingest = ingest
         self._linger = False
         self._identity: TokenIdentity | None = None
-        self.timeout = ingest.config.idle_timeout
+        self.timeout = ingest.config.idle_timeout  # type: ignore[misc]  # per connection: socketserver reads it in setup()
         super().setup()
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.settimeout(ingest.config.read_timeout)
@@ -337,7 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return super().handle_expect_100()
 
-    def do_POST(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's naming
+    def do_POST(self) -> None:  # BaseHTTPRequestHandler's naming
         path = urlsplit(self.path).path
         if path != LOGS_PATH:
             self._not_found(path)
@@ -396,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.ingest.release(reserved)
             self.ingest.leave()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/health":
             ready, reason = self.ingest.service.health()
@@ -421,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._not_found(urlsplit(self.path).path)
 
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _other_method  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _other_method
 
     # ------------------------------------------------------------------ request parts
     def _authenticate(self) -> TokenIdentity:

@@ -262,7 +262,7 @@ _MAX_FAILING = 50
 
 def _scan_period(conn: psycopg.Connection, since: datetime, until: datetime, bucket: str) -> dict[str, Any]:
     period = {"since": since, "until": until}
-    chains: dict[str, tuple] = {}
+    chains: dict[str, tuple[Any, ...]] = {}
     total = [0] * 14
     for chain_id, *counts in conn.execute(_CHAINS_SQL, period):
         chains[chain_id] = tuple(counts[:6])
@@ -272,7 +272,7 @@ def _scan_period(conn: psycopg.Connection, since: datetime, until: datetime, buc
         b: dict(zip(("success", "failure", "denied", "other", "problems"), counts, strict=True))
         for b, *counts in conn.execute(_BUCKETS_SQL, {**period, "bucket": bucket})
     }
-    service_days: dict[str, list] = {}
+    service_days: dict[str, list[Any]] = {}
     for service, day in conn.execute(_SERVICE_DAYS_SQL, period):
         service_days.setdefault(service, []).append(day)
     return {"chains": chains, "buckets": buckets, "service_days": service_days, "total": tuple(total)}
@@ -293,7 +293,7 @@ def _scan_tops(conn: psycopg.Connection, since: datetime, until: datetime, optio
                                    "first_attempt": _iso(first_failed), "last_attempt": _iso(last_failed)})
     for name, key in (("resources", "resource_type, resource_id"), ("actions", "action")):
         names = key.split(", ")
-        rows = conn.execute(_TOP_SQL.format(key=key, period=_PERIOD), params).fetchall()  # type: ignore[arg-type]
+        rows = conn.execute(_TOP_SQL.format(key=key, period=_PERIOD), params).fetchall()
         out[f"top_{name}"] = [
             {**dict(zip(names, r[: len(names)], strict=True)), "records": r[len(names)],
              "failure": r[len(names) + 1], "denied": r[len(names) + 2], "last": _iso(r[len(names) + 3])}
@@ -419,7 +419,7 @@ def _in(value: Any, since: datetime, until: datetime) -> bool:
     return isinstance(value, datetime) and since <= value < until
 
 
-def _quiet_days(service_days: Mapping[str, list]) -> dict[str, list[str]]:
+def _quiet_days(service_days: Mapping[str, list[Any]]) -> dict[str, list[str]]:
     """Per service: the days (UTC) between its first and last active day of the period with no record."""
     quiet: dict[str, list[str]] = {}
     for service, active in service_days.items():
@@ -472,7 +472,7 @@ def _bucket_starts(since: datetime, until: datetime, bucket: str) -> list[dateti
         start -= timedelta(days=start.weekday())  # date_trunc('week') starts on Monday
     step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[bucket]
     end = until.astimezone(timezone.utc).replace(tzinfo=None)
-    starts = []
+    starts: list[datetime] = []
     while start < end and len(starts) < 2000:
         starts.append(start)
         start += step

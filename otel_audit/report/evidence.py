@@ -232,14 +232,14 @@ def archive_manifests(
         store = archive.open_store(location, require_lock=False)
         names = store.list("manifests/")
         out = {name.rsplit("/", 1)[-1]: store.get(name) for name in names}
-    except Exception as exc:  # noqa: BLE001 (any store error becomes the note: the pack is still written)
+    except Exception as exc:  # any store error becomes the note: the pack is still written
         return {}, f"the archive at {location} could not be read ({exc}): its manifests are not in this pack", {}
     if not out:
         return {}, f"the archive at {location} holds no manifest (nothing archived yet, or not an archive)", {}
     held: dict[str, str] = {}
     try:
         manifests = archive.load_manifests(store)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         note = (f"{len(out)} manifest(s) of the archive at {location}, which do NOT chain ({exc}); run "
                 "`otel-audit verify-archive` on the archive")
         return out, note, held

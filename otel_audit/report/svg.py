@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from otel_audit.cli.output import escape_text
@@ -64,7 +64,7 @@ def _y_axis(top: int, x0: float, x1: float, y0: float, height: float) -> list[st
     return parts
 
 
-def _x_labels(labels: Sequence[str], x_of, y: float) -> list[str]:  # noqa: ANN001
+def _x_labels(labels: Sequence[str], x_of: Callable[[int], float], y: float) -> list[str]:
     if not labels:
         return []
     every = max(1, math.ceil(len(labels) / 12))
@@ -103,7 +103,7 @@ def stacked_bars(chart_id: str, title: str, labels: Sequence[str], series: Seque
     bar = max(1.0, slot * 0.8)
     body = _y_axis(top, left, WIDTH - right, top_pad, plot_h)
     for i, label in enumerate(labels):
-        y = top_pad + plot_h
+        y: float = top_pad + plot_h
         x = left + i * slot + (slot - bar) / 2
         detail = ", ".join(f"{s.name} {s.values[i]:,}" for s in series)
         body.append(f"<g><title>{text(label)}: {totals[i]:,} ({text(detail)})</title>")

@@ -48,8 +48,8 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ from otel_audit.sink.rows import (
     PROJECT_STAGE,
     STAGE_TABLE,
 )
-from otel_audit.spool.frames import KIND_DELIVERED_GENESIS, parse_delivered_genesis
+from otel_audit.spool.frames import KIND_DELIVERED_GENESIS, Frame, parse_delivered_genesis
 from otel_audit.spool.spool import ChainSpool, SpoolConfig, SpoolPosition, list_chain_dirs
 from otel_audit.stats import PipelineStats
 
@@ -615,7 +615,7 @@ class PostgresSink:
         self._advance(source, batch)
         return True
 
-    def _decode(self, frames: list) -> _Batch:
+    def _decode(self, frames: list[tuple[Frame, int]]) -> _Batch:
         """Sort a batch's frames by kind. Nothing is parsed per record here: the
         sink shares the GIL with the application's logging threads."""
         records: list[tuple[bytes, bytes]] = []
@@ -679,7 +679,7 @@ class PostgresSink:
             self._write_rows([], batch.chains, batch.checkpoints)
         self._write_isolating(batch.records, 0, len(batch.records), first_error)
 
-    def _write_isolating(self, records: list, lo: int, hi: int, error: psycopg.Error) -> None:
+    def _write_isolating(self, records: list[tuple[bytes, bytes]], lo: int, hi: int, error: psycopg.Error) -> None:
         """``records[lo:hi]`` failed for a record-level reason: store what can be stored,
         quarantine the rest. Halves are written left first, keeping each chain in order."""
         if hi - lo == 1:
@@ -742,7 +742,7 @@ class PostgresSink:
             path,
         )
 
-    def _write_rows(self, records: list[tuple[bytes, bytes]], chains: list, checkpoints: list) -> None:
+    def _write_rows(self, records: list[tuple[bytes, bytes]], chains: list[Any], checkpoints: list[Any]) -> None:
         """One transaction: chain registrations, records (staged, then projected), checkpoints."""
         conn = self._connection()
         conflicts: list[tuple[int, str]] = []

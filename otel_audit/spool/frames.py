@@ -20,10 +20,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD
 from otel_audit.core.record import CHECKPOINT_DOMAIN, GENESIS_DOMAIN, RECORD_DOMAIN
+
+if TYPE_CHECKING:
+    import mmap
 
 __all__ = [
     "FRAME_HEADER",
@@ -78,7 +81,7 @@ class Frame(NamedTuple):
 _new_frame = tuple.__new__
 
 
-def iter_frames(buffer: bytes | memoryview, start: int, stop: int, *, check: bool) -> Iterator[Frame]:
+def iter_frames(buffer: bytes | memoryview | mmap.mmap, start: int, stop: int, *, check: bool) -> Iterator[Frame]:
     """Yield complete frames of ``buffer[start:stop]``.
 
     ``check=True`` recomputes each digest (for files left by another process,

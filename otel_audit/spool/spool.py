@@ -155,7 +155,7 @@ class ChainSpool:
     holds its lock around them); reads and releases come from the sink thread.
     """
 
-    def __init__(self, path: Path, config: SpoolConfig, lock_fd: int, *, owner: bool, meta: dict) -> None:
+    def __init__(self, path: Path, config: SpoolConfig, lock_fd: int, *, owner: bool, meta: dict[str, Any]) -> None:
         self.path = path
         self.config = config
         self.owner = owner
@@ -293,6 +293,7 @@ class ChainSpool:
             off = self._write_off
             end = off + size
         mm = self._mm
+        assert mm is not None  # _roll() above maps a segment
         mm[off + _HEADER_SIZE : end] = payload
         _pack_tail(mm, off + 1, len(payload), digest)
         mm[off] = kind  # last: a frame is complete once its kind byte is set
@@ -670,7 +671,7 @@ def _zero_fill(fd: int, size: int) -> None:
     os.fsync(fd)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh)

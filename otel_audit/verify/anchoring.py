@@ -433,6 +433,7 @@ class Anchoring:
                     count=records,
                 )
             return
+        assert chain is not None  # evidence comes from it
         last = evidence[next(reversed(evidence))]
         anchored = max(cp.seq for cp in evidence.values())
         if summary is None:

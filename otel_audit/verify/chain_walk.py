@@ -59,7 +59,16 @@ _loads = orjson.loads
 class _Entry:
     __slots__ = ("canonical_hash", "link_hash", "pos", "prev", "quarantined", "record_id", "timestamp")
 
-    def __init__(self, pos, link_hash, prev, record_id, timestamp, quarantined, canonical_hash) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        pos: int,
+        link_hash: str,
+        prev: str | None,
+        record_id: str | None,
+        timestamp: Any,
+        quarantined: bool,
+        canonical_hash: str,
+    ) -> None:
         self.pos = pos
         self.link_hash = link_hash
         self.prev = prev
@@ -97,7 +106,7 @@ class ChainWalker:
         self._pending: dict[int, _Entry] = {}
         self._quarantined: dict[int, _Entry] = {}
         self._quarantine_reasons: dict[int, str | None] = {}
-        self._last_pos_hash: tuple[int, str] | None = None
+        self._last_pos_hash: tuple[int, str | None] | None = None
         self._break: tuple[_Entry, str] | None = None
         self._fast_n = 0
         self._fast_invalid = 0
@@ -438,6 +447,7 @@ class ChainWalker:
             return
         s = self.summary
         first, last = self._fast_first, self._fast_last
+        assert first is not None and last is not None  # set with every record the fast path counts
         s.records += n
         s.invalid += self._fast_invalid
         if s.first_seq is None:

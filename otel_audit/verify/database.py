@@ -203,13 +203,13 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
             )
     if anchoring is not None:
         for chain_id in sorted(set(report.chains) | anchoring.chains()):
-            summary = report.chains.get(chain_id)
-            walker = walkers.get(chain_id)
+            found = report.chains.get(chain_id)
+            walked = walkers.get(chain_id)
             anchoring.finish(
                 chain_id,
-                summary,
-                walker.observed if walker is not None else {},
-                registry.get(chain_id) if summary is not None and summary.registered else None,
+                found,
+                walked.observed if walked is not None else {},
+                registry.get(chain_id) if found is not None and found.registered else None,
             )
     check_deliveries(conn, report, options.chain_ids)
     for check in options.extra_checks:

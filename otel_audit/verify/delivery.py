@@ -76,7 +76,7 @@ def check_deliveries(conn: psycopg.Connection, report: VerificationReport, chain
     trimmed: list[str] | None = None  # ingest chains whose oldest records are gone (computed when needed)
     report.checks.append("registry delivered_by against the ingest's attestations")
     for chain_id, genesis, delivered_by in registry:
-        tokens = attested.get(chain_id, {})
+        tokens = attested.get(chain_id, set())
         summary = report.chains.get(chain_id)
         if summary is None:
             summary = report.chains[chain_id] = ChainSummary(chain_id, registered=True)

@@ -150,7 +150,8 @@ def join_ranges(
     first_seq, link = start if start is not None else (1, genesis_hash)
     expected = first_seq
     records = invalid = 0
-    first_timestamp = last_timestamp = None
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
     observed: dict[int, tuple[str, str | None]] = {}
     for r in sorted(results, key=lambda r: r.index):
         if r.last_seq is None:  # an empty range: the next one must still start where this one would have
@@ -162,6 +163,8 @@ def join_ranges(
         records += r.rows
         invalid += r.invalid
         observed.update(r.observed)
+        if r.last_hash is None:  # a non-empty range always has its last hash
+            return None
         link, expected, last_timestamp = r.last_hash, r.last_seq + 1, r.last_timestamp
     if records == 0:
         return None
@@ -221,7 +224,7 @@ def _worker_start(conninfo: str, snapshot: str) -> None:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         _worker_conn = conn
-    except Exception as exc:  # noqa: BLE001 (re-raised in _worker_check)
+    except Exception as exc:  # re-raised in _worker_check
         _worker_error = exc
 
 

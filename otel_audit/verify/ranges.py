@@ -100,7 +100,7 @@ class RangeTask(NamedTuple):
     """Rows of ``chain_id`` whose seq column is in ``[lo, hi]``; the first must carry ``first``."""
 
     chain_id: str
-    index: int  # position of the range in its chain
+    index: int  # type: ignore[assignment]  # position of the range in its chain (shadows tuple.index)
     lo: int
     hi: int
     first: int

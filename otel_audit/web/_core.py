@@ -417,9 +417,9 @@ def actor_of(value: Any) -> tuple[str, str] | None:
     if isinstance(value, tuple) and len(value) == 2:
         return (str(value[0]), str(value[1])) if value[0] is not None else None
     if isinstance(value, Mapping):
-        ident = value.get("id") or value.get("sub") or value.get("username")
+        key = value.get("id") or value.get("sub") or value.get("username")
         kind = value.get("type") or "user"
-        return (str(ident), str(kind)) if ident is not None else None
+        return (str(key), str(kind)) if key is not None else None
     try:
         if getattr(value, "is_authenticated", True) is False or getattr(value, "is_anonymous", False) is True:
             return None

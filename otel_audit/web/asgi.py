@@ -92,7 +92,7 @@ class AuditMiddleware:
         replaced = False
 
         async def audited_receive() -> Message:
-            message = await receive()
+            message: Message = await receive()
             if message["type"] == "http.disconnect":
                 state.disconnected = True
             return message
@@ -169,7 +169,8 @@ def _starlette_route(scope: Scope) -> str | None:
     if not isinstance(template, str):
         return None
     # Inside a Mount the route's path is relative: prefix what the mount matched.
-    root, app_root = scope.get("root_path", ""), scope.get("app_root_path", scope.get("root_path", ""))
+    root: str = scope.get("root_path", "")
+    app_root: str = scope.get("app_root_path", root)
     if root != app_root and root.startswith(app_root):
         template = root[len(app_root) :] + template
     return template

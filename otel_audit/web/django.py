@@ -203,10 +203,13 @@ def _guarded(fn: Any) -> None:
 
 def _header(meta: Any, name: str) -> str | None:
     if name == "content-type":
-        return meta.get("CONTENT_TYPE")
-    if name == "content-length":
-        return meta.get("CONTENT_LENGTH")
-    return meta.get("HTTP_" + name.upper().replace("-", "_"))
+        key = "CONTENT_TYPE"
+    elif name == "content-length":
+        key = "CONTENT_LENGTH"
+    else:
+        key = "HTTP_" + name.upper().replace("-", "_")
+    value: str | None = meta.get(key)
+    return value
 
 
 def _session_key(request: HttpRequest) -> str | None:

@@ -164,7 +164,7 @@ class _Body:
         # One chunk ahead: the last chunk is known as such before it is handed over.
         if self.ahead is _NOTHING:
             self.ahead = self._next()  # StopIteration: empty body, sealed by _next
-        chunk = self.ahead
+        chunk: bytes | None = self.ahead
         if chunk is None:
             raise StopIteration
         try:
