@@ -33,7 +33,7 @@ from otel_audit.processor import AuditLogRecordProcessor
 from otel_audit.spool.spool import SpoolConfig
 from otel_audit.witness import DirectoryWitness, Witness
 
-__all__ = ["AuditHandle", "checkpoint_options", "configure"]
+__all__ = ["AuditHandle", "active_handles", "checkpoint_options", "configure"]
 
 _log = logging.getLogger("otel_audit")
 
@@ -320,6 +320,11 @@ def configure(
 
 #: LoggerProvider id -> the handle configure() returned for it (one audit processor each).
 _ACTIVE: dict[int, AuditHandle] = {}
+
+
+def active_handles() -> list[AuditHandle]:
+    """The handles of the configure() calls in this process not yet shut down (one per LoggerProvider)."""
+    return list(_ACTIVE.values())
 
 
 # ---------------------------------------------------------------------- helpers

@@ -46,8 +46,10 @@ from otel_audit.errors import InvalidInput
 __all__ = [
     "AuditContext",
     "audit_context",
+    "close_root_context",
     "context_attributes",
     "current_audit_context",
+    "open_root_context",
     "update_audit_context",
 ]
 
@@ -107,6 +109,24 @@ _CURRENT: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("
 
 #: What the processor calls for each audit record: ``None`` (no context) costs one lookup.
 current_audit_context = _CURRENT.get
+
+
+def open_root_context(
+    attributes: Mapping[str, Any], resolver: Resolver | None = None
+) -> contextvars.Token[AuditContext | None]:
+    """Open an audit context with no parent, for an owner whose scope is not a ``with`` block.
+
+    The web middleware opens one per request (a request is a root: nothing from
+    an earlier request on the thread leaks into it) and closes it with
+    :func:`close_root_context` when the response is done. ``attributes`` are
+    taken as given (the middleware has already made them safe).
+    """
+    return _CURRENT.set(AuditContext(attributes, resolver))
+
+
+def close_root_context(token: contextvars.Token[AuditContext | None]) -> None:
+    """Close what :func:`open_root_context` opened; raises ``ValueError`` outside the context that opened it."""
+    _CURRENT.reset(token)
 
 
 def context_attributes() -> dict[str, Any]:

@@ -35,7 +35,7 @@ from otel_audit.errors import AuditNotCommitted, AuditRecordInvalid, SpoolFull
 from otel_audit.pipeline import AuditPipeline
 from otel_audit.privacy.policy import PrivacyPolicy
 
-__all__ = ["AuditLogRecordProcessor"]
+__all__ = ["AuditLogRecordProcessor", "collect_sealed"]
 
 _log = logging.getLogger("otel_audit")
 
@@ -43,6 +43,21 @@ _log = logging.getLogger("otel_audit")
 _FAIL_CLOSED: contextvars.ContextVar[list[SealedRecord] | None] = contextvars.ContextVar(
     "otel_audit_fail_closed", default=None
 )
+
+
+@contextmanager
+def collect_sealed() -> Iterator[list[SealedRecord]]:
+    """Collect the audit records sealed in this thread or task inside the block, in order.
+
+    What :meth:`AuditLogRecordProcessor.fail_closed` waits for; the web
+    middleware's fail-closed routes use it the same way.
+    """
+    sealed: list[SealedRecord] = []
+    token = _FAIL_CLOSED.set(sealed)
+    try:
+        yield sealed
+    finally:
+        _FAIL_CLOSED.reset(token)
 
 _SESSION = A.SESSION_ID
 _USER = A.USER_ID
@@ -164,12 +179,8 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         otel-audit inside the block (a logger level or a missing handler
         swallowed the call: the action must not proceed unaudited).
         """
-        sealed: list[SealedRecord] = []
-        token = _FAIL_CLOSED.set(sealed)
-        try:
+        with collect_sealed() as sealed:
             yield sealed
-        finally:
-            _FAIL_CLOSED.reset(token)
         if len(sealed) < expect:
             raise AuditNotCommitted(
                 f"expected {expect} audit record(s) inside fail_closed(), but {len(sealed)} reached otel-audit. "

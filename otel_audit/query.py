@@ -25,13 +25,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import psycopg
-from psycopg import sql
 
 from otel_audit.errors import InvalidInput, MissingTablesError
+
+if TYPE_CHECKING:  # imported where used: the command line parses times and filters without psycopg
+    import psycopg
+    from psycopg import sql
 
 __all__ = [
     "NARROW_COLUMNS",
@@ -173,6 +175,8 @@ class RecordFilter:
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
         """The SQL condition over ``audit_logs`` and its parameters."""
+        from psycopg import sql
+
         parts: list[str] = []
         params: dict[str, Any] = {}
 
@@ -297,6 +301,8 @@ def find_records(
     ``total`` says how many matched in all. Quarantined records that match are
     included, marked in ``problems``.
     """
+    from psycopg import sql
+
     if limit < 1:
         raise InvalidInput(f"limit must be at least 1, not {limit}")
     where.validate()
@@ -372,6 +378,8 @@ def failed_attempts(
 ) -> QueryResult:
     """Actors with more than ``threshold`` failed or denied attempts in ``window`` back from now, or in
     ``[since, until)`` when either is given (the seed's security-monitoring query)."""
+    from psycopg import sql
+
     if threshold < 0:
         raise InvalidInput(f"threshold must be 0 or more, not {threshold}")
     require_tables(conn, ("audit_logs",))

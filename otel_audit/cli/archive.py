@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json
-from otel_audit.core.keys import load_signing_key, load_trusted_keys
 from otel_audit.query import parse_duration
 
 if TYPE_CHECKING:
@@ -110,6 +109,7 @@ def _bar(total: int | None, enabled: bool, desc: str) -> Iterator[Callable[[int]
 
 def run_archive(args: argparse.Namespace) -> int:
     from otel_audit.archive.writer import DEFAULT_RECORDS_PER_FILE, ArchiveIntegrityError, archive_database
+    from otel_audit.core.keys import load_signing_key
 
     key_path = args.signing_key or settings.SIGNING_KEY.get()
     if not key_path:
@@ -144,6 +144,7 @@ def run_archive(args: argparse.Namespace) -> int:
 def run_verify_archive(args: argparse.Namespace) -> int:
     from otel_audit.archive.verify import verify_archive
     from otel_audit.cli.verify import print_text
+    from otel_audit.core.keys import load_trusted_keys
 
     keys = load_trusted_keys(args.trusted_key)
     if args.workers is not None and args.workers < 1:

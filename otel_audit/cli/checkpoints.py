@@ -16,10 +16,7 @@ import orjson
 
 from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import escape_text, print_json, write_line
-from otel_audit.core.keys import generate_signing_key, load_trusted_keys, write_keypair
-from otel_audit.core.proof import verify_proof
-from otel_audit.errors import AuditConfigurationError
-from otel_audit.verify.prove import NotAnchoredError, ProofUnavailable, prove_record
+from otel_audit.errors import AuditConfigurationError, NotAnchoredError, ProofUnavailable
 
 __all__ = ["register"]
 
@@ -69,6 +66,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_keygen(args: argparse.Namespace) -> int:
+    from otel_audit.core.keys import generate_signing_key, write_keypair
+
     key = generate_signing_key()
     try:
         private_path, public_path = write_keypair(key, args.out, force=args.force)
@@ -81,6 +80,9 @@ def run_keygen(args: argparse.Namespace) -> int:
 
 
 def run_prove(args: argparse.Namespace) -> int:
+    from otel_audit.core.keys import load_trusted_keys
+    from otel_audit.verify.prove import prove_record
+
     keys = load_trusted_keys(args.trusted_key) if args.trusted_key else None
     with connect(args) as conn:
         try:
@@ -110,6 +112,9 @@ def run_prove(args: argparse.Namespace) -> int:
 
 
 def run_verify_proof(args: argparse.Namespace) -> int:
+    from otel_audit.core.keys import load_trusted_keys
+    from otel_audit.core.proof import verify_proof
+
     try:
         keys = load_trusted_keys(args.trusted_key)
     except AuditConfigurationError as exc:

@@ -22,9 +22,11 @@ __all__ = [
     "EXIT_INTEGRITY",
     "EXIT_OK",
     "CommandParser",
+    "Deferred",
     "UsageError",
     "add_dsn",
     "connect",
+    "resolve_deferred",
     "resolve_dsn",
 ]
 
@@ -55,6 +57,37 @@ class CommandParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
+class Deferred:
+    """A default that lives in a module the command imports only when it runs.
+
+    Building the parser registers every command, so a default read from, say,
+    the ingest's configuration would import psycopg and the pipeline for
+    ``otel-audit keygen`` too. argparse keeps a default that is not a string as
+    it is and shows it in ``--help`` with ``str()``: this one imports its module
+    then. The command calls :func:`resolve_deferred` before using its arguments.
+    """
+
+    def __init__(self, module: str, name: str, attribute: str | None = None, *, spec: str = "") -> None:
+        self.module, self.name, self.attribute, self.spec = module, name, attribute, spec
+
+    def value(self) -> Any:
+        import importlib
+
+        found = getattr(importlib.import_module(self.module), self.name)
+        return getattr(found(), self.attribute) if self.attribute else found
+
+    def __str__(self) -> str:
+        return format(self.value(), self.spec)
+
+
+def resolve_deferred(args: argparse.Namespace) -> argparse.Namespace:
+    """Replace each :class:`Deferred` default left in ``args`` by its value."""
+    for name, value in vars(args).items():
+        if isinstance(value, Deferred):
+            setattr(args, name, value.value())
+    return args
 
 
 def add_dsn(parser: argparse.ArgumentParser) -> None:

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
+from otel_audit.cli.common import EXIT_OK, Deferred, UsageError, add_dsn, connect, resolve_deferred
 from otel_audit.cli.output import print_json
 from otel_audit.errors import DatabaseNotReady
-from otel_audit.sink.partitions import (
-    DEFAULT_AHEAD_MONTHS,
-    ensure_partitions,
-    is_partitioned,
-    list_partitions,
-    rehome_default_rows,
-)
-from otel_audit.sink.schema import SCHEMA_VERSION, current_version, grant_reader, grant_writer, migrate
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,8 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "month is plausible, and list every partition. Run it daily from cron. Idempotent.",
     )
     add_dsn(maintain)
-    maintain.add_argument("--ahead", type=int, default=DEFAULT_AHEAD_MONTHS, metavar="MONTHS",
-                          help=f"months to create ahead of the current one (default {DEFAULT_AHEAD_MONTHS})")
+    maintain.add_argument("--ahead", type=int, default=Deferred("otel_audit.sink.partitions", "DEFAULT_AHEAD_MONTHS"),
+                          metavar="MONTHS", help="months to create ahead of the current one (default %(default)s)")
     maintain.add_argument("--json", action="store_true", help="print the partitions as JSON")
     maintain.set_defaults(handler=run_maintain)
     version = dbsub.add_parser("version", help="print the schema version of the database")
@@ -48,6 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from otel_audit.sink.schema import SCHEMA_VERSION, grant_reader, grant_writer, migrate
+
     with connect(args) as conn:
         applied = migrate(conn)
         for migration in applied:
@@ -64,12 +58,19 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_version(args: argparse.Namespace) -> int:
+    from otel_audit.sink.schema import current_version
+
     with connect(args) as conn:
         print(current_version(conn))
     return EXIT_OK
 
 
 def run_maintain(args: argparse.Namespace) -> int:
+    from otel_audit.sink.partitions import ensure_partitions, is_partitioned, list_partitions, rehome_default_rows
+    from otel_audit.sink.schema import current_version
+
+    resolve_deferred(args)
+
     if args.ahead < 0:
         raise UsageError("--ahead must be 0 or more")
     with connect(args) as conn:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK
-from otel_audit.cli.verify import print_text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from otel_audit.cli.verify import print_text
     from otel_audit.demo import next_steps, run_demo
     from otel_audit.embedded import EmbeddedPostgres, default_data_dir
 

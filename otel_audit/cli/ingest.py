@@ -9,21 +9,23 @@ import socket
 import sys
 import threading
 from pathlib import Path
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from otel_audit import settings
-from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, resolve_dsn
-from otel_audit.ingest import IngestConfig, IngestServer, IngestService, TokenSet, tls_context
-from otel_audit.ingest.auth import TOKENS_ENV
-from otel_audit.pipeline import AuditPipeline, PipelineConfig
-from otel_audit.privacy.policy import privacy_policy
-from otel_audit.sink.schema import SCHEMA_VERSION, current_version
-from otel_audit.spool.spool import SpoolConfig
+from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, Deferred, UsageError, add_dsn, resolve_deferred, resolve_dsn
+
+if TYPE_CHECKING:  # the ingest is imported when `serve` runs, not when the parser is built
+    from otel_audit.ingest import TokenSet
+
+TOKENS_ENV = settings.INGEST_TOKENS.name
 
 _log = logging.getLogger("otel_audit.ingest")
 
-_DEFAULTS = IngestConfig()
+
+
+def _default(name: str) -> Deferred:
+    """The ingest's own default for the option (IngestConfig), looked up when needed."""
+    return Deferred("otel_audit.ingest.service", "IngestConfig", name)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,28 +84,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"and every SECONDS, idle or not (default: {settings.CHECKPOINT_INTERVAL.cli_help()})",
     )
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-body-bytes", type=int, default=_DEFAULTS.max_body_bytes,
+    limits.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"),
                         help="largest request body, compressed and decompressed (default: %(default)s)")
-    limits.add_argument("--max-records", type=int, default=_DEFAULTS.max_records,
+    limits.add_argument("--max-records", type=int, default=_default("max_records"),
                         help="most log records in one request (default: %(default)s)")
-    limits.add_argument("--max-attributes", type=int, default=_DEFAULTS.max_attributes,
+    limits.add_argument("--max-attributes", type=int, default=_default("max_attributes"),
                         help="most top-level attributes kept per record (default: %(default)s)")
     limits.add_argument("--max-record-bytes", type=int, default=None,
                         help=f"largest sealed record (default: {settings.MAX_RECORD_BYTES.cli_help()})")
-    limits.add_argument("--max-connections", type=int, default=_DEFAULTS.max_connections,
+    limits.add_argument("--max-connections", type=int, default=_default("max_connections"),
                         help="concurrent connections (default: %(default)s)")
-    limits.add_argument("--max-inflight-bytes", type=int, default=_DEFAULTS.max_inflight_bytes,
+    limits.add_argument("--max-inflight-bytes", type=int, default=_default("max_inflight_bytes"),
                         help="request bytes held at once before answering 429 (default: %(default)s)")
-    limits.add_argument("--commit-timeout", type=float, default=_DEFAULTS.commit_timeout,
+    limits.add_argument("--commit-timeout", type=float, default=_default("commit_timeout"),
                         help="seconds to wait for PostgreSQL before answering 503 (default: %(default)s)")
-    limits.add_argument("--max-backlog-bytes", type=int, default=_DEFAULTS.max_backlog_bytes,
+    limits.add_argument("--max-backlog-bytes", type=int, default=_default("max_backlog_bytes"),
                         help="uncommitted bytes before answering 429 (default: %(default)s)")
-    limits.add_argument("--dedup-capacity", type=int, default=_DEFAULTS.dedup_capacity,
+    limits.add_argument("--dedup-capacity", type=int, default=_default("dedup_capacity"),
                         help="records remembered for retries of requests not yet answered 200 (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from otel_audit.ingest import IngestConfig, IngestServer, IngestService, tls_context
+    from otel_audit.pipeline import AuditPipeline, PipelineConfig
+    from otel_audit.privacy.policy import privacy_policy
+    from otel_audit.spool.spool import SpoolConfig
+
+    resolve_deferred(args)
     dsn = resolve_dsn(args)
     tokens = _tokens(args)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -199,6 +207,8 @@ def _tokens(args: argparse.Namespace) -> TokenSet | None:
                 f"--insecure-no-auth contradicts the configured tokens (--token-file / {TOKENS_ENV}); drop one"
             )
         return None
+    from otel_audit.ingest import TokenSet
+
     tokens = TokenSet.from_environment(args.token_file)
     if not len(tokens):
         raise UsageError(
@@ -219,6 +229,10 @@ def _describe_tokens(tokens: TokenSet) -> str:
 
 def _check_schema(dsn: str) -> None:
     """Refuse to start against a database without the otel-audit tables; tolerate one that is down."""
+    import psycopg
+
+    from otel_audit.sink.schema import SCHEMA_VERSION, current_version
+
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5, application_name="otel-audit-ingest") as conn:
             version = current_version(conn)

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING
 
 from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import json_text, write_line
-from otel_audit.core.keys import load_trusted_keys
 from otel_audit.query import RESULTS, RecordFilter, parse_duration, parse_time
-from otel_audit.witness import DirectoryWitness
 
 if TYPE_CHECKING:
     from otel_audit.report import ReportOptions
@@ -118,7 +116,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _report_options(args: argparse.Namespace) -> ReportOptions:
+    from otel_audit.core.keys import load_trusted_keys
     from otel_audit.report import ReportOptions
+    from otel_audit.witness import DirectoryWitness
 
     now = datetime.now(timezone.utc)
     # The default end is now, rounded up to a whole second (a readable period that still takes in

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json, render
-from otel_audit.core.keys import load_signing_key, load_trusted_keys
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -68,6 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_apply(args: argparse.Namespace) -> int:
     from otel_audit.archive.retention import apply_retention, parse_policy, plan_retention
     from otel_audit.archive.store import open_store
+    from otel_audit.core.keys import load_signing_key, load_trusted_keys
 
     try:
         policy = parse_policy(args.policy)

@@ -11,8 +11,6 @@ from typing import Any
 from otel_audit import settings
 from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, add_dsn, connect
 from otel_audit.cli.output import escape_text, print_json, write_line
-from otel_audit.sink.writer import database_identity
-from otel_audit.status import database_status, spool_status
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +27,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from otel_audit.sink.writer import database_identity
+    from otel_audit.status import database_status, spool_status
+
     result: dict[str, Any] = {}
     spool_dir = args.spool_dir or settings.SPOOL_DIR.get()
     identity = None

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from otel_audit.cli.common import EXIT_OK, UsageError, add_dsn, connect
+from otel_audit.cli.common import EXIT_OK, Deferred, UsageError, add_dsn, connect
 from otel_audit.cli.output import print_json, write_line
-from otel_audit.core.keys import load_trusted_keys
 from otel_audit.query import parse_duration
-from otel_audit.verify import VerificationReport, VerifyOptions, verify_database
-from otel_audit.verify.database import PARALLEL_FROM
-from otel_audit.verify.report import Severity
-from otel_audit.witness_s3 import open_witness
+
+if TYPE_CHECKING:
+    from otel_audit.verify import VerificationReport, VerifyOptions
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,10 +27,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--chain", action="append", metavar="CHAIN_ID", help="only this chain (repeatable)")
     parser.add_argument("--strict", action="store_true", help="also fail (exit 1) on warnings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-    parser.add_argument(
+    workers = parser.add_argument(
         "--workers", type=int, default=None, metavar="N",
-        help=f"processes that check chains in parallel (default: one per CPU, up to 8, from {PARALLEL_FROM:,} "
+        help="processes that check chains in parallel (default: one per CPU, up to 8, from %(parallel_from)s "
         "records; 1: this process only)",
+    )
+    # argparse fills the help in from the action's attributes: the number is looked up only for --help.
+    workers.parallel_from = Deferred(  # type: ignore[attr-defined]
+        "otel_audit.verify.database", "PARALLEL_FROM", spec=","
     )
     parser.add_argument(
         "--archive", metavar="DEST",
@@ -72,6 +74,9 @@ def _configure_anchoring(args: argparse.Namespace, options: VerifyOptions) -> No
             "--witness needs --trusted-key: without trusted keys nothing read from the witness can be "
             "authenticated. Pass the emitters' public keys (the .pub files from `otel-audit keygen`)"
         )
+    from otel_audit.core.keys import load_trusted_keys
+    from otel_audit.witness_s3 import open_witness
+
     if args.trusted_key:
         options.trusted_keys = load_trusted_keys(args.trusted_key)
     options.witnesses = [open_witness(spec, for_reading=True) for spec in args.witness]
@@ -83,6 +88,8 @@ def _configure_anchoring(args: argparse.Namespace, options: VerifyOptions) -> No
 
 
 def run(args: argparse.Namespace) -> int:
+    from otel_audit.verify import VerifyOptions, verify_database
+
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     options = VerifyOptions(chain_ids=args.chain, progress=False if args.no_progress else None, workers=args.workers)
@@ -102,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_text(report: VerificationReport, out: TextIO | None = None) -> None:
+    from otel_audit.verify.report import Severity
+
     out = out if out is not None else sys.stdout  # looked up per call: sys.stdout may have been replaced
     for finding in report.findings:
         write_line(str(finding), out)  # details quote stored values: escaped, never raw

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
-from otel_audit.context import _CURRENT, AuditContext
+from otel_audit.context import close_root_context, open_root_context
 from otel_audit.core import attributes as A
 from otel_audit.errors import InvalidInput
-from otel_audit.processor import _FAIL_CLOSED
+from otel_audit.processor import collect_sealed
 
 if TYPE_CHECKING:
     from otel_audit.configuration import AuditHandle
@@ -305,9 +305,9 @@ class WebAuditConfig:
         """The handle whose pipeline sealed into ``chain_id`` (the given one, else among the active ones)."""
         if self.audit is not None:
             return self.audit
-        from otel_audit.configuration import _ACTIVE
+        from otel_audit.configuration import active_handles
 
-        for handle in list(_ACTIVE.values()):
+        for handle in active_handles():
             if handle.chain_id == chain_id:
                 return handle
         return None
@@ -315,9 +315,9 @@ class WebAuditConfig:
     def check_configured(self) -> None:
         if self._warned_unconfigured:
             return
-        from otel_audit.configuration import _ACTIVE
+        from otel_audit.configuration import active_handles
 
-        if not _ACTIVE and self.audit is None:
+        if self.audit is None and not active_handles():
             self._warned_unconfigured = True
             _log.warning(
                 "otel-audit: a request was audited but otel_audit.configure() has not run in this process, so its "
@@ -576,7 +576,7 @@ class RequestAudit:
         if agent:
             fixed[A.USER_AGENT] = agent
         # A request is a root: nothing from an earlier request on this thread can leak into it.
-        self._context_token = _CURRENT.set(AuditContext(fixed, self._context_values))
+        self._context_token = open_root_context(fixed, self._context_values)
         self._request_token = _REQUEST.set(self)
         span_context = trace.get_current_span().get_span_context()
         if not span_context.is_valid and self.header("traceparent"):
@@ -592,7 +592,7 @@ class RequestAudit:
         if token is not None:
             try:
                 _REQUEST.reset(request_token)
-                _CURRENT.reset(token)
+                close_root_context(token)
             except ValueError:  # closed from another context (a server thread): nothing to reset there
                 pass
 
@@ -789,12 +789,8 @@ class RequestAudit:
         attrs = self.attributes()
         if attrs is None:
             return True
-        sealed: list[Any] = []
-        token = _FAIL_CLOSED.set(sealed)  # what otel_audit's fail_closed() collects, per context
-        try:
+        with collect_sealed() as sealed:  # what otel_audit's fail_closed() collects, per context
             self._emit(attrs)
-        finally:
-            _FAIL_CLOSED.reset(token)
         if not sealed:
             _log.error(
                 "otel-audit: fail-closed route %s: its audit record reached no audit processor (is "
