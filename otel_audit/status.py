@@ -3,7 +3,8 @@
 ``otel-audit status`` reads the spool directory (what each process has not yet
 written, its live counters in ``status.json``, spools of dead processes still
 to replay) and/or the database (per-chain heads and last commits, the
-quarantine).
+quarantine). The status file's writer, :func:`write_process_status`, is here
+too, beside its reader, so the two agree on its name and contents.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _chain_dir_status(path: Path, identity: dict[str, Any] | None, dsn_argument:
         "segments": len(segments),
         "bytes": sum(p.stat().st_size for p in segments),
     }
-    status_file = path / "status.json"
+    status_file = path / STATUS_FILE
     if status_file.exists():
         with contextlib.suppress(OSError, ValueError):
             stats = json.loads(status_file.read_text())
@@ -191,3 +192,22 @@ def database_status(conn: psycopg.Connection) -> dict[str, Any]:
             for chain_id, emitter, created, head, last_commit in chains
         ],
     }
+
+
+# ---------------------------------------------------------------------- the status file
+#: A running sink's live counters (PipelineStats.snapshot() plus pid, chain id and time), beside its
+#: spool; :func:`spool_status` reads it back as each chain's ``process``.
+STATUS_FILE = "status.json"
+
+
+def write_process_status(spool_path: Path, counters: dict[str, Any], *, chain_id: str) -> None:
+    """Replace the status file in ``spool_path`` (written aside, then renamed: never read half-written).
+
+    The sink calls it about once a second. A failure to write is ignored: the
+    file serves ``otel-audit status`` and is never a reason to stop storing records.
+    """
+    data = {**counters, "pid": os.getpid(), "chain_id": chain_id, "written_unix": time.time()}
+    tmp = spool_path / (STATUS_FILE + ".tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, spool_path / STATUS_FILE)

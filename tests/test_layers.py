@@ -82,3 +82,15 @@ def test_the_internal_apis_the_middleware_uses():
     assert context_attributes() == {}
     with collect_sealed() as sealed:
         assert sealed == []
+
+
+def test_the_status_file_is_written_and_read_in_one_module(tmp_path: Path):
+    from otel_audit import status
+
+    status.write_process_status(tmp_path, {"records_committed": 5}, chain_id="c-1")
+    assert not (tmp_path / (status.STATUS_FILE + ".tmp")).exists()
+    process = status._chain_dir_status(tmp_path)["process"]
+    assert process["records_committed"] == 5 and process["chain_id"] == "c-1" and "age_seconds" in process
+    others = [p for p in (ROOT / "otel_audit").rglob("*.py")
+              if p.name != "status.py" and status.STATUS_FILE in p.read_text(encoding="utf-8")]
+    assert others == []

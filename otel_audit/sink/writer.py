@@ -1044,17 +1044,12 @@ class PostgresSink:
             self._write_status()
 
     def _write_status(self) -> None:
+        from otel_audit.status import write_process_status  # beside its reader (not at import: a cycle)
+
         own = self._own
         if own is None or not own.spool.path.exists():
             return
-        data = self.stats.snapshot()
-        data["pid"] = os.getpid()
-        data["chain_id"] = own.spool.chain_id
-        data["written_unix"] = time.time()
-        tmp = own.spool.path / "status.json.tmp"
-        with contextlib.suppress(OSError):
-            tmp.write_bytes(orjson.dumps(data))
-            os.replace(tmp, own.spool.path / "status.json")
+        write_process_status(own.spool.path, self.stats.snapshot(), chain_id=own.spool.chain_id)
 
 
 _FORK_ORPHANS: list[Any] = []
