@@ -22,17 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as a script
 
-import psycopg  # noqa: E402
-from opentelemetry.instrumentation.logging.handler import LoggingHandler  # noqa: E402
-from opentelemetry.sdk._logs import LoggerProvider  # noqa: E402
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor  # noqa: E402
+import psycopg
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-import otel_audit  # noqa: E402
-from benchmarks.bench_hot_path import NoopExporter  # noqa: E402
-from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where  # noqa: E402
-from otel_audit.privacy import PrivacyPolicy, privacy_policy  # noqa: E402
-from otel_audit.privacy.keystore import init_keystore  # noqa: E402
-from otel_audit.privacy.pseudonym import new_key_line  # noqa: E402
+import otel_audit
+from benchmarks.bench_hot_path import NoopExporter
+from benchmarks.common import AUDIT_EXTRA, fresh_schema, median, report, where
+from otel_audit.privacy import PrivacyPolicy, privacy_policy
+from otel_audit.privacy.keystore import init_keystore
+from otel_audit.privacy.pseudonym import new_key_line
 
 EXTRA = {**AUDIT_EXTRA, "audit.old_values": {"dose": "5mg", "ward": "B"}, "user_agent.original": "curl/8.5",
          "session.id": "s-1"}

@@ -31,6 +31,8 @@ __all__ = [
     "DatabaseNotReady",
     "DatabaseUnavailable",
     "InvalidInput",
+    "KeyErased",
+    "KeyStoreUnavailable",
     "ManifestError",
     "MissingTablesError",
     "NotAnchoredError",
@@ -149,6 +151,15 @@ class ProofUnavailable(AuditError, LookupError):
 
 class NotAnchoredError(ProofUnavailable):
     """The record exists but no checkpoint covers it yet."""
+
+
+# ---------------------------------------------------------------------- privacy
+class KeyStoreUnavailable(AuditError, RuntimeError):
+    """The key store could not be read or written (the caller withholds the fields, never stores them plain)."""
+
+
+class KeyErased(AuditError, LookupError):
+    """The subject key was destroyed: what it encrypted is unreadable for good."""
 
 
 # ---------------------------------------------------------------------- archives and retention

@@ -38,7 +38,7 @@ ALICE_AGENT = "Mozilla/5.0 (alice-laptop-7f3a)"
 
 
 @pytest.fixture
-def keystore(postgres) -> Iterator[str]:  # noqa: ANN001
+def keystore(postgres) -> Iterator[str]:
     schema, dsn = postgres.new_schema(init=False)  # apart from the audit tables
     with psycopg.connect(dsn, autocommit=True) as conn:
         init_keystore(conn)
@@ -157,7 +157,7 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
     assert verify(db).ok
 
 
-def _draft(**attrs: object):  # noqa: ANN202
+def _draft(**attrs: object):
     return RecordBuilder().build({**VALID, **attrs}, time_unix_nano=1_700_000_000_000_000_000, body="x")
 
 

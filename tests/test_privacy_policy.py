@@ -25,7 +25,7 @@ PAN = "4111111111111111"
 
 
 @pytest.fixture
-def keystore(postgres) -> Iterator[str]:  # noqa: ANN001
+def keystore(postgres) -> Iterator[str]:
     schema, dsn = postgres.new_schema(init=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         init_keystore(conn)

@@ -16,7 +16,7 @@ from otel_audit.core.keys import generate_signing_key
 from otel_audit.core.record import RecordBuilder
 from otel_audit.errors import AuditConfigurationError
 from otel_audit.privacy import privacy_policy
-from otel_audit.privacy.pseudonym import PREFIX, PseudonymKey, Pseudonymizer, new_key_line, parse_key_ring
+from otel_audit.privacy.pseudonym import PREFIX, Pseudonymizer, PseudonymKey, new_key_line, parse_key_ring
 from tests.harness import VALID, App, verify
 
 ALICE = "alice@example.com"
@@ -29,7 +29,7 @@ def _ring(tmp_path: Path, *lines: str, name: str = "ring") -> Path:
     return path
 
 
-def _draft(**attrs: object):  # noqa: ANN202
+def _draft(**attrs: object):
     return RecordBuilder().build({**VALID, **attrs}, time_unix_nano=1_700_000_000_000_000_000, body="viewed")
 
 

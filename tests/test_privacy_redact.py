@@ -242,7 +242,7 @@ def test_no_secret_reaches_spool_database_otlp_export_or_own_logs(
     with psycopg.connect(db) as conn:
         dump = "\n".join(
             str(row) for table in ("audit_logs", "audit_chains")
-            for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()  # noqa: S608
+            for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()
         ).encode()
         _assert_clean(dump, "the database")
         notes = conn.execute(
@@ -262,7 +262,7 @@ def test_no_secret_reaches_spool_database_otlp_export_or_own_logs(
 def test_redaction_can_be_turned_off_explicitly(db: str, tmp_path: Path) -> None:
     app = App(db, tmp_path / "spool", redact=False)
     try:
-        app.log(**{"note": f"card {PAN}"})
+        app.log(note=f"card {PAN}")
         assert app.audit.flush(30)
     finally:
         assert app.close()

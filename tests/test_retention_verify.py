@@ -35,12 +35,12 @@ JAN, FEB, MAR = "audit_logs_p202501", "audit_logs_p202502", "audit_logs_p202503"
 
 
 @pytest.fixture
-def key():  # noqa: ANN201
+def key():
     return generate_signing_key()
 
 
 @pytest.fixture
-def retained(db: str, key, tmp_path: Path):  # noqa: ANN001, ANN201
+def retained(db: str, key, tmp_path: Path):
     """Two chains from January to April 2025 and one that lived in January only; January and February archived
     and dropped under a retention checkpoint."""
     with psycopg.connect(db, autocommit=True) as conn:
@@ -64,17 +64,17 @@ def retained(db: str, key, tmp_path: Path):  # noqa: ANN001, ANN201
     return db, chains, archive, checkpoint
 
 
-def _report(dsn: str, key=None, **options):  # noqa: ANN001, ANN003, ANN202
+def _report(dsn: str, key=None, **options):
     trusted = {key.key_id: key.verify_key()} if key is not None else None
     with psycopg.connect(dsn) as conn:
         return verify_database(conn, VerifyOptions(trusted_keys=trusted, **options))
 
 
-def _errors(report) -> list[tuple[str, str | None, int | None]]:  # noqa: ANN001
+def _errors(report) -> list[tuple[str, str | None, int | None]]:
     return [(f.kind.value, f.chain_id, f.seq) for f in report.errors]
 
 
-def _forge(dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes | None = None,  # noqa: ANN001
+def _forge(dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes | None = None,
            prev: str | None = None) -> None:
     """Insert retention checkpoint n+1 (as anyone with INSERT on audit_retention could), signed by ``signer``."""
     n = like.n + 1
@@ -95,7 +95,7 @@ def _end_of(dsn: str, chain_id: str, partition: str) -> tuple[int, str]:
         sql.Identifier(partition)), (chain_id,))[0]
 
 
-def test_verify_reports_the_archived_prefix_instead_of_missing_records(retained, key, verify_mode: str) -> None:  # noqa: ANN001
+def test_verify_reports_the_archived_prefix_instead_of_missing_records(retained, key, verify_mode: str) -> None:
     dsn, chains, _, checkpoint = retained
     report = _report(dsn, key)
     assert report.ok, [str(f) for f in report.errors]
@@ -120,7 +120,7 @@ def test_verify_reports_the_archived_prefix_instead_of_missing_records(retained,
     assert not [f for f in report.warnings if f.kind not in expected], [str(f) for f in report.warnings]
 
 
-def test_the_fast_pass_starts_at_the_archived_boundary(retained, key, verify_mode: str,  # noqa: ANN001
+def test_the_fast_pass_starts_at_the_archived_boundary(retained, key, verify_mode: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """No chain that merely lost its archived prefix falls back to the slow full walk."""
     from otel_audit.verify import database
@@ -128,7 +128,7 @@ def test_the_fast_pass_starts_at_the_archived_boundary(retained, key, verify_mod
     walked: list[str] = []
     walk = database._walk
 
-    def spy(conn, chain_ids, walker_for, tick):  # noqa: ANN001, ANN202
+    def spy(conn, chain_ids, walker_for, tick):
         walked.extend(chain_ids)
         return walk(conn, chain_ids, walker_for, tick)
 
@@ -146,7 +146,7 @@ def test_the_fast_pass_starts_at_the_archived_boundary(retained, key, verify_mod
     assert (Kind.MISSING.value, chain.chain_id, first) in errors, errors
 
 
-def test_the_cli_says_archived_up_to(retained, key, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+def test_the_cli_says_archived_up_to(retained, key, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dsn, chains, archive, checkpoint = retained
     _, public = write_keypair(key, tmp_path / "k")
     assert cli(["verify", "--dsn", dsn, "--trusted-key", str(public)]) == 0
@@ -160,7 +160,7 @@ def test_the_cli_says_archived_up_to(retained, key, tmp_path: Path, capsys: pyte
 
 
 @pytest.mark.parametrize("how", ["drop", "delete"])
-def test_a_deletion_no_retention_checkpoint_covers_still_fails(retained, key, verify_mode: str, how: str) -> None:  # noqa: ANN001
+def test_a_deletion_no_retention_checkpoint_covers_still_fails(retained, key, verify_mode: str, how: str) -> None:
     dsn, chains, _, checkpoint = retained
     with psycopg.connect(dsn, autocommit=True) as conn:
         if how == "drop":  # March, never archived
@@ -176,7 +176,7 @@ def test_a_deletion_no_retention_checkpoint_covers_still_fails(retained, key, ve
             assert (Kind.MISSING.value, chain.chain_id, first) in _errors(report), _errors(report)
 
 
-def test_the_cli_exits_1_naming_a_partition_dropped_by_hand(retained, key, tmp_path: Path,  # noqa: ANN001
+def test_the_cli_exits_1_naming_a_partition_dropped_by_hand(retained, key, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     dsn, chains, _, checkpoint = retained
     _, public = write_keypair(key, tmp_path / "k")
@@ -189,7 +189,7 @@ def test_the_cli_exits_1_naming_a_partition_dropped_by_hand(retained, key, tmp_p
 
 
 @pytest.mark.parametrize("forgery", ["other key", "bad signature", "changed column"])
-def test_a_forged_retention_checkpoint_hides_nothing(retained, key, verify_mode: str, forgery: str) -> None:  # noqa: ANN001
+def test_a_forged_retention_checkpoint_hides_nothing(retained, key, verify_mode: str, forgery: str) -> None:
     """Someone drops March and writes a retention checkpoint that claims it was archived."""
     dsn, chains, _, checkpoint = retained
     claim = {c.chain_id: dict(zip(("seq", "head"), _end_of(dsn, c.chain_id, MAR), strict=True)) for c in chains[:2]}
@@ -218,7 +218,7 @@ def test_a_forged_retention_checkpoint_hides_nothing(retained, key, verify_mode:
     assert any(f.kind is Kind.CHECKPOINTS_UNCHECKED and "retention" in f.detail for f in unchecked.warnings)
 
 
-def test_a_retention_checkpoint_whose_head_the_live_chain_does_not_link_to_fails(retained, key) -> None:  # noqa: ANN001
+def test_a_retention_checkpoint_whose_head_the_live_chain_does_not_link_to_fails(retained, key) -> None:
     dsn, chains, _, checkpoint = retained
     chain = chains[0]
     claim = {c: dict(v) for c, v in checkpoint.chains.items()}
@@ -230,7 +230,7 @@ def test_a_retention_checkpoint_whose_head_the_live_chain_does_not_link_to_fails
         [str(f) for f in report.findings]
 
 
-def test_a_retention_checkpoint_claiming_more_than_the_archive_holds(retained, key) -> None:  # noqa: ANN001
+def test_a_retention_checkpoint_claiming_more_than_the_archive_holds(retained, key) -> None:
     """Signed with the trusted key, it claims March too; only the archive can tell it never held March."""
     dsn, chains, archive, checkpoint = retained
     claim = {c.chain_id: dict(zip(("seq", "head"), _end_of(dsn, c.chain_id, MAR), strict=True)) for c in chains[:2]}
@@ -251,7 +251,7 @@ def test_a_retention_checkpoint_claiming_more_than_the_archive_holds(retained, k
         [str(f) for f in joined.findings]
 
 
-def test_verify_archive_judges_retention_checkpoints_as_verify_does(retained, key) -> None:  # noqa: ANN001
+def test_verify_archive_judges_retention_checkpoints_as_verify_does(retained, key) -> None:
     """An untrusted retention checkpoint is reported by verify-archive --dsn too, not silently used or skipped."""
     dsn, _, archive, checkpoint = retained
     _forge(dsn, generate_signing_key(), {c: dict(v) for c, v in checkpoint.chains.items()}, like=checkpoint)
@@ -264,7 +264,7 @@ def test_verify_archive_judges_retention_checkpoints_as_verify_does(retained, ke
         assert verify_archive(archive, trusted, conn=conn).exit_code() == _report(dsn, key).exit_code() == 1
 
 
-def test_live_records_inside_the_archived_prefix_are_checked_and_the_rest_is_archived(db: str, key, tmp_path: Path,  # noqa: ANN001
+def test_live_records_inside_the_archived_prefix_are_checked_and_the_rest_is_archived(db: str, key, tmp_path: Path,
                                                                                        verify_mode: str) -> None:
     """A record no month holds (dated 2045, in the default partition, which retention never drops) stays live
     in the middle of an archived prefix: the walk checks it, skips the archived records around it, and goes
@@ -296,8 +296,8 @@ def test_live_records_inside_the_archived_prefix_are_checked_and_the_rest_is_arc
     assert (Kind.MODIFIED.value, chain.chain_id, 11) in _errors(_report(db, key))
 
 
-def test_a_live_last_archived_record_must_hash_to_the_signed_head(db: str, key, tmp_path: Path,  # noqa: ANN001
-                                                                 verify_mode: str) -> None:  # noqa: ANN001
+def test_a_live_last_archived_record_must_hash_to_the_signed_head(db: str, key, tmp_path: Path,
+                                                                 verify_mode: str) -> None:
     """Record N stayed live (the default partition) and was then rewritten with a recomputed hash."""
     import hashlib
 
@@ -332,7 +332,7 @@ def test_a_live_last_archived_record_must_hash_to_the_signed_head(db: str, key, 
     assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.seq == 11 for f in report.errors), [str(f) for f in report.findings]
 
 
-def test_a_deleted_retention_checkpoint_is_a_gap(retained, key) -> None:  # noqa: ANN001
+def test_a_deleted_retention_checkpoint_is_a_gap(retained, key) -> None:
     dsn, _, _, checkpoint = retained
     _forge(dsn, key, {c: dict(v) for c, v in checkpoint.chains.items()}, like=checkpoint)  # a second, genuine one
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -343,7 +343,7 @@ def test_a_deleted_retention_checkpoint_is_a_gap(retained, key) -> None:  # noqa
         [str(f) for f in report.findings]
 
 
-def test_verify_with_the_archive_catches_a_run_deleted_after_retention(db: str, key, tmp_path: Path) -> None:  # noqa: ANN001
+def test_verify_with_the_archive_catches_a_run_deleted_after_retention(db: str, key, tmp_path: Path) -> None:
     """The archive's newest run deleted whole (storage that allows it): verify --archive names the manifest."""
     import shutil
 

@@ -39,7 +39,18 @@ def _error(command: str, message: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from otel_audit.cli import (
-        archive, checkpoints, collector, db, demo, ingest, privacy, query, replay, report, retention, status,
+        archive,
+        checkpoints,
+        collector,
+        db,
+        demo,
+        ingest,
+        privacy,
+        query,
+        replay,
+        report,
+        retention,
+        status,
         verify,
     )
 

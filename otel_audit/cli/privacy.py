@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from otel_audit import settings
-from otel_audit.cli.common import EXIT_ERROR, EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, resolve_dsn
-from otel_audit.errors import AuditConfigurationError
+from otel_audit.cli.common import EXIT_INTEGRITY, EXIT_OK, UsageError, add_dsn, resolve_dsn
+from otel_audit.errors import AuditConfigurationError, DatabaseUnavailable
 
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     privacy = sub.add_parser(
         "privacy",
         help="keys for pseudonymization and per-subject encryption",
@@ -161,8 +161,8 @@ def run_erase(args: argparse.Namespace) -> int:
             )
             sealed = pipeline.seal(draft)
             if not pipeline.wait_committed(sealed, 30.0):
-                raise ConnectionError("the erasure record was not committed to PostgreSQL within 30 s; nothing was "
-                                      "erased (the key store change is rolled back). Check the database and retry.")
+                raise DatabaseUnavailable("the erasure record was not committed to PostgreSQL within 30 s; nothing was "
+                                          "erased (the key store change is rolled back). Check the database and retry.")
         finally:
             pipeline.close(30.0)
         ks.commit()

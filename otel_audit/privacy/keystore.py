@@ -43,7 +43,7 @@ import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from otel_audit import settings
-from otel_audit.errors import AuditConfigurationError
+from otel_audit.errors import AuditConfigurationError, KeyErased, KeyStoreUnavailable
 from otel_audit.privacy.pseudonym import PseudonymKey, load_key_ring, parse_key_ring
 
 __all__ = ["KEYSTORE_TABLE", "KeyErased", "KeyStore", "KeyStoreUnavailable", "MasterKey", "init_keystore",
@@ -68,14 +68,6 @@ CREATE TABLE IF NOT EXISTS {KEYSTORE_TABLE} (
 CREATE UNIQUE INDEX IF NOT EXISTS {KEYSTORE_TABLE}_live_subject
     ON {KEYSTORE_TABLE} (subject_tag) WHERE erased_at IS NULL;
 """
-
-
-class KeyStoreUnavailable(RuntimeError):
-    """The key store could not be read or written (the caller withholds the fields, never stores them plain)."""
-
-
-class KeyErased(LookupError):
-    """The subject key was destroyed: what it encrypted is unreadable for good."""
 
 
 class MasterKey:
@@ -124,7 +116,7 @@ def init_keystore(conn: psycopg.Connection, *, writer_role: str | None = None, r
     """Create the key store table (idempotent). The writer may read and add keys; only the owner erases."""
     from psycopg import sql
 
-    conn.execute(_SCHEMA)  # type: ignore[arg-type]
+    conn.execute(_SCHEMA)
     table = sql.Identifier(KEYSTORE_TABLE)
     if writer_role:
         conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(table, sql.Identifier(writer_role)))
@@ -223,7 +215,7 @@ class KeyStore:
         tags = self._tags(subject)
         for _ in range(3):
             row = conn.execute(
-                f"SELECT key_ref, wrapped_key, master_key_id FROM {KEYSTORE_TABLE} "  # noqa: S608 - fixed name
+                f"SELECT key_ref, wrapped_key, master_key_id FROM {KEYSTORE_TABLE} "  # a fixed name
                 "WHERE subject_tag = ANY(%s) AND erased_at IS NULL ORDER BY created LIMIT 1",
                 (tags,),
             ).fetchone()
@@ -232,7 +224,7 @@ class KeyStore:
             data_key = AESGCM.generate_key(bit_length=256)
             key_ref = secrets.token_hex(16)
             inserted = conn.execute(
-                f"INSERT INTO {KEYSTORE_TABLE} (key_ref, subject_tag, wrapped_key, master_key_id) "  # noqa: S608
+                f"INSERT INTO {KEYSTORE_TABLE} (key_ref, subject_tag, wrapped_key, master_key_id) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (subject_tag) WHERE erased_at IS NULL DO NOTHING "
                 "RETURNING key_ref",
                 (key_ref, self.current.tag(subject), self.current.wrap(key_ref, data_key), self.current.key_id),
@@ -259,7 +251,7 @@ class KeyStore:
                 aead = self._refs[key_ref]
             else:
                 row = self._connection().execute(
-                    f"SELECT wrapped_key, master_key_id FROM {KEYSTORE_TABLE} WHERE key_ref = %s",  # noqa: S608
+                    f"SELECT wrapped_key, master_key_id FROM {KEYSTORE_TABLE} WHERE key_ref = %s",
                     (key_ref,),
                 ).fetchone()
                 aead = None if row is None or row[0] is None else AESGCM(self._unwrap(key_ref, bytes(row[0]), row[1]))
@@ -274,7 +266,7 @@ class KeyStore:
         """The live key refs of a subject (what records of theirs name)."""
         with self._lock:
             rows = self._connection().execute(
-                f"SELECT key_ref FROM {KEYSTORE_TABLE} WHERE subject_tag = ANY(%s) AND erased_at IS NULL",  # noqa: S608
+                f"SELECT key_ref FROM {KEYSTORE_TABLE} WHERE subject_tag = ANY(%s) AND erased_at IS NULL",
                 (self._tags(subject),),
             ).fetchall()
         return [r[0] for r in rows]
@@ -288,7 +280,7 @@ class KeyStore:
         """
         target = conn if conn is not None else self._connection()
         rows = target.execute(
-            f"UPDATE {KEYSTORE_TABLE} SET wrapped_key = NULL, subject_tag = NULL, erased_at = now() "  # noqa: S608
+            f"UPDATE {KEYSTORE_TABLE} SET wrapped_key = NULL, subject_tag = NULL, erased_at = now() "
             "WHERE subject_tag = ANY(%s) AND erased_at IS NULL RETURNING key_ref",
             (self._tags(subject),),
         ).fetchall()
@@ -301,7 +293,7 @@ class KeyStore:
     def vacuum(self) -> None:
         """Rewrite the table so destroyed keys do not linger in old row versions (VACUUM FULL)."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f"VACUUM FULL {KEYSTORE_TABLE}")  # noqa: S608
+            conn.execute(f"VACUUM FULL {KEYSTORE_TABLE}")
 
     def describe(self) -> dict[str, Any]:
         return {"store": "postgresql", "table": KEYSTORE_TABLE, "master_key_id": self.current.key_id}

@@ -39,8 +39,8 @@ from otel_audit.privacy.fields import FIELD_OF, replace_field
 from otel_audit.privacy.keystore import KeyStore, MasterKey, master_keys
 from otel_audit.privacy.pseudonym import (
     DEFAULT_PSEUDONYMIZED,
-    PseudonymKey,
     Pseudonymizer,
+    PseudonymKey,
     load_key_ring,
     parse_key_ring,
 )

@@ -30,6 +30,8 @@ import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
+from otel_audit.errors import InvalidInput
+
 __all__ = [
     "DEFAULT_NAMES",
     "REDACTED",
@@ -130,7 +132,7 @@ class Redactor:
         rules = tuple(values)
         unknown = set(rules) - set(VALUE_RULES)
         if unknown:
-            raise ValueError(
+            raise InvalidInput(
                 f"unknown redaction value rule(s) {sorted(unknown)}: choose from {', '.join(VALUE_RULES)}"
             )
         self.values: tuple[str, ...] = tuple(r for r in VALUE_RULES if r in rules)
@@ -337,7 +339,7 @@ class Redactor:
                     new = self.redact_value(value, key if key.__class__ is str else repr(key), notes)
                     if new is value:
                         continue
-            except Exception:  # noqa: BLE001 - never let a secret through because of a bug here
+            except Exception:  # never let a secret through because of a bug here
                 new = "[REDACTED:error]"
                 notes.append(f"{key}: error")
             if changes is None:
@@ -346,7 +348,7 @@ class Redactor:
         if body is not None:
             try:
                 body = self.redact_value(body, "message", notes)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 body = "[REDACTED:error]"
                 notes.append("message: error")
         if notes:

@@ -94,6 +94,8 @@ class ChainWalker:
         self.chain_id = chain_id
         #: (seq, head) of the prefix a trusted retention checkpoint says is archived: positions up to seq
         #: absent from the rows are not missing, and the record after seq links to head.
+        self._archived_seq: int
+        self._archived_head: str | None
         self._archived_seq, self._archived_head = archived if archived is not None else (0, None)
         self._watch = watch
         #: seq -> (hash of the stored bytes at that position, their timestamp), for watched positions.

@@ -61,7 +61,10 @@ def load_retention_rows(conn: Any) -> list[tuple[Any, ...]]:
     row = conn.execute("SELECT to_regclass('audit_retention')").fetchone()
     if not row or row[0] is None:
         return []
-    return conn.execute("SELECT n, key_id, body, signature, hash FROM audit_retention ORDER BY n").fetchall()
+    rows: list[tuple[Any, ...]] = conn.execute(
+        "SELECT n, key_id, body, signature, hash FROM audit_retention ORDER BY n"
+    ).fetchall()
+    return rows
 
 
 def judge_retention(
