@@ -85,7 +85,7 @@ def _shown_elsewhere(record: logging.LogRecord, me: logging.Handler) -> bool:
                 return True
         if not logger.propagate:
             return False
-        logger = logger.parent  # type: ignore[assignment]
+        logger = logger.parent
     return False
 
 
