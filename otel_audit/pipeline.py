@@ -38,6 +38,7 @@ from otel_audit.checkpointer import (
     checkpoint_policy,
     interval_ms,
 )
+from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord, emitter_metadata, genesis_hash
 from otel_audit.core.checkpoint import (
     Checkpoint,
     CheckpointFormatError,
@@ -45,7 +46,6 @@ from otel_audit.core.checkpoint import (
     parse_envelope,
     sign_checkpoint,
 )
-from otel_audit.core.chain import KIND_GENESIS, KIND_RECORD, Chain, SealedRecord, emitter_metadata, genesis_hash
 from otel_audit.core.ids import new_chain_id
 from otel_audit.core.keys import SigningKey
 from otel_audit.core.record import Draft

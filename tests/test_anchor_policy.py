@@ -66,7 +66,7 @@ class _Frames:
         return len(self.frames)
 
 
-def _draft(n: int):  # noqa: ANN202
+def _draft(n: int):
     from otel_audit.core.record import RecordBuilder
 
     return RecordBuilder().build({"audit.action": "read", "audit.actor.id": f"u{n}"}, time_unix_nano=time.time_ns())
@@ -135,7 +135,7 @@ def test_a_rewrite_hidden_by_deleting_the_later_checkpoints_is_an_unanchored_spa
 ) -> None:
     app = App(db, spool_dir, signing_key=str(keys.private), checkpoint_records=5, checkpoint_interval=3600)
     for i in range(60):
-        app.log(**{"n": i})
+        app.log(n=i)
     assert app.close()
     assert check(db, [keys.public]).ok
     recompute_from(db, 15, lambda doc: doc.update(resource_id="patient-000"))

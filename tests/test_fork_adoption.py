@@ -40,7 +40,7 @@ def witness_dir(tmp_path: Path) -> Path:
     return tmp_path / "witness"
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
+def wait_for(condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
@@ -70,7 +70,7 @@ def dead_child_trail(db: str, spool_dir: Path, keys: Keys, witness: Path, record
     if pid == 0:
         try:
             for i in range(records):
-                app.log(**{"n": i})
+                app.log(n=i)
         finally:
             os._exit(0)
     assert exit_code(pid) == 0
@@ -135,7 +135,7 @@ def test_tampering_with_a_dead_childs_chain_is_detected(
     assert main(argv + (["--witness", str(witness)] if witness else [])) == 1
 
 
-def _recompute_chain(db: str, chain_id: str, start: int, recompute_from) -> None:  # noqa: ANN001
+def _recompute_chain(db: str, chain_id: str, start: int, recompute_from) -> None:
     """recompute_from() works on the only chain; run it with the child's chain as the only one visible."""
     import tests.test_checkpoints as tc
 

@@ -21,7 +21,7 @@ import pytest
 from otel_audit.cli.main import main
 from otel_audit.witness import split_entry
 from tests.test_checkpoints import Keys, check, errors, make_keys, rows, tamper
-from tests.test_checkpoints import trail as trail  # noqa: F401  (the fixture: 30 records, checkpoints 1..4)
+from tests.test_checkpoints import trail as trail  # the fixture: 30 records, checkpoints 1..4
 
 pytestmark = pytest.mark.storage
 
@@ -45,14 +45,14 @@ def writable(path: Path) -> None:
     os.chmod(path, 0o644)  # the attacker owns the directory (entries are created 0444)
 
 
-def test_entries_are_chained(trail: str, witness_dir: Path) -> None:  # noqa: F811
+def test_entries_are_chained(trail: str, witness_dir: Path) -> None:
     files = entries(witness_dir, trail)
     assert len(files) == 4
     links = [split_entry(f.read_bytes())[1] for f in files]
     assert links[0].name is None and [link.name for link in links[1:]] == [f.name for f in files[:-1]]
 
 
-def test_deleting_a_middle_witness_entry_is_a_gap(trail: str, keys: Keys, witness_dir: Path) -> None:  # noqa: F811
+def test_deleting_a_middle_witness_entry_is_a_gap(trail: str, keys: Keys, witness_dir: Path) -> None:
     files = entries(witness_dir, trail)
     files[1].unlink()  # checkpoint 2: the database still has it, but the witness chain is broken
     report = check(trail, [keys.public], witness_dir)
@@ -62,7 +62,7 @@ def test_deleting_a_middle_witness_entry_is_a_gap(trail: str, keys: Keys, witnes
     assert main(base) == 1
 
 
-def test_editing_a_middle_witness_entry_is_a_gap(trail: str, keys: Keys, witness_dir: Path) -> None:  # noqa: F811
+def test_editing_a_middle_witness_entry_is_a_gap(trail: str, keys: Keys, witness_dir: Path) -> None:
     files = entries(witness_dir, trail)
     writable(files[1])
     # Replace checkpoint 2's entry by checkpoint 1's bytes: a validly signed checkpoint, wrong place.
@@ -79,7 +79,7 @@ def test_editing_a_middle_witness_entry_is_a_gap(trail: str, keys: Keys, witness
 
 
 def test_a_witness_file_whose_name_disagrees_with_its_body_is_an_error(
-    trail: str, keys: Keys, witness_dir: Path  # noqa: F811
+    trail: str, keys: Keys, witness_dir: Path
 ) -> None:
     files = entries(witness_dir, trail)
     newest = files[-1]
@@ -95,7 +95,7 @@ def test_a_witness_file_whose_name_disagrees_with_its_body_is_an_error(
     assert ("witness_name_mismatch", 0) in errors(report)
 
 
-def test_old_unchained_entries_still_verify_with_a_warning(trail: str, keys: Keys, witness_dir: Path) -> None:  # noqa: F811
+def test_old_unchained_entries_still_verify_with_a_warning(trail: str, keys: Keys, witness_dir: Path) -> None:
     for f in entries(witness_dir, trail):
         envelope, _ = split_entry(f.read_bytes())
         writable(f)
@@ -106,7 +106,7 @@ def test_old_unchained_entries_still_verify_with_a_warning(trail: str, keys: Key
 
 
 def test_deleting_the_newest_witness_entries_is_not_detected_by_the_chain(
-    trail: str, keys: Keys, witness_dir: Path  # noqa: F811
+    trail: str, keys: Keys, witness_dir: Path
 ) -> None:
     """The documented limit: the newest entries can be removed without a trace in the witness itself.
 

@@ -50,7 +50,7 @@ import orjson
 from otel_audit.core.canonical import canonical_json
 from otel_audit.core.keys import KEY_ID_HEX_CHARS, SigningKey, VerifyKey
 from otel_audit.core.record import CHECKPOINT_DOMAIN, format_timestamp
-from otel_audit.errors import CheckpointFormatError
+from otel_audit.errors import CheckpointFormatError, InvalidInput
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -143,7 +143,7 @@ def sign_checkpoint(
     adopted_by: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
     if adopted_by is not None and not closed:
-        raise ValueError("adopted_by is only for the closing checkpoint of an adopted chain")
+        raise InvalidInput("adopted_by is only for the closing checkpoint of an adopted chain")
     doc: dict[str, Any] = {
         "v": CHECKPOINT_FORMAT,
         "type": "checkpoint",

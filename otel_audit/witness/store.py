@@ -77,7 +77,7 @@ def entry_name(checkpoint: Checkpoint, attempt: int = 1) -> str:
 def name_matches(name: str, checkpoint: Checkpoint) -> bool:
     """Whether a witness file's name is one :func:`entry_name` gives for this checkpoint."""
     match = _NAME.fullmatch(name)
-    return bool(match) and int(match.group(1)) == checkpoint.n and match.group(2) == checkpoint.hash[:16]
+    return match is not None and int(match.group(1)) == checkpoint.n and match.group(2) == checkpoint.hash[:16]
 
 
 def entry_bytes(checkpoint: Checkpoint, previous: EntryLink) -> bytes:
@@ -100,12 +100,12 @@ def split_entry(data: bytes) -> tuple[bytes, EntryLink | None]:
         return data, None
     envelope, rest = data[: second + 1], data[second + 1 :]
     if not rest.endswith(b"\n") or b"\n" in rest[:-1] or not rest.startswith(_PREVIOUS):
-        raise ValueError("the line after the signature is not 'previous <name> <sha256>' or 'previous none'")
+        raise CheckpointFormatError("the line after the signature is not 'previous <name> <sha256>' or 'previous none'")
     words = rest[len(_PREVIOUS) : -1].decode("ascii", "replace").split(" ")
     if words == ["none"]:
         return envelope, EntryLink(None, None)
     if len(words) != 2 or not _NAME.fullmatch(words[0]) or not re.fullmatch(r"[0-9a-f]{64}", words[1]):
-        raise ValueError(f"malformed link to the previous entry: {rest[:-1]!r}")
+        raise CheckpointFormatError(f"malformed link to the previous entry: {rest[:-1]!r}")
     return envelope, EntryLink(words[0], words[1])
 
 
