@@ -370,7 +370,7 @@ def test_verify_with_the_archive_catches_a_run_deleted_after_retention(db: str, 
         [str(f) for f in report.findings]
 
 
-def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, key, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, key, tmp_path: Path) -> None:
     """A record PostgreSQL refused (kept in audit_quarantine, which retention leaves alone) was archived with its
     chain: after retention it is part of the archived prefix, not a second claim on its position."""
     with psycopg.connect(db, autocommit=True) as conn:
@@ -398,7 +398,7 @@ def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, ke
     assert [f.kind for f in report.findings if f.severity is not Severity.INFO] == [], [str(f) for f in report.findings]
 
 
-def test_a_retention_checkpoint_that_does_not_link_to_the_one_before_is_reported(retained, key) -> None:  # noqa: ANN001
+def test_a_retention_checkpoint_that_does_not_link_to_the_one_before_is_reported(retained, key) -> None:
     dsn, _, _, checkpoint = retained
     _forge(dsn, key, {c: dict(v) for c, v in checkpoint.chains.items()}, like=checkpoint, prev="cd" * 32)
     report = _report(dsn, key)
