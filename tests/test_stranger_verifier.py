@@ -101,7 +101,7 @@ class Trail:
 
 
 @pytest.fixture(scope="module")
-def trail(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trail]:  # noqa: ANN001
+def trail(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trail]:
     schema, dsn = postgres.new_schema()
     base = tmp_path_factory.mktemp("stranger")
     witness = base / "witness"

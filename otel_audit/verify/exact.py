@@ -57,21 +57,25 @@ def strict_equal(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(map(strict_equal, a, b))
     if ca is float:
         raise _NeedsDecimal
-    return a == b
+    same: bool = a == b  # Any == Any is Any to mypy; a plain name keeps the hot path free of a bool() call
+    return same
 
 
 def decimal_equal(a: Any, b: Any) -> bool:
     """Exact equality of two values parsed by :func:`load_decimal` (int and Decimal compare by value)."""
+    same: bool  # Any == Any is Any to mypy; an annotated name keeps the hot path free of a bool() call
     ca, cb = a.__class__, b.__class__
     if ca in _NUMBERS and cb in _NUMBERS:
-        return a == b
+        same = a == b
+        return same
     if ca is not cb:
         return False
     if ca is dict:
         return a.keys() == b.keys() and all(decimal_equal(v, b[k]) for k, v in a.items())
     if ca is list:
         return len(a) == len(b) and all(map(decimal_equal, a, b))
-    return a == b
+    same = a == b
+    return same
 
 
 def json_column_equal(
