@@ -15,7 +15,7 @@ from otel_audit.cli.common import EXIT_ERROR, EXIT_OK, UsageError, add_dsn, reso
 from otel_audit.cli.output import escape_text, print_json, write_line
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "replay",
         help="write the records of a spool left by a process to the database now",
