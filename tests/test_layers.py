@@ -89,7 +89,7 @@ def test_the_status_file_is_written_and_read_in_one_module(tmp_path: Path):
 
     status.write_process_status(tmp_path, {"records_committed": 5}, chain_id="c-1")
     assert not (tmp_path / (status.STATUS_FILE + ".tmp")).exists()
-    process = status._chain_dir_status(tmp_path)["process"]
+    process = status._chain_dir_status(tmp_path, identity=None, dsn_argument="")["process"]
     assert process["records_committed"] == 5 and process["chain_id"] == "c-1" and "age_seconds" in process
     others = [p for p in (ROOT / "otel_audit").rglob("*.py")
               if p.name != "status.py" and status.STATUS_FILE in p.read_text(encoding="utf-8")]
