@@ -161,36 +161,6 @@ def configure(
 ) -> AuditHandle:
     """Install the audit processor.
 
-    argument                  environment variable                default
-    ========================  ==================================  =====================
-    ``dsn``                   ``OTEL_AUDIT_DSN``                  required
-    ``service_name``          ``OTEL_SERVICE_NAME``               the SDK's default
-    ``spool_dir``             ``OTEL_AUDIT_SPOOL_DIR``            ~/.local/state/otel-audit/spool
-    ``spool_max_bytes``       ``OTEL_AUDIT_SPOOL_MAX_BYTES``      1 GiB
-    ``spool_segment_bytes``   ``OTEL_AUDIT_SPOOL_SEGMENT_BYTES``  16 MiB
-    ``spool_fsync``           ``OTEL_AUDIT_SPOOL_FSYNC``          ``interval``
-    ``when_full``             ``OTEL_AUDIT_WHEN_FULL``            ``block``
-    ``block_timeout``         ``OTEL_AUDIT_BLOCK_TIMEOUT``        5 seconds
-    ``strict``                ``OTEL_AUDIT_STRICT``               false
-    ``audit_loggers``         ``OTEL_AUDIT_LOGGERS`` (commas)     none
-    ``event_prefix``          ``OTEL_AUDIT_EVENT_PREFIX``         none
-    ``max_record_bytes``      ``OTEL_AUDIT_MAX_RECORD_BYTES``     256 KiB
-    ``signing_key``           ``OTEL_AUDIT_SIGNING_KEY`` (path)   none: checkpoints off
-    ``witness_dir``           ``OTEL_AUDIT_WITNESS_DIR``          none
-    ``checkpoint_records``    ``OTEL_AUDIT_CHECKPOINT_RECORDS``   1000
-    ``checkpoint_interval``   ``OTEL_AUDIT_CHECKPOINT_INTERVAL``  10 seconds
-    ``redact``                ``OTEL_AUDIT_REDACT``               on
-    ``redact_names``          ``OTEL_AUDIT_REDACT_NAMES``         none (added to the built-in words)
-    ``pseudonym_keys``        ``OTEL_AUDIT_PSEUDONYM_KEYS_FILE``  none: no pseudonyms
-    ``pseudonymize``          ``OTEL_AUDIT_PSEUDONYMIZE``         actor, user, client address, session
-    ``keystore_dsn``          ``OTEL_AUDIT_KEYSTORE_DSN``         none: no encryption
-    ``master_key``            ``OTEL_AUDIT_MASTER_KEY_FILE``      required with a key store
-    ``encrypt``               ``OTEL_AUDIT_ENCRYPT``              old values, user agent
-    ``subject_fields``        ``OTEL_AUDIT_SUBJECT_FIELDS``       subject id, actor, user
-    ``otlp``                  ``OTEL_EXPORTER_OTLP_*``,           on when an endpoint or
-                              ``OTEL_LOGS_EXPORTER``              ``otlp`` exporter is set
-    ========================  ==================================  =====================
-=======
     Each argument left ``None`` is read from its ``OTEL_AUDIT_*`` environment
     variable (:mod:`otel_audit.settings` lists them with their defaults, as
     does the configuration reference); ``dsn`` is required one way or the
