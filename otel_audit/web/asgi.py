@@ -46,7 +46,9 @@ def audit_route(
     resource_id: str | Callable[..., Any] | None = None,
     fail_closed: bool | float = False,
 ) -> Callable[[], None]:
-    """A FastAPI dependency marking the routes it is attached to as audited::
+    """A FastAPI dependency marking the routes it is attached to as audited.
+
+    For example::
 
         @app.post("/exports", dependencies=[Depends(audit_route(action="export", fail_closed=True))])
         router = APIRouter(dependencies=[Depends(audit_route())])
