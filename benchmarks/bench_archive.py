@@ -41,15 +41,21 @@ from otel_audit.archive import DirectoryStore, archive_database, verify_archive
 from otel_audit.core.keys import generate_signing_key, write_keypair
 from otel_audit.verify.parallel import default_workers
 
-SEED_COLUMNS = ("id, timestamp, actor_id, actor_type, action, resource_type, resource_id, result, ip_address, "
-                "session_id, reason, changed_fields, prev_hash, hash")
+SEED_COLUMNS = (
+    "id, timestamp, actor_id, actor_type, action, resource_type, resource_id, result, ip_address, "
+    "session_id, reason, changed_fields, prev_hash, hash"
+)
 
 
 def populate(records: int, key_path: Path) -> str:
     dsn = fresh_schema()
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        dsn, logger_provider=provider, install_handler=False, metrics=False, signing_key=str(key_path),
+        dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
+        signing_key=str(key_path),
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     logger = logging.Logger(f"bench.{uuid.uuid4().hex[:6]}", level=logging.INFO)
@@ -57,9 +63,13 @@ def populate(records: int, key_path: Path) -> str:
 
     def work(k: int) -> None:
         for i in range(records // 4):
-            extra = {**AUDIT_EXTRA, "audit.actor.id": f"user-{(k * 7919 + i) % 5000}",
-                     "audit.resource.id": f"patient-{(i * 31 + k) % 100000}", "client.address": f"10.{k}.{i % 250}.{i % 199}",
-                     "session.id": f"s-{k}-{i // 20}"}
+            extra = {
+                **AUDIT_EXTRA,
+                "audit.actor.id": f"user-{(k * 7919 + i) % 5000}",
+                "audit.resource.id": f"patient-{(i * 31 + k) % 100000}",
+                "client.address": f"10.{k}.{i % 250}.{i % 199}",
+                "session.id": f"s-{k}-{i // 20}",
+            }
             if i % 10 == 0:
                 extra["audit.result"] = "denied"
                 extra["audit.reason"] = "outside the care team"
@@ -92,10 +102,7 @@ def seed_bytes(dsn: str) -> int:
     with psycopg.connect(seed, autocommit=True) as conn:
         conn.execute(SEED_SCHEMA)
         source_schema = psycopg.conninfo.conninfo_to_dict(dsn)["options"].split("=")[-1]
-        conn.execute(
-            f"INSERT INTO audit_logs ({SEED_COLUMNS}) SELECT {SEED_COLUMNS} "
-            f"FROM {source_schema}.audit_logs"
-        )
+        conn.execute(f"INSERT INTO audit_logs ({SEED_COLUMNS}) SELECT {SEED_COLUMNS} FROM {source_schema}.audit_logs")
         conn.execute("VACUUM ANALYZE audit_logs")
         return int(conn.execute("SELECT pg_total_relation_size('audit_logs')").fetchone()[0])
 
@@ -153,16 +160,22 @@ def main() -> None:
         [
             ("PostgreSQL, otel-audit audit_logs (table + indexes)", f"{pg_per:7,.0f} bytes/record"),
             ("PostgreSQL, the seed's table, same records", f"{seed_per:7,.0f} bytes/record"),
-            ("archive (Parquet bundles + checkpoints + manifest)",
-             f"{arch_per:7,.0f} bytes/record   {arch_per / pg_per:.1%} of otel-audit's PostgreSQL, "
-             f"{arch_per / seed_per:.1%} of the seed's  (target <= 15%)"),
+            (
+                "archive (Parquet bundles + checkpoints + manifest)",
+                f"{arch_per:7,.0f} bytes/record   {arch_per / pg_per:.1%} of otel-audit's PostgreSQL, "
+                f"{arch_per / seed_per:.1%} of the seed's  (target <= 15%)",
+            ),
             ("otel-audit archive", f"{a:9,.0f} records/s"),
             ("read the bundles only (no checks)", f"{b:9,.0f} records/s (baseline)"),
             ("verify-archive --workers 1", f"{s:9,.0f} records/s   {s / b:.2f} of the read rate"),
-            ("verify-archive CPU time per record (one process)",
-             f"{median(cpu):9.2f} µs   = {1e6 / median(cpu):,.0f} records/s per busy core"),
-            (f"verify-archive ({default_workers()} workers)",
-             f"{f:9,.0f} records/s   {f / b:.2f} of the read rate  (target >= 300,000/s)"),
+            (
+                "verify-archive CPU time per record (one process)",
+                f"{median(cpu):9.2f} µs   = {1e6 / median(cpu):,.0f} records/s per busy core",
+            ),
+            (
+                f"verify-archive ({default_workers()} workers)",
+                f"{f:9,.0f} records/s   {f / b:.2f} of the read rate  (target >= 300,000/s)",
+            ),
         ],
     )
 

@@ -80,8 +80,12 @@ def one_round(dsn: str, work: Path, *, signed: bool, key_path: Path, threads: in
     if signed:
         options = {"signing_key": str(key_path), "witness_dir": str(witness)}
     audit = otel_audit.configure(
-        dsn, logger_provider=provider, install_handler=False, metrics=False,
-        spool_dir=work / f"spool-{uuid.uuid4().hex[:6]}", **options,
+        dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
+        spool_dir=work / f"spool-{uuid.uuid4().hex[:6]}",
+        **options,
     )
     logger = logging.Logger(f"bench.{uuid.uuid4().hex[:6]}", level=logging.INFO)
     logger.addHandler(LoggingHandler(logger_provider=provider))
@@ -138,8 +142,10 @@ def main() -> None:
         admin_dsn = embedded.dsn()
     key_path = work / "signing"
     write_keypair(generate_signing_key(), key_path)
-    print(f"database: {'embedded pgserver' if embedded else 'OTEL_AUDIT_BENCH_DSN'}; "
-          f"{args.threads} threads x {args.records:,} records per round, {args.rounds} rounds each, alternating")
+    print(
+        f"database: {'embedded pgserver' if embedded else 'OTEL_AUDIT_BENCH_DSN'}; "
+        f"{args.threads} threads x {args.records:,} records per round, {args.rounds} rounds each, alternating"
+    )
     results: dict[bool, list[dict]] = {False: [], True: []}
     last_signed: tuple[str, Path] | None = None
     schemas = []
@@ -150,22 +156,30 @@ def main() -> None:
             schemas.append(schema)
             r = one_round(dsn, work, signed=signed, key_path=key_path, threads=args.threads, records=args.records)
             results[signed].append(r)
-            print(f"  round {i + 1:2}  {'checkpoints' if signed else 'no key     '}  durable {r['durable_rps']:>9,.0f} rec/s"
-                  f"  logging {r['logging_rps']:>9,.0f} rec/s  cpu {r['cpu_us']:5.1f} us/rec  checkpoints {r['checkpoints']:>4}"
-                  f"{'' if r['committed'] else '  (NOT all committed)'}")
+            print(
+                f"  round {i + 1:2}  {'checkpoints' if signed else 'no key     '}  durable {r['durable_rps']:>9,.0f} rec/s"
+                f"  logging {r['logging_rps']:>9,.0f} rec/s  cpu {r['cpu_us']:5.1f} us/rec  checkpoints {r['checkpoints']:>4}"
+                f"{'' if r['committed'] else '  (NOT all committed)'}"
+            )
             if signed:
                 last_signed = (dsn, r["witness"])
         off = statistics.median(r["durable_rps"] for r in results[False])
         on = statistics.median(r["durable_rps"] for r in results[True])
         off_log = statistics.median(r["logging_rps"] for r in results[False])
         on_log = statistics.median(r["logging_rps"] for r in results[True])
-        print(f"durable throughput, median: without key {off:,.0f} rec/s, with checkpoints {on:,.0f} rec/s: "
-              f"ratio {on / off:.3f} (cost {100 * (1 - on / off):+.1f}%; target <= 5%)")
-        print(f"logging-call throughput, median: without {off_log:,.0f}, with {on_log:,.0f}: ratio {on_log / off_log:.3f}")
+        print(
+            f"durable throughput, median: without key {off:,.0f} rec/s, with checkpoints {on:,.0f} rec/s: "
+            f"ratio {on / off:.3f} (cost {100 * (1 - on / off):+.1f}%; target <= 5%)"
+        )
+        print(
+            f"logging-call throughput, median: without {off_log:,.0f}, with {on_log:,.0f}: ratio {on_log / off_log:.3f}"
+        )
         off_cpu = statistics.median(r["cpu_us"] for r in results[False])
         on_cpu = statistics.median(r["cpu_us"] for r in results[True])
-        print(f"process CPU per record, median: without {off_cpu:.2f} us, with {on_cpu:.2f} us: "
-              f"{100 * (on_cpu / off_cpu - 1):+.1f}% (the application's own cost; the machine's load moves it less)")
+        print(
+            f"process CPU per record, median: without {off_cpu:.2f} us, with {on_cpu:.2f} us: "
+            f"{100 * (on_cpu / off_cpu - 1):+.1f}% (the application's own cost; the machine's load moves it less)"
+        )
 
         assert last_signed is not None
         dsn, witness = last_signed
@@ -174,8 +188,12 @@ def main() -> None:
         for _ in range(3):
             for name, options in (
                 ("plain", VerifyOptions(progress=False)),
-                ("anchored", VerifyOptions(progress=False, trusted_keys=keys,
-                                           witnesses=[DirectoryWitness(witness, create=False)])),
+                (
+                    "anchored",
+                    VerifyOptions(
+                        progress=False, trusted_keys=keys, witnesses=[DirectoryWitness(witness, create=False)]
+                    ),
+                ),
             ):
                 with psycopg.connect(dsn) as conn:
                     report = verify_database(conn, options)
@@ -184,8 +202,10 @@ def main() -> None:
                     print(f"  verify ({name}) found errors: {[str(f) for f in report.errors][:3]}")
         plain = statistics.median(timings["plain"])
         anchored = statistics.median(timings["anchored"])
-        print(f"verify, median of 3: plain {plain:,.0f} rec/s, with --trusted-key and --witness {anchored:,.0f} rec/s "
-              f"(ratio {anchored / plain:.3f})")
+        print(
+            f"verify, median of 3: plain {plain:,.0f} rec/s, with --trusted-key and --witness {anchored:,.0f} rec/s "
+            f"(ratio {anchored / plain:.3f})"
+        )
     finally:
         for schema in schemas:
             try:

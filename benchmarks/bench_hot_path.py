@@ -73,7 +73,10 @@ def main() -> None:
 
     audit_provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        dsn, logger_provider=audit_provider, install_handler=False, metrics=False,
+        dsn,
+        logger_provider=audit_provider,
+        install_handler=False,
+        metrics=False,
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     audit_provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
@@ -109,11 +112,15 @@ def main() -> None:
             ("with otel-audit, audit record", f"{s:6.2f} us/call   ratio {s / b:.2f}  (target <= 1.30)"),
             ("with otel-audit, non-audit record", f"{p:6.2f} us/call   ratio {p / b:.2f}"),
             ("sealing cost per audit call", f"{s - b:6.2f} us"),
-            ("input filter: audit record", f"{s - snf:+6.2f} us/call  ratio {s / snf:.3f} to the same handler "
-                                           "without it"),
+            (
+                "input filter: audit record",
+                f"{s - snf:+6.2f} us/call  ratio {s / snf:.3f} to the same handler without it",
+            ),
             ("input filter: non-audit record", f"{p - pnf:+6.2f} us/call  ratio {p / pnf:.3f}"),
-            ("bound: audit record, sink stalled", f"{st:6.2f} us/call   ratio {st / bs:.2f}  "
-                                                  "(no sink placement can go below this)"),
+            (
+                "bound: audit record, sink stalled",
+                f"{st:6.2f} us/call   ratio {st / bs:.2f}  (no sink placement can go below this)",
+            ),
         ],
     )
 
@@ -124,7 +131,10 @@ def sink_stalled_rounds(dsn: str, plain: logging.Logger, calls: int, rounds: int
     proxy = PgProxy(dsn)
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        proxy.dsn, logger_provider=provider, install_handler=False, metrics=False,
+        proxy.dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))

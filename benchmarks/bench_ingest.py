@@ -74,18 +74,33 @@ def build_bodies(n_bodies: int, seed: int) -> list[bytes]:
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-    resource = Resource(attributes=_encode_attributes(
-        {"service.name": f"billing-{seed}", "service.instance.id": str(uuid.uuid4()), "host.name": "node-7"}))
+    resource = Resource(
+        attributes=_encode_attributes(
+            {"service.name": f"billing-{seed}", "service.instance.id": str(uuid.uuid4()), "host.name": "node-7"}
+        )
+    )
     records = []
     for i in range(RECORDS_PER_REQUEST):
         attrs = {**AUDIT, "audit.resource.id": f"patient-{i}", "http.route": "/patients/{id}", "ward": "B3"}
-        records.append(LogRecord(
-            severity_number=9, severity_text="INFO", body=_encode_value("patient record viewed"),
-            attributes=_encode_attributes(attrs), trace_id=os.urandom(16), span_id=os.urandom(8), flags=1,
-        ))
-    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(
-        resource=resource, scope_logs=[ScopeLogs(scope=InstrumentationScope(name="billing.api"), log_records=records)]
-    )])
+        records.append(
+            LogRecord(
+                severity_number=9,
+                severity_text="INFO",
+                body=_encode_value("patient record viewed"),
+                attributes=_encode_attributes(attrs),
+                trace_id=os.urandom(16),
+                span_id=os.urandom(8),
+                flags=1,
+            )
+        )
+    request = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=resource,
+                scope_logs=[ScopeLogs(scope=InstrumentationScope(name="billing.api"), log_records=records)],
+            )
+        ]
+    )
     log_records = request.resource_logs[0].scope_logs[0].log_records
     bodies = []
     base = time.time_ns()
@@ -133,9 +148,23 @@ def client_process(port: int, connections: int, seconds: float, seed: int, queue
 def start_serve(dsn: str, spool: Path) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_INGEST_TOKENS": TOKEN}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otel_audit", "serve", "--dsn", dsn, "--host", "127.0.0.1", "--port", "0",
-         "--spool-dir", str(spool)],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "serve",
+            "--dsn",
+            dsn,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--spool-dir",
+            str(spool),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     line = proc.stderr.readline()  # type: ignore[union-attr]
     if "listening on" not in line:
@@ -198,11 +227,22 @@ def bench_raw_copy(n: int) -> float:
     builder = RecordBuilder()
     base = time.time_ns()
     sealed = [
-        chain.seal(builder.build({**AUDIT, "audit.resource.id": f"patient-{i}", "http.route": "/patients/{id}",
-                                  "ward": "B3"}, time_unix_nano=base + i, body="patient record viewed",
-                                 severity_text="INFO", severity_number=9, scope="billing.api",
-                                 trace_id=int.from_bytes(os.urandom(16), "big"), span_id=1, trace_flags=1,
-                                 service_name="billing", service_instance_id="i-1", host_name="node-7"))
+        chain.seal(
+            builder.build(
+                {**AUDIT, "audit.resource.id": f"patient-{i}", "http.route": "/patients/{id}", "ward": "B3"},
+                time_unix_nano=base + i,
+                body="patient record viewed",
+                severity_text="INFO",
+                severity_number=9,
+                scope="billing.api",
+                trace_id=int.from_bytes(os.urandom(16), "big"),
+                span_id=1,
+                trace_flags=1,
+                service_name="billing",
+                service_instance_id="i-1",
+                host_name="node-7",
+            )
+        )
         for i in range(n)
     ]
     dsn = fresh_schema()
@@ -214,7 +254,7 @@ def bench_raw_copy(n: int) -> float:
                 cur = conn.cursor()
                 with cur.copy(f"COPY {STAGE_TABLE} (ord, hash, canonical) FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(["int4", "text", "bytea"])
-                    for k, s in enumerate(sealed[lo:lo + 10_000]):
+                    for k, s in enumerate(sealed[lo : lo + 10_000]):
                         copy.write_row((k, s.hash, s.canonical))
                 cur.execute(PROJECT_STAGE)
         return n / (time.perf_counter() - t0)
@@ -283,10 +323,16 @@ def bench_canonical_export_cost(calls: int, rounds: int) -> tuple[float, float, 
     record = sealed[0]
 
     def without_canonical(attributes, sealed, genesis=None):  # the previous behaviour
-        attributes._dict.update({
-            A.RECORD_ID: sealed.record_id, A.CHAIN_ID: sealed.chain_id, A.SEQUENCE_NUMBER: sealed.seq,
-            A.SEQUENCE_PREV_HASH: sealed.prev_hash, A.INTEGRITY_ALGORITHM: "sha256", A.INTEGRITY_VALUE: sealed.hash,
-        })
+        attributes._dict.update(
+            {
+                A.RECORD_ID: sealed.record_id,
+                A.CHAIN_ID: sealed.chain_id,
+                A.SEQUENCE_NUMBER: sealed.seq,
+                A.SEQUENCE_PREV_HASH: sealed.prev_hash,
+                A.INTEGRITY_ALGORITHM: "sha256",
+                A.INTEGRITY_VALUE: sealed.hash,
+            }
+        )
 
     timings: dict[str, list[float]] = {"call": [], "with": [], "without": []}
     for _ in range(rounds):
@@ -324,20 +370,28 @@ def main() -> None:
     def line(key: str, value: str) -> None:
         print(f"  {key:<38} {value}")
 
-    print(f"\n== OTLP/HTTP ingest: {RECORDS_PER_REQUEST}-record protobuf requests, {args.connections} connections, "
-          f"{args.seconds:g} s")
+    print(
+        f"\n== OTLP/HTTP ingest: {RECORDS_PER_REQUEST}-record protobuf requests, {args.connections} connections, "
+        f"{args.seconds:g} s"
+    )
     line("requests answered 200 / refused", f"{ingest['ok']} / {ingest['refused']}")
     line("records committed (from answers)", f"{ingest['records']:,} (rows in table: {ingest['rows']:,})")
     line("throughput to committed rows", f"{ingest['rate']:,.0f} records/s   (target >= 20,000)")
-    line("request latency p50 / p99 / max", f"{ingest['p50'] * 1000:.1f} / {ingest['p99'] * 1000:.1f} / "
-         f"{ingest['max'] * 1000:.1f} ms")
+    line(
+        "request latency p50 / p99 / max",
+        f"{ingest['p50'] * 1000:.1f} / {ingest['p99'] * 1000:.1f} / {ingest['max'] * 1000:.1f} ms",
+    )
     print("\n== baselines (same run, same database)")
     line("raw COPY + projection (DB ceiling)", f"{raw:,.0f} rows/s   ingest = {ingest['rate'] / raw:.2f}x")
-    line("in-process processor, 4 threads", f"{in_process:,.0f} records/s   ingest = {ingest['rate'] / in_process:.2f}x")
+    line(
+        "in-process processor, 4 threads", f"{in_process:,.0f} records/s   ingest = {ingest['rate'] / in_process:.2f}x"
+    )
     print("\n== processor: exporting audit.record.canonical with the seal (what the ingest needs)")
     line("seal annotation with / without it", f"{with_c:.2f} / {without_c:.2f} µs   (+{with_c - without_c:.2f} µs)")
-    line("logging call through the processor", f"{call:.2f} µs   (the canonical bytes add "
-         f"{(with_c - without_c) / call * 100:.1f}%)")
+    line(
+        "logging call through the processor",
+        f"{call:.2f} µs   (the canonical bytes add {(with_c - without_c) / call * 100:.1f}%)",
+    )
 
 
 if __name__ == "__main__":

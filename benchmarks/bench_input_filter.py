@@ -45,7 +45,10 @@ def main() -> None:
 
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        fresh_schema(), logger_provider=provider, install_handler=False, metrics=False,
+        fresh_schema(),
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
@@ -74,8 +77,9 @@ def main() -> None:
     lines = []
     for name, (filtered, unfiltered) in results.items():
         f, u = median(filtered), median(unfiltered)
-        lines.append((name, f"{f:6.2f} us CPU/call with the filter, {u:6.2f} without: {f - u:+5.2f} us "
-                            f"(ratio {f / u:.3f})"))
+        lines.append(
+            (name, f"{f:6.2f} us CPU/call with the filter, {u:6.2f} without: {f - u:+5.2f} us (ratio {f / u:.3f})")
+        )
     report(f"input filter: {args.rounds} alternating rounds of {args.calls} calls, {where()}", lines)
 
 

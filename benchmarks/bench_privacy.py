@@ -34,8 +34,12 @@ from otel_audit.privacy import PrivacyPolicy, privacy_policy
 from otel_audit.privacy.keystore import init_keystore
 from otel_audit.privacy.pseudonym import new_key_line
 
-EXTRA = {**AUDIT_EXTRA, "audit.old_values": {"dose": "5mg", "ward": "B"}, "user_agent.original": "curl/8.5",
-         "session.id": "s-1"}
+EXTRA = {
+    **AUDIT_EXTRA,
+    "audit.old_values": {"dose": "5mg", "ward": "B"},
+    "user_agent.original": "curl/8.5",
+    "session.id": "s-1",
+}
 SECRET_EXTRA = {**EXTRA, "upstream.header": "Bearer mF_9.B5f-4.1JqM8xZ3kP0q", "payment.card": "4111111111111111"}
 
 
@@ -65,8 +69,12 @@ def main() -> None:
     # changes, so the rows differ by the protections and nothing else.
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        dsn, logger_provider=provider, install_handler=False, metrics=False,
-        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"), redact=False,
+        dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
+        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
+        redact=False,
     )
     provider.add_log_record_processor(BatchLogRecordProcessor(NoopExporter()))
     logger = logging.Logger("bench-privacy", level=logging.INFO)
@@ -78,11 +86,17 @@ def main() -> None:
         "+ redaction (default), nothing found": (privacy_policy(env=env), EXTRA),
         "+ redaction, bearer token and card number": (privacy_policy(env=env), SECRET_EXTRA),
         "+ pseudonymization (actor, user, address, session)": (
-            privacy_policy(redact=False, pseudonym_keys=keys / "ring", env=env), EXTRA),
+            privacy_policy(redact=False, pseudonym_keys=keys / "ring", env=env),
+            EXTRA,
+        ),
         "+ encryption (old values, user agent; subject key cached)": (
-            privacy_policy(redact=False, env=env, **encrypting), EXTRA),  # type: ignore[arg-type]
+            privacy_policy(redact=False, env=env, **encrypting),
+            EXTRA,
+        ),  # type: ignore[arg-type]
         "all three (redaction, pseudonyms, encryption)": (
-            privacy_policy(pseudonym_keys=keys / "ring", env=env, **encrypting), EXTRA),  # type: ignore[arg-type]
+            privacy_policy(pseudonym_keys=keys / "ring", env=env, **encrypting),
+            EXTRA,
+        ),  # type: ignore[arg-type]
     }
     processor = audit.processor
     for policy, extra in rows.values():  # warm up: imports, caches, the subject key, first segment
@@ -102,8 +116,10 @@ def main() -> None:
     reference = medians["audit call, privacy off (reference)"]
     report(
         f"privacy on the hot path: {args.rounds} alternating rounds of {args.calls} calls, {where()}",
-        [(name, f"{value:6.2f} us/call   ratio {value / reference:.2f}  ({value - reference:+.2f} us)")
-         for name, value in medians.items()],
+        [
+            (name, f"{value:6.2f} us/call   ratio {value / reference:.2f}  ({value - reference:+.2f} us)")
+            for name, value in medians.items()
+        ],
     )
 
 

@@ -62,8 +62,15 @@ class _Frames:
 def _attributes(rng: random.Random) -> dict:
     user = int(rng.paretovariate(1.2)) % 5000
     roll = rng.random()
-    action = "read" if roll < 0.70 else "update" if roll < 0.85 else "login" if roll < 0.95 else \
-        rng.choice(("export", "delete"))
+    action = (
+        "read"
+        if roll < 0.70
+        else "update"
+        if roll < 0.85
+        else "login"
+        if roll < 0.95
+        else rng.choice(("export", "delete"))
+    )
     actor = f"user-{user:04d}"
     result = "success"
     r = rng.random()
@@ -96,8 +103,11 @@ def _seal_and_store(task: tuple[str, int, int, int, float, float, str]) -> int:
     key: SigningKey = load_signing_key(key_path)
     service = SERVICES[k % len(SERVICES)]
     frames = _Frames()
-    chain = Chain(frames, emitter=emitter_metadata("sdk", service_name=service, host_name=f"host-{k}"),
-                  clock=lambda: int(start * 1e9))
+    chain = Chain(
+        frames,
+        emitter=emitter_metadata("sdk", service_name=service, host_name=f"host-{k}"),
+        clock=lambda: int(start * 1e9),
+    )
     builder = RecordBuilder()
     stamps = sorted(rng.uniform(start, end) for _ in range(count))
     n, prev = 0, None
@@ -106,11 +116,22 @@ def _seal_and_store(task: tuple[str, int, int, int, float, float, str]) -> int:
     def checkpoint(seq: int, head: str, closed: bool, at: float) -> None:
         nonlocal n, prev
         n += 1
-        cp = sign_checkpoint(key, chain_id=chain.chain_id, n=n, seq=seq, head=head, genesis=chain.genesis_hash,
-                             prev=prev, time_ns=int(at * 1e9), interval_ms=10_000, closed=closed)
+        cp = sign_checkpoint(
+            key,
+            chain_id=chain.chain_id,
+            n=n,
+            seq=seq,
+            head=head,
+            genesis=chain.genesis_hash,
+            prev=prev,
+            time_ns=int(at * 1e9),
+            interval_ms=10_000,
+            closed=closed,
+        )
         prev = cp.hash
-        checkpoints.append((cp.chain_id, cp.n, cp.seq, cp.head, cp.time, cp.key_id, cp.closed, cp.body,
-                            cp.signature, cp.hash))
+        checkpoints.append(
+            (cp.chain_id, cp.n, cp.seq, cp.head, cp.time, cp.key_id, cp.closed, cp.body, cp.signature, cp.hash)
+        )
 
     checkpoint(0, chain.genesis_hash, False, start)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -118,14 +139,23 @@ def _seal_and_store(task: tuple[str, int, int, int, float, float, str]) -> int:
         assert frames.genesis is not None
         conn.execute(INSERT_CHAINS, {"g": frames.genesis[0], "h": frames.genesis[1].hex()})
         for i, ts in enumerate(stamps, 1):
-            sealed = chain.seal(builder.build(_attributes(rng), time_unix_nano=int(ts * 1e9), service_name=service,
-                                              host_name=f"host-{k}", severity_text="INFO", severity_number=9))
+            sealed = chain.seal(
+                builder.build(
+                    _attributes(rng),
+                    time_unix_nano=int(ts * 1e9),
+                    service_name=service,
+                    host_name=f"host-{k}",
+                    severity_text="INFO",
+                    severity_number=9,
+                )
+            )
             if i % CHECKPOINT_EVERY == 0 or i == count:
                 checkpoint(sealed.seq, sealed.hash, i == count, ts)
             if len(frames.records) >= BATCH or i == count:
                 with conn.transaction():
-                    with conn.cursor().copy(f"COPY {STAGE_TABLE} (ord, hash, canonical) FROM STDIN (FORMAT BINARY)") \
-                            as copy:
+                    with conn.cursor().copy(
+                        f"COPY {STAGE_TABLE} (ord, hash, canonical) FROM STDIN (FORMAT BINARY)"
+                    ) as copy:
                         copy.write(stage_copy_data(frames.records))
                     conn.execute(PROJECT_STAGE)
                     conn.cursor().executemany(INSERT_CHECKPOINT, checkpoints)
@@ -158,8 +188,10 @@ def main() -> None:
     started = time.perf_counter()
     dsn = populate(args.records, args.chains, args.days, str(private))
     built = time.perf_counter() - started
-    print(f"built {args.records:,} sealed records in {args.chains} chains over {args.days} days in {built:.1f}s",
-          file=sys.stderr)
+    print(
+        f"built {args.records:,} sealed records in {args.chains} chains over {args.days} days in {built:.1f}s",
+        file=sys.stderr,
+    )
     from otel_audit.core.keys import load_trusted_keys
 
     trusted = load_trusted_keys([public])
@@ -175,10 +207,14 @@ def main() -> None:
     # The report as a library call: gathering (verification included) and rendering.
     start = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        data = build_report(conn, ReportOptions(
-            since=datetime.now(timezone.utc) - timedelta(days=args.days + 1), trusted_keys=trusted,
-            trusted_key_files=[str(public)],
-        ))
+        data = build_report(
+            conn,
+            ReportOptions(
+                since=datetime.now(timezone.utc) - timedelta(days=args.days + 1),
+                trusted_keys=trusted,
+                trusted_key_files=[str(public)],
+            ),
+        )
     gather_s = time.perf_counter() - start
     start = time.perf_counter()
     page = render_html(data)
@@ -188,9 +224,22 @@ def main() -> None:
     out = keys / "report.html"
     start = time.perf_counter()
     run = subprocess.run(
-        [sys.executable, "-m", "otel_audit", "report", "--dsn", dsn, "--trusted-key", str(public), "--since", since,
-         "--out", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "report",
+            "--dsn",
+            dsn,
+            "--trusted-key",
+            str(public),
+            "--since",
+            since,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     cli_s = time.perf_counter() - start
     assert run.returncode == 0, run.stderr

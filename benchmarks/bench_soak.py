@@ -51,7 +51,10 @@ def main() -> None:
     proxy = PgProxy(dsn)
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        proxy.dsn, logger_provider=provider, install_handler=False, metrics=False,
+        proxy.dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-soak-spool-"),
     )
     logging.getLogger("otel_audit").setLevel(logging.CRITICAL)  # the outage warnings are expected
@@ -115,10 +118,16 @@ def main() -> None:
             ("records stored", f"{stored:,} ({distinct:,} distinct)"),
             ("records lost", f"{lost}  (must be 0)"),
             ("spool backlog at recovery", f"{backlog_bytes / 1e6:.1f} MB, {backlog_records:,} records"),
-            ("RSS", f"start {start_rss:.0f} MiB, end of outage {rss_at_recovery:.0f} MiB (peak "
-                    f"{peak_during_outage:.0f}), peak while draining and after {peak[0]:.0f} MiB"),
-            ("backlog drained", f"{caught_up} in {drain_seconds:.1f}s: {drain_rate:,.0f} records/s while still "
-                                f"logging {args.rate:,}/s (ratio {drain_rate / args.rate:.1f}x the logging rate)"),
+            (
+                "RSS",
+                f"start {start_rss:.0f} MiB, end of outage {rss_at_recovery:.0f} MiB (peak "
+                f"{peak_during_outage:.0f}), peak while draining and after {peak[0]:.0f} MiB",
+            ),
+            (
+                "backlog drained",
+                f"{caught_up} in {drain_seconds:.1f}s: {drain_rate:,.0f} records/s while still "
+                f"logging {args.rate:,}/s (ratio {drain_rate / args.rate:.1f}x the logging rate)",
+            ),
             ("all committed at the end", f"{drained}"),
             ("outage measured", f"{recovered - outage_start:.1f}s"),
         ],

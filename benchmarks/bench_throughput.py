@@ -83,8 +83,11 @@ def seed_design(records: int, threads: int) -> float:
                 entry = {
                     "id": str(uuid.uuid4()),
                     "timestamp": datetime.now(timezone.utc).isoformat(),
-                    "actor_id": "user-123", "action": "read", "resource_type": "patient_record",
-                    "resource_id": "patient-456", "result": "success",
+                    "actor_id": "user-123",
+                    "action": "read",
+                    "resource_type": "patient_record",
+                    "resource_id": "patient-456",
+                    "result": "success",
                 }
                 hashable = {**entry, "prev_hash": prev or "GENESIS"}
                 digest = hashlib.sha256(json.dumps(hashable, sort_keys=True).encode()).hexdigest()
@@ -92,23 +95,43 @@ def seed_design(records: int, threads: int) -> float:
                     "INSERT INTO audit_logs (id, timestamp, actor_id, actor_type, action, resource_type, "
                     "resource_id, result, ip_address, prev_hash, hash) VALUES (%s, %s, %s, 'user', %s, %s, %s, "
                     "%s, '10.1.2.3', %s, %s)",
-                    (entry["id"], entry["timestamp"], entry["actor_id"], entry["action"], entry["resource_type"],
-                     entry["resource_id"], entry["result"], prev or "GENESIS", digest),
+                    (
+                        entry["id"],
+                        entry["timestamp"],
+                        entry["actor_id"],
+                        entry["action"],
+                        entry["resource_type"],
+                        entry["resource_id"],
+                        entry["result"],
+                        prev or "GENESIS",
+                        digest,
+                    ),
                 )
 
     return _run_threads(work, threads, records)
 
 
-def otel_audit_design(records: int, threads: int, *, fsync: str = "interval", fail_closed: bool = False,
-                      signing: bool = False, sink_stalled: bool = False) -> float:
+def otel_audit_design(
+    records: int,
+    threads: int,
+    *,
+    fsync: str = "interval",
+    fail_closed: bool = False,
+    signing: bool = False,
+    sink_stalled: bool = False,
+) -> float:
     """Rows committed per second; with ``sink_stalled``, records *logged* per second while the sink
     cannot reach PostgreSQL (it does no work): the bound for any placement of the sink."""
     dsn = fresh_schema()
     proxy = PgProxy(dsn) if sink_stalled else None
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        proxy.dsn if proxy else dsn, logger_provider=provider, install_handler=False, metrics=False,
-        spool_fsync=fsync, spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
+        proxy.dsn if proxy else dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
+        spool_fsync=fsync,
+        spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     logger = logging.Logger(f"bench.{uuid.uuid4().hex[:6]}", level=logging.INFO)
     logger.addHandler(LoggingHandler(logger_provider=provider))
@@ -159,7 +182,9 @@ def main() -> None:
     parser.add_argument("--seed-records", type=int, default=8_000, help="events for the (slow) seed baseline")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument(
-        "--waiting-threads", type=int, default=64,
+        "--waiting-threads",
+        type=int,
+        default=64,
         help="callers for the variants where each call waits (they share msyncs / commits)",
     )
     args = parser.parse_args()
@@ -173,14 +198,22 @@ def main() -> None:
         f"durable throughput, {args.threads} threads, {where()} (rows committed per second)",
         [
             ("seed design (INSERT + last-hash lookup)", f"{seed:9,.0f} rows/s (baseline, {args.threads} threads)"),
-            (f"otel-audit default, {args.threads} threads", f"{default:9,.0f} rows/s   ratio {default / seed:5.1f}x  "
-                                                        "(target >= 7x)"),
-            (f"otel-audit fsync=always, {args.waiting_threads} threads",
-             f"{always:9,.0f} rows/s   ratio {always / seed:5.1f}x"),
-            (f"otel-audit fail-closed, {args.waiting_threads} threads",
-             f"{closed:9,.0f} rows/s   ratio {closed / seed:5.1f}x"),
-            (f"bound: logging only, sink stalled, {args.threads} threads",
-             f"{stalled:9,.0f} records/s   ratio {stalled / seed:5.1f}x  (no sink placement can exceed this)"),
+            (
+                f"otel-audit default, {args.threads} threads",
+                f"{default:9,.0f} rows/s   ratio {default / seed:5.1f}x  (target >= 7x)",
+            ),
+            (
+                f"otel-audit fsync=always, {args.waiting_threads} threads",
+                f"{always:9,.0f} rows/s   ratio {always / seed:5.1f}x",
+            ),
+            (
+                f"otel-audit fail-closed, {args.waiting_threads} threads",
+                f"{closed:9,.0f} rows/s   ratio {closed / seed:5.1f}x",
+            ),
+            (
+                f"bound: logging only, sink stalled, {args.threads} threads",
+                f"{stalled:9,.0f} records/s   ratio {stalled / seed:5.1f}x  (no sink placement can exceed this)",
+            ),
         ],
     )
 

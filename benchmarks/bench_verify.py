@@ -32,7 +32,10 @@ def populate(records: int) -> str:
     dsn = fresh_schema()
     provider = LoggerProvider(shutdown_on_exit=False)
     audit = otel_audit.configure(
-        dsn, logger_provider=provider, install_handler=False, metrics=False,
+        dsn,
+        logger_provider=provider,
+        install_handler=False,
+        metrics=False,
         spool_dir=tempfile.mkdtemp(prefix="otel-audit-bench-spool-"),
     )
     logger = logging.Logger(f"bench.{uuid.uuid4().hex[:6]}", level=logging.INFO)
@@ -57,8 +60,10 @@ def stream_only(dsn: str) -> float:
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         start = time.perf_counter()
         n = 0
-        with cur.copy("COPY (SELECT chain_id, seq, hash, canonical FROM audit_logs ORDER BY chain_id, seq) "
-                      "TO STDOUT (FORMAT BINARY)") as copy:
+        with cur.copy(
+            "COPY (SELECT chain_id, seq, hash, canonical FROM audit_logs ORDER BY chain_id, seq) "
+            "TO STDOUT (FORMAT BINARY)"
+        ) as copy:
             copy.set_types(["uuid", "int8", "text", "bytea"])
             for _ in copy.rows():
                 n += 1
@@ -85,8 +90,10 @@ def main() -> None:
         [
             ("stream rows only (COPY, no checks)", f"{b:9,.0f} records/s (baseline)"),
             ("otel-audit verify --workers 1", f"{s:9,.0f} records/s   {s / b:.2f} of the stream rate"),
-            (f"otel-audit verify (default: {default_workers()} workers)",
-             f"{f:9,.0f} records/s   {f / b:.2f} of the stream rate  (target >= 150,000/s)"),
+            (
+                f"otel-audit verify (default: {default_workers()} workers)",
+                f"{f:9,.0f} records/s   {f / b:.2f} of the stream rate  (target >= 150,000/s)",
+            ),
         ],
     )
 

@@ -93,7 +93,11 @@ def serve(target: str, audited: bool, port: int, dsn: str) -> None:
 
         sys.modules[__name__].urlpatterns = [path("items/<str:item_id>", item)]  # type: ignore[attr-defined]
         settings.configure(
-            DEBUG=False, ALLOWED_HOSTS=["*"], SECRET_KEY="bench", ROOT_URLCONF=__name__, INSTALLED_APPS=[],
+            DEBUG=False,
+            ALLOWED_HOSTS=["*"],
+            SECRET_KEY="bench",
+            ROOT_URLCONF=__name__,
+            INSTALLED_APPS=[],
             MIDDLEWARE=["otel_audit.web.django.AuditMiddleware"] if audited else [],
         )
         django.setup()
@@ -209,8 +213,11 @@ def bench(target: str, seconds: float, rounds: int, clients: int, connections: i
             ("without middleware", f"{base_rps:8.0f} req/s   p50 {base_p50:7.0f} µs   p99 {base_p99:7.0f} µs"),
             ("with middleware", f"{aud_rps:8.0f} req/s   p50 {aud_p50:7.0f} µs   p99 {aud_p99:7.0f} µs"),
             ("throughput ratio", f"{aud_rps / base_rps:.3f}"),
-            ("added per request", f"{aud_p50 - base_p50:+.0f} µs at p50; "
-                                  f"{1e6 / aud_rps - 1e6 / base_rps:+.0f} µs of server time (1/throughput)"),
+            (
+                "added per request",
+                f"{aud_p50 - base_p50:+.0f} µs at p50; "
+                f"{1e6 / aud_rps - 1e6 / base_rps:+.0f} µs of server time (1/throughput)",
+            ),
             ("records stored", f"{stored} for {audited_requests} audited requests (warm-up included)"),
         ],
     )

@@ -47,9 +47,25 @@ def free_port() -> int:
 
 def start_serve(dsn: str, port: int, spool: Path, tokens: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "otel_audit", "serve", "--dsn", dsn, "--host", "127.0.0.1", "--port", str(port),
-         "--token-file", str(tokens), "--spool-dir", str(spool)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "serve",
+            "--dsn",
+            dsn,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--token-file",
+            str(tokens),
+            "--spool-dir",
+            str(spool),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -69,10 +85,20 @@ def run(dsn: str, *, outage: float, rate: float, seconds: float, env: dict[str, 
     port = free_port()
     serve = start_serve(dsn, port, work / "spool", tokens)
     app = subprocess.Popen(
-        ["node", "app.js"], cwd=EXAMPLE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PORT": "0", "OTEL_SERVICE_NAME": "outage-js", "OTEL_METRICS_EXPORTER": "none",
-             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": f"http://127.0.0.1:{port}/v1/logs",
-             "OTEL_EXPORTER_OTLP_LOGS_HEADERS": f"Authorization=Bearer {TOKEN}", **env},
+        ["node", "app.js"],
+        cwd=EXAMPLE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "PORT": "0",
+            "OTEL_SERVICE_NAME": "outage-js",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": f"http://127.0.0.1:{port}/v1/logs",
+            "OTEL_EXPORTER_OTLP_LOGS_HEADERS": f"Authorization=Bearer {TOKEN}",
+            **env,
+        },
     )
     line = app.stdout.readline() if app.stdout else ""
     app_port = int(line.split()[1])
@@ -99,8 +125,9 @@ def run(dsn: str, *, outage: float, rate: float, seconds: float, env: dict[str, 
             time.sleep(delay)
         rid = uuid.uuid4().hex
         try:
-            status, _ = request(app_port, "GET", f"/patients/p{i}", {"Authorization": "Bearer user-1",
-                                                                     "X-Request-Id": rid}, timeout=10)
+            status, _ = request(
+                app_port, "GET", f"/patients/p{i}", {"Authorization": "Bearer user-1", "X-Request-Id": rid}, timeout=10
+            )
             if status == 200:
                 sent.append(rid)
         except OSError:
@@ -115,9 +142,15 @@ def run(dsn: str, *, outage: float, rate: float, seconds: float, env: dict[str, 
         stored = {r for (r,) in conn.execute("SELECT attributes->>'request.id' FROM audit_logs")}
         count = conn.execute("SELECT count(*) FROM audit_logs").fetchone()[0]
     lost = [r for r in sent if r not in stored]
-    return {"sent": len(sent), "stored": len(stored & set(sent)), "lost": len(lost), "rows": count,
-            "client_errors": errors, "diag_lines": sum(1 for ln in app_err.splitlines() if ln.strip()),
-            "diag_first": next((ln.strip()[:160] for ln in app_err.splitlines() if ln.strip()), "")}
+    return {
+        "sent": len(sent),
+        "stored": len(stored & set(sent)),
+        "lost": len(lost),
+        "rows": count,
+        "client_errors": errors,
+        "diag_lines": sum(1 for ln in app_err.splitlines() if ln.strip()),
+        "diag_first": next((ln.strip()[:160] for ln in app_err.splitlines() if ln.strip()), ""),
+    }
 
 
 def main() -> None:
@@ -133,8 +166,10 @@ def main() -> None:
         ("exporter timeoutMillis 30 s", {"AUDIT_EXPORT_TIMEOUT_MILLIS": "30000"}),
     ):
         result = run(fresh_schema(), outage=args.outage, rate=args.rate, seconds=args.seconds, env=env)
-        report(f"{label}; serve down {args.outage:g} s of {args.seconds:g} s at {args.rate:g} req/s ({where()})",
-               [(k, str(v)) for k, v in result.items()])
+        report(
+            f"{label}; serve down {args.outage:g} s of {args.seconds:g} s at {args.rate:g} req/s ({where()})",
+            [(k, str(v)) for k, v in result.items()],
+        )
 
 
 if __name__ == "__main__":

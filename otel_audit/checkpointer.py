@@ -32,7 +32,11 @@ from otel_audit.errors import ChainClosed, InvalidInput
 from otel_audit.stats import PipelineStats
 
 __all__ = [
-    "DEFAULT_CHECKPOINT_INTERVAL", "DEFAULT_CHECKPOINT_RECORDS", "Checkpointer", "checkpoint_policy", "interval_ms"
+    "DEFAULT_CHECKPOINT_INTERVAL",
+    "DEFAULT_CHECKPOINT_RECORDS",
+    "Checkpointer",
+    "checkpoint_policy",
+    "interval_ms",
 ]
 
 _log = logging.getLogger("otel_audit")
@@ -56,6 +60,7 @@ def checkpoint_policy(key: SigningKey | None, every_records: int, every_seconds:
         "records": every_records,
         "interval_ms": interval_ms(every_seconds),
     }
+
 
 #: ``due_seq`` while no record-count trigger is armed.
 _NEVER = float("inf")

@@ -103,6 +103,7 @@ def severity(problem: str) -> str:
     category = problem[1 : problem.find("]")] if problem.startswith("[") else ""
     return "warning" if category in WARNING_CATEGORIES else "error"
 
+
 # A retry budget shorter than this can drop an audit record during a long outage.
 MIN_AUDIT_RETRY_SECONDS = 24 * 3600
 
@@ -125,9 +126,7 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 

@@ -37,6 +37,7 @@ __all__ = ["AuditHandle", "active_handles", "checkpoint_options", "configure"]
 
 _log = logging.getLogger("otel_audit")
 
+
 class AuditHandle:
     """What :func:`configure` returns: flush, shut down, fail closed, inspect."""
 
@@ -220,8 +221,14 @@ def configure(
         event_prefix = settings.EVENT_PREFIX.get()
     if privacy is None:
         privacy = privacy_policy(
-            redact=redact, redact_names=redact_names, pseudonymize=pseudonymize, pseudonym_keys=pseudonym_keys,
-            encrypt=encrypt, subject_fields=subject_fields, keystore_dsn=keystore_dsn, master_key=master_key,
+            redact=redact,
+            redact_names=redact_names,
+            pseudonymize=pseudonymize,
+            pseudonym_keys=pseudonym_keys,
+            encrypt=encrypt,
+            subject_fields=subject_fields,
+            keystore_dsn=keystore_dsn,
+            master_key=master_key,
         )
     config = PipelineConfig(
         dsn=dsn,
@@ -236,7 +243,6 @@ def configure(
             checkpoint_interval=checkpoint_interval,
         ),
     )
-
 
     provider, owns_provider = _logger_provider(logger_provider, service_name)
     if id(provider) in _ACTIVE:
@@ -399,7 +405,9 @@ def _remove(provider: LoggerProvider, processor: LogRecordProcessor) -> None:
     if isinstance(getattr(multi, "_log_record_processors", None), tuple) and lock is not None:
         with lock:
             multi._log_record_processors = tuple(  # type: ignore[union-attr]
-                p for p in multi._log_record_processors if p is not processor  # type: ignore[union-attr]
+                p
+                for p in multi._log_record_processors  # type: ignore[union-attr]
+                if p is not processor
             )
 
 

@@ -57,9 +57,7 @@ _log = logging.getLogger("otel_audit")
 
 #: Attributes a context may not supply: what marks a record as an audit record,
 #: and what only the seal writes.
-_FORBIDDEN = frozenset(
-    {A.AUDIT_ACTION, *A.SEAL_ATTRIBUTES, A.RECORD_CANONICAL, A.CHAIN_GENESIS}
-)
+_FORBIDDEN = frozenset({A.AUDIT_ACTION, *A.SEAL_ATTRIBUTES, A.RECORD_CANONICAL, A.CHAIN_GENESIS})
 
 Resolver = Callable[[], Mapping[str, Any] | None]
 
@@ -233,4 +231,3 @@ def update_audit_context(
         raise LookupError("update_audit_context() outside an audit context: wrap the work in `with audit_context():`")
     values = _named(attributes, actor_id, actor_type, user_id, session_id, client_address, user_agent)
     _CURRENT.set(AuditContext({**ctx._own, **values}, ctx._resolver, ctx._parent))
-

@@ -155,43 +155,71 @@ def _one_request(
     if actor == _MALLORY[0]:
         log.warning(
             "access to patient record denied",
-            extra={**base, "audit.action": "read", "audit.resource.type": "patient_record",
-                   "audit.resource.id": patient, "audit.result": "denied", "audit.reason": "no treatment relationship"},
+            extra={
+                **base,
+                "audit.action": "read",
+                "audit.resource.type": "patient_record",
+                "audit.resource.id": patient,
+                "audit.result": "denied",
+                "audit.reason": "no treatment relationship",
+            },
         )
         return 1
     roll = rnd.random()
     if actor_type == "service":
         log.info(
             "invoice synced",
-            extra={**base, "audit.action": "write", "audit.resource.type": "invoice",
-                   "audit.resource.id": f"inv-{rnd.randrange(10_000, 99_999)}", "audit.result": "success",
-                   "billing.amount": round(rnd.uniform(20, 900), 2), "billing.currency": "EUR"},
+            extra={
+                **base,
+                "audit.action": "write",
+                "audit.resource.type": "invoice",
+                "audit.resource.id": f"inv-{rnd.randrange(10_000, 99_999)}",
+                "audit.result": "success",
+                "billing.amount": round(rnd.uniform(20, 900), 2),
+                "billing.currency": "EUR",
+            },
         )
         return 1
     if actor_type == "admin" and roll < 0.3:
         log.info(
             "patient records exported",
-            extra={**base, "audit.action": "export", "audit.resource.type": "patient_record",
-                   "audit.resource.id": patient, "audit.result": "success",
-                   "audit.reason": "quarterly quality report", "export.format": "csv"},
+            extra={
+                **base,
+                "audit.action": "export",
+                "audit.resource.type": "patient_record",
+                "audit.resource.id": patient,
+                "audit.result": "success",
+                "audit.reason": "quarterly quality report",
+                "export.format": "csv",
+            },
         )
         return 1
     if roll < 0.2:
         log.info(
             "patient record updated",
-            extra={**base, "audit.action": "update", "audit.resource.type": "patient_record",
-                   "audit.resource.id": patient, "audit.result": "success",
-                   "audit.reason": "medication adjusted after consultation",
-                   "audit.changed_fields": ["medication", "dosage"],
-                   "audit.old_values": {"medication": "amoxicillin", "dosage": "250mg"}},
+            extra={
+                **base,
+                "audit.action": "update",
+                "audit.resource.type": "patient_record",
+                "audit.resource.id": patient,
+                "audit.result": "success",
+                "audit.reason": "medication adjusted after consultation",
+                "audit.changed_fields": ["medication", "dosage"],
+                "audit.old_values": {"medication": "amoxicillin", "dosage": "250mg"},
+            },
         )
         return 1
     result = "success" if roll > 0.03 else "failure"
     log.info(
         "patient record viewed",
-        extra={**base, "audit.action": "read", "audit.resource.type": "patient_record",
-               "audit.resource.id": patient, "audit.result": result,
-               "audit.reason": "treatment" if result == "success" else "record locked by another session"},
+        extra={
+            **base,
+            "audit.action": "read",
+            "audit.resource.type": "patient_record",
+            "audit.resource.id": patient,
+            "audit.result": result,
+            "audit.reason": "treatment" if result == "success" else "record locked by another session",
+        },
     )
     return 1
 

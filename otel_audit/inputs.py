@@ -181,8 +181,10 @@ def _convert_extras(d: dict[Any, Any], notes: list[str]) -> None:
             if value.__class__ in (list, tuple) and all(e.__class__ is str for e in value):
                 earlier = value  # set by another protected handler: kept, first
             else:
-                notes.append(f"extra: {_NOTES} is reserved for otel-audit's notes; a {type(value).__name__} given there "
-                             "was dropped")
+                notes.append(
+                    f"extra: {_NOTES} is reserved for otel-audit's notes; a {type(value).__name__} given there "
+                    "was dropped"
+                )
             continue
         key_ok = key.__class__ is str and key and (key.isascii() or _is_utf8(key))
         if key_ok and _plain(value, 1):
@@ -237,8 +239,11 @@ def _check_exception(record: logging.LogRecord, notes: list[str]) -> None:
         first = value
     text = clean_text(object_text(first)[0])[0]
     name = getattr(kind, "__name__", "Exception")
-    stand_in_type = type(name, (Exception,), {
-        "__module__": getattr(kind, "__module__", None), "__qualname__": getattr(kind, "__qualname__", name)})
+    stand_in_type = type(
+        name,
+        (Exception,),
+        {"__module__": getattr(kind, "__module__", None), "__qualname__": getattr(kind, "__qualname__", name)},
+    )
     stand_in = stand_in_type(text)
     for attribute in ("__cause__", "__context__", "__suppress_context__"):
         try:
@@ -247,9 +252,7 @@ def _check_exception(record: logging.LogRecord, notes: list[str]) -> None:
             pass
     stand_in.__traceback__ = traceback
     record.exc_info = (kind, stand_in, traceback)
-    notes.append(
-        f"exception.message: str() of the exception's first argument raised {failure}; stored its text form"
-    )
+    notes.append(f"exception.message: str() of the exception's first argument raised {failure}; stored its text form")
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -317,18 +320,24 @@ class AuditInputFilter(logging.Filter):
 def _last_resort(record: logging.LogRecord, exc: Exception) -> None:
     """Every extra as text: what OpenTelemetry takes whatever happened above."""
     try:
-        _log.warning("otel-audit: internal error while preparing an audit record for OpenTelemetry; its extra "
-                     "values are stored as text. Please report this.", exc_info=exc)
+        _log.warning(
+            "otel-audit: internal error while preparing an audit record for OpenTelemetry; its extra "
+            "values are stored as text. Please report this.",
+            exc_info=exc,
+        )
     except Exception:
         pass
     d = record.__dict__
-    notes = [f"internal error while preparing the record for OpenTelemetry ({type(exc).__name__}); extras stored as text"]
+    notes = [
+        f"internal error while preparing the record for OpenTelemetry ({type(exc).__name__}); extras stored as text"
+    ]
     for key in [k for k in d.keys() - _STANDARD if k != _NOTES]:
         value = d.pop(key)
-        name = key if key.__class__ is str and key and _is_utf8(key) else _unique(object_text(key)[0] or EMPTY_KEY, set(d))
+        name = (
+            key if key.__class__ is str and key and _is_utf8(key) else _unique(object_text(key)[0] or EMPTY_KEY, set(d))
+        )
         d[name] = value if value.__class__ is str and _is_utf8(value) else clean_text(object_text(value)[0])[0]
     if not isinstance(record.msg, str) or record.args:
         record.msg, record.args = object_text(record.msg)[0], ()
     record.msg = clean_text(record.msg)[0]
     d[_NOTES] = tuple(notes)
-

@@ -30,7 +30,12 @@ METRICS: dict[str, tuple[str, str, str, str]] = {
         "Audit records PostgreSQL refused permanently (kept in audit_quarantine)",
         "quarantined",
     ),
-    "otel_audit.records.dropped": ("counter", "{record}", "Audit records lost (spool full with when_full=drop)", "dropped"),
+    "otel_audit.records.dropped": (
+        "counter",
+        "{record}",
+        "Audit records lost (spool full with when_full=drop)",
+        "dropped",
+    ),
     "otel_audit.checkpoints": ("counter", "{checkpoint}", "Signed checkpoints written to the spool", "checkpoints"),
     "otel_audit.witness.failures": (
         "counter",

@@ -59,6 +59,7 @@ def collect_sealed() -> Iterator[list[SealedRecord]]:
     finally:
         _FAIL_CLOSED.reset(token)
 
+
 _SESSION = A.SESSION_ID
 _USER = A.USER_ID
 _ACTION = A.AUDIT_ACTION
@@ -270,7 +271,9 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         its problems, so the event is not lost to a bug in otel-audit; only if
         even that fails is it counted as dropped.
         """
-        _log.exception("otel-audit: internal error while sealing an audit record; storing it as text. Please report this.")
+        _log.exception(
+            "otel-audit: internal error while sealing an audit record; storing it as text. Please report this."
+        )
         try:
             privacy = self.privacy
             # With pseudonyms or encryption configured, the values may be personal data the policy did not get
@@ -286,8 +289,9 @@ class AuditLogRecordProcessor(LogRecordProcessor):
         except Exception:
             self.pipeline.count_dropped()
             # Names only: the values may hold personal data the privacy policy did not get to protect.
-            _log.exception("otel-audit: the audit record could not be stored at all (attribute names: %s)",
-                           sorted(map(str, amap)))
+            _log.exception(
+                "otel-audit: the audit record could not be stored at all (attribute names: %s)", sorted(map(str, amap))
+            )
             return None
 
     def _note_drop(self, exc: SpoolFull) -> None:

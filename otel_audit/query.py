@@ -64,19 +64,55 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 #: Columns shown by default: who, what, which resource, result, from where, which record.
 NARROW_COLUMNS: tuple[str, ...] = (
-    "timestamp", "actor_id", "action", "resource_type", "resource_id", "result", "ip_address", "service_name",
-    "reason", "chain_id", "seq", "id", "problems",
+    "timestamp",
+    "actor_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "ip_address",
+    "service_name",
+    "reason",
+    "chain_id",
+    "seq",
+    "id",
+    "problems",
 )
 #: ``--wide`` adds the rest of what an investigator reads.
 WIDE_COLUMNS: tuple[str, ...] = (
-    *NARROW_COLUMNS, "actor_type", "session_id", "user_id", "trace_id", "span_id", "host_name", "user_agent",
-    "message", "changed_fields", "old_values",
+    *NARROW_COLUMNS,
+    "actor_type",
+    "session_id",
+    "user_id",
+    "trace_id",
+    "span_id",
+    "host_name",
+    "user_agent",
+    "message",
+    "changed_fields",
+    "old_values",
 )
 
 #: What a timeline shows of each record (``--format timeline``, the report's timelines).
 TIMELINE_COLUMNS: tuple[str, ...] = (
-    "timestamp", "service_name", "host_name", "actor_id", "actor_type", "action", "resource_type", "resource_id",
-    "result", "reason", "ip_address", "session_id", "trace_id", "span_id", "chain_id", "seq", "id", "problems",
+    "timestamp",
+    "service_name",
+    "host_name",
+    "actor_id",
+    "actor_type",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "reason",
+    "ip_address",
+    "session_id",
+    "trace_id",
+    "span_id",
+    "chain_id",
+    "seq",
+    "id",
+    "problems",
 )
 
 # How a column is read for display: ids and addresses as text (the form the verifier compares).
@@ -170,8 +206,9 @@ class RecordFilter:
             if result not in RESULTS:
                 raise InvalidInput(f"result {result!r} is not one of {', '.join(RESULTS)}")
         if self.since is not None and self.until is not None and self.since >= self.until:
-            raise InvalidInput(f"the time range is empty: since {self.since.isoformat()} is not before until "
-                               f"{self.until.isoformat()}")
+            raise InvalidInput(
+                f"the time range is empty: since {self.since.isoformat()} is not before until {self.until.isoformat()}"
+            )
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
         """The SQL condition over ``audit_logs`` and its parameters."""
@@ -219,8 +256,12 @@ class RecordFilter:
     def matches(self, row: dict[str, Any]) -> bool:
         """The same condition, for a record read from its sealed document (quarantined records)."""
         checks = (
-            ("actor_id", self.actor_id), ("resource_type", self.resource_type), ("resource_id", self.resource_id),
-            ("session_id", self.session_id), ("trace_id", self.trace_id), ("chain_id", self.chain_id),
+            ("actor_id", self.actor_id),
+            ("resource_type", self.resource_type),
+            ("resource_id", self.resource_id),
+            ("session_id", self.session_id),
+            ("trace_id", self.trace_id),
+            ("chain_id", self.chain_id),
         )
         aliases = {"actor_id": self.actor_aliases, "session_id": self.session_aliases}
         for name, wanted in checks:
@@ -421,8 +462,9 @@ def actor_activity(
     ``aliases``: the actor's pseudonyms (see :attr:`RecordFilter.actor_aliases`).
     """
     since = since or datetime.now(timezone.utc) - timedelta(days=30)
-    return find_records(conn, RecordFilter(actor_id=actor_id, since=since, until=until, actor_aliases=aliases),
-                        limit=limit, wide=wide)
+    return find_records(
+        conn, RecordFilter(actor_id=actor_id, since=since, until=until, actor_aliases=aliases), limit=limit, wide=wide
+    )
 
 
 def resource_access(
@@ -445,6 +487,8 @@ def trace_records(conn: psycopg.Connection, trace_id: str, *, limit: int = 10_00
     return find_records(conn, RecordFilter(trace_id=trace_id), limit=limit, wide=wide, ascending=True)
 
 
-def session_records(conn: psycopg.Connection, session_id: str, *, limit: int = 10_000, wide: bool = True) -> QueryResult:
+def session_records(
+    conn: psycopg.Connection, session_id: str, *, limit: int = 10_000, wide: bool = True
+) -> QueryResult:
     """Every audit record of one session, in time order."""
     return find_records(conn, RecordFilter(session_id=session_id), limit=limit, wide=wide, ascending=True)

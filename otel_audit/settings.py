@@ -215,180 +215,308 @@ class Setting(Generic[T]):
 
 
 DSN: Setting[str | None] = Setting(
-    "OTEL_AUDIT_DSN", _parse_optional_text, None,
+    "OTEL_AUDIT_DSN",
+    _parse_optional_text,
+    None,
     "PostgreSQL connection string of the audit database; without it the zero-code entry point does nothing",
-    default_text="required", argument="dsn", read_by="configure(), zero-code, every command (--dsn)",
+    default_text="required",
+    argument="dsn",
+    read_by="configure(), zero-code, every command (--dsn)",
 )
 DISABLED: Setting[bool] = Setting(
-    "OTEL_AUDIT_DISABLED", parse_bool, False,
+    "OTEL_AUDIT_DISABLED",
+    parse_bool,
+    False,
     "turns the zero-code entry point off even when OTEL_AUDIT_DSN is set",
-    default_text="false", read_by="zero-code",
+    default_text="false",
+    read_by="zero-code",
 )
 SPOOL_DIR: Setting[Path] = Setting(
-    "OTEL_AUDIT_SPOOL_DIR", _parse_path, Path(),
+    "OTEL_AUDIT_SPOOL_DIR",
+    _parse_path,
+    Path(),
     "durable local spool of records not yet committed; use a local disk",
-    default_text="`$XDG_STATE_HOME/otel-audit/spool` (`~/.local/state/...`)", argument="spool_dir",
-    read_by="configure(), serve, status", default_factory=_default_spool_dir,
+    default_text="`$XDG_STATE_HOME/otel-audit/spool` (`~/.local/state/...`)",
+    argument="spool_dir",
+    read_by="configure(), serve, status",
+    default_factory=_default_spool_dir,
 )
 SPOOL_MAX_BYTES: Setting[int] = Setting(
-    "OTEL_AUDIT_SPOOL_MAX_BYTES", _parse_positive_int, DEFAULT_SPOOL_MAX_BYTES,
+    "OTEL_AUDIT_SPOOL_MAX_BYTES",
+    _parse_positive_int,
+    DEFAULT_SPOOL_MAX_BYTES,
     "bytes of records not yet committed that one process may spool",
-    default_text="1073741824 (1 GiB)", argument="spool_max_bytes", read_by="configure()",
+    default_text="1073741824 (1 GiB)",
+    argument="spool_max_bytes",
+    read_by="configure()",
 )
 SPOOL_SEGMENT_BYTES: Setting[int] = Setting(
-    "OTEL_AUDIT_SPOOL_SEGMENT_BYTES", _parse_positive_int, DEFAULT_SPOOL_SEGMENT_BYTES,
+    "OTEL_AUDIT_SPOOL_SEGMENT_BYTES",
+    _parse_positive_int,
+    DEFAULT_SPOOL_SEGMENT_BYTES,
     "size of one spool file (at least 1 MiB and twice the largest record)",
-    default_text="16777216 (16 MiB)", argument="spool_segment_bytes", read_by="configure()",
+    default_text="16777216 (16 MiB)",
+    argument="spool_segment_bytes",
+    read_by="configure()",
 )
 SPOOL_FSYNC: Setting[str] = Setting(
-    "OTEL_AUDIT_SPOOL_FSYNC", _choice("interval", "always", "never"), "interval",
+    "OTEL_AUDIT_SPOOL_FSYNC",
+    _choice("interval", "always", "never"),
+    "interval",
     "`interval`, `always` or `never`: when the spool is synced to disk (see [Durability](durability.md))",
-    default_text="`interval`", argument="spool_fsync", read_by="configure()",
+    default_text="`interval`",
+    argument="spool_fsync",
+    read_by="configure()",
 )
 WHEN_FULL: Setting[str] = Setting(
-    "OTEL_AUDIT_WHEN_FULL", _choice("block", "drop"), "block",
+    "OTEL_AUDIT_WHEN_FULL",
+    _choice("block", "drop"),
+    "block",
     "`block` (wait, then raise `SpoolFull`) or `drop` (count, log, mark) when the spool is full",
-    default_text="`block`", argument="when_full", read_by="configure()",
+    default_text="`block`",
+    argument="when_full",
+    read_by="configure()",
 )
 BLOCK_TIMEOUT: Setting[float] = Setting(
-    "OTEL_AUDIT_BLOCK_TIMEOUT", _parse_wait, DEFAULT_BLOCK_TIMEOUT,
+    "OTEL_AUDIT_BLOCK_TIMEOUT",
+    _parse_wait,
+    DEFAULT_BLOCK_TIMEOUT,
     "seconds `block` waits for spool space",
-    default_text="5", argument="block_timeout", read_by="configure()",
+    default_text="5",
+    argument="block_timeout",
+    read_by="configure()",
 )
 STRICT: Setting[bool] = Setting(
-    "OTEL_AUDIT_STRICT", parse_bool, False,
+    "OTEL_AUDIT_STRICT",
+    parse_bool,
+    False,
     "raise `AuditRecordInvalid` at the logging call instead of storing invalid records flagged",
-    default_text="false", argument="strict", read_by="configure()",
+    default_text="false",
+    argument="strict",
+    read_by="configure()",
 )
 LOGGERS: Setting[tuple[str, ...]] = Setting(
-    "OTEL_AUDIT_LOGGERS", _parse_list, (),
+    "OTEL_AUDIT_LOGGERS",
+    _parse_list,
+    (),
     "comma-separated loggers (and their children) whose records are audit records even without `audit.action`",
-    argument="audit_loggers", read_by="configure(), serve (--audit-logger)",
+    argument="audit_loggers",
+    read_by="configure(), serve (--audit-logger)",
 )
 EVENT_PREFIX: Setting[str | None] = Setting(
-    "OTEL_AUDIT_EVENT_PREFIX", _parse_optional_text, None,
+    "OTEL_AUDIT_EVENT_PREFIX",
+    _parse_optional_text,
+    None,
     "records whose OTel event name starts with it are audit records; the action defaults to the name "
     "without the prefix",
-    argument="event_prefix", read_by="configure(), serve (--event-prefix)",
+    argument="event_prefix",
+    read_by="configure(), serve (--event-prefix)",
 )
 MAX_RECORD_BYTES: Setting[int] = Setting(
-    "OTEL_AUDIT_MAX_RECORD_BYTES", _parse_positive_int, DEFAULT_MAX_RECORD_BYTES,
+    "OTEL_AUDIT_MAX_RECORD_BYTES",
+    _parse_positive_int,
+    DEFAULT_MAX_RECORD_BYTES,
     "larger records are shortened, never dropped (see [Attributes](attributes.md#recognition-validation-enrichment))",
-    default_text="262144 (256 KiB)", argument="max_record_bytes", read_by="configure(), serve (--max-record-bytes)",
+    default_text="262144 (256 KiB)",
+    argument="max_record_bytes",
+    read_by="configure(), serve (--max-record-bytes)",
 )
 SIGNING_KEY: Setting[Path | None] = Setting(
-    "OTEL_AUDIT_SIGNING_KEY", _parse_path, None,
+    "OTEL_AUDIT_SIGNING_KEY",
+    _parse_path,
+    None,
     "Ed25519 private key written by `otel-audit keygen`: turns on signed checkpoints",
-    default_text="none (checkpoints off)", argument="signing_key",
+    default_text="none (checkpoints off)",
+    argument="signing_key",
     read_by="configure(), serve, archive, retention (--signing-key)",
 )
 WITNESS_DIR: Setting[Path | None] = Setting(
-    "OTEL_AUDIT_WITNESS_DIR", _parse_path, None,
+    "OTEL_AUDIT_WITNESS_DIR",
+    _parse_path,
+    None,
     "directory outside PostgreSQL that receives a copy of every committed checkpoint",
-    argument="witness_dir", read_by="configure(), serve (--witness-dir)",
+    argument="witness_dir",
+    read_by="configure(), serve (--witness-dir)",
 )
 WITNESS: Setting[str | None] = Setting(
-    "OTEL_AUDIT_WITNESS", _parse_optional_text, None,
+    "OTEL_AUDIT_WITNESS",
+    _parse_optional_text,
+    None,
     "one more witness: `s3://bucket/prefix` (S3 with Object Lock, [details](anchoring.md#deploying-the-witness)) "
     "or a directory",
     argument="witnesses=[S3Witness(...)]",
 )
 WITNESS_RETAIN_DAYS: Setting[int] = Setting(
-    "OTEL_AUDIT_WITNESS_RETAIN_DAYS", _parse_positive_int, DEFAULT_RETAIN_DAYS,
+    "OTEL_AUDIT_WITNESS_RETAIN_DAYS",
+    _parse_positive_int,
+    DEFAULT_RETAIN_DAYS,
     "Object Lock retention, in days, of each checkpoint an `s3://` witness stores",
-    default_text=f"{DEFAULT_RETAIN_DAYS} (six years)", argument="S3Witness(retain_days=)",
+    default_text=f"{DEFAULT_RETAIN_DAYS} (six years)",
+    argument="S3Witness(retain_days=)",
 )
 WITNESS_ALLOW_UNLOCKED: Setting[bool] = Setting(
-    "OTEL_AUDIT_WITNESS_ALLOW_UNLOCKED", parse_bool, False,
-    "let an `s3://` witness use a bucket without versioning and Object Lock (whose checkpoints can then be "
-    "deleted)",
-    default_text="false", argument="S3Witness(allow_unlocked=)",
+    "OTEL_AUDIT_WITNESS_ALLOW_UNLOCKED",
+    parse_bool,
+    False,
+    "let an `s3://` witness use a bucket without versioning and Object Lock (whose checkpoints can then be deleted)",
+    default_text="false",
+    argument="S3Witness(allow_unlocked=)",
 )
 CHECKPOINT_RECORDS: Setting[int] = Setting(
-    "OTEL_AUDIT_CHECKPOINT_RECORDS", _parse_positive_int, DEFAULT_CHECKPOINT_RECORDS,
+    "OTEL_AUDIT_CHECKPOINT_RECORDS",
+    _parse_positive_int,
+    DEFAULT_CHECKPOINT_RECORDS,
     "sign a checkpoint every this many records",
-    default_text=str(DEFAULT_CHECKPOINT_RECORDS), argument="checkpoint_records",
+    default_text=str(DEFAULT_CHECKPOINT_RECORDS),
+    argument="checkpoint_records",
     read_by="configure(), serve (--checkpoint-records)",
 )
 CHECKPOINT_INTERVAL: Setting[float] = Setting(
-    "OTEL_AUDIT_CHECKPOINT_INTERVAL", _parse_seconds, DEFAULT_CHECKPOINT_INTERVAL,
+    "OTEL_AUDIT_CHECKPOINT_INTERVAL",
+    _parse_seconds,
+    DEFAULT_CHECKPOINT_INTERVAL,
     "and every this many seconds, idle chains too",
-    default_text="10", argument="checkpoint_interval", read_by="configure(), serve (--checkpoint-interval)",
+    default_text="10",
+    argument="checkpoint_interval",
+    read_by="configure(), serve (--checkpoint-interval)",
 )
 INGEST_TOKENS: Setting[str | None] = Setting(
-    "OTEL_AUDIT_INGEST_TOKENS", _parse_optional_text, None,
+    "OTEL_AUDIT_INGEST_TOKENS",
+    _parse_optional_text,
+    None,
     "bearer tokens `otel-audit serve` accepts, entries separated by `;` or newlines "
     "(see [the ingest](ingest.md#tokens-identities-and-what-they-may-deliver))",
     read_by="serve (with --token-file)",
 )
 
 REDACT: Setting[bool] = Setting(
-    "OTEL_AUDIT_REDACT", parse_bool, True,
+    "OTEL_AUDIT_REDACT",
+    parse_bool,
+    True,
     "replace secrets (passwords, tokens, keys, card numbers) before sealing (see [Privacy](privacy.md))",
-    default_text="true", argument="redact",
+    default_text="true",
+    argument="redact",
 )
 REDACT_NAMES: Setting[tuple[str, ...]] = Setting(
-    "OTEL_AUDIT_REDACT_NAMES", _parse_list, (),
+    "OTEL_AUDIT_REDACT_NAMES",
+    _parse_list,
+    (),
     "comma-separated attribute-name words redacted in addition to the built-in ones",
     argument="redact_names",
 )
 REDACT_VALUES: Setting[tuple[str, ...] | None] = Setting(
-    "OTEL_AUDIT_REDACT_VALUES", _parse_optional_list, None,
+    "OTEL_AUDIT_REDACT_VALUES",
+    _parse_optional_list,
+    None,
     "comma-separated value rules applied to every value",
-    default_text="`bearer,jwt,private_key,pan` (all)", argument="redact_values",
+    default_text="`bearer,jwt,private_key,pan` (all)",
+    argument="redact_values",
 )
 PSEUDONYM_KEYS_FILE: Setting[Path | None] = Setting(
-    "OTEL_AUDIT_PSEUDONYM_KEYS_FILE", _parse_path, None,
+    "OTEL_AUDIT_PSEUDONYM_KEYS_FILE",
+    _parse_path,
+    None,
     "pseudonym key ring file: the `pseudonymize` fields are stored as keyed HMAC-SHA-256 pseudonyms "
     "(see [Privacy](privacy.md#pseudonymization))",
-    default_text="none (no pseudonyms)", argument="pseudonym_keys", read_by="configure(), serve, query",
+    default_text="none (no pseudonyms)",
+    argument="pseudonym_keys",
+    read_by="configure(), serve, query",
 )
 PSEUDONYM_KEYS: Setting[str | None] = Setting(
-    "OTEL_AUDIT_PSEUDONYM_KEYS", _parse_optional_text, None,
+    "OTEL_AUDIT_PSEUDONYM_KEYS",
+    _parse_optional_text,
+    None,
     "the pseudonym key ring's text itself, when there is no `OTEL_AUDIT_PSEUDONYM_KEYS_FILE`",
-    argument="pseudonym_keys", read_by="configure(), serve, query", secret=True,
+    argument="pseudonym_keys",
+    read_by="configure(), serve, query",
+    secret=True,
 )
 PSEUDONYMIZE: Setting[tuple[str, ...] | None] = Setting(
-    "OTEL_AUDIT_PSEUDONYMIZE", _parse_optional_list, None,
+    "OTEL_AUDIT_PSEUDONYMIZE",
+    _parse_optional_list,
+    None,
     "comma-separated fields stored as pseudonyms when a pseudonym key ring is set",
-    default_text="`audit.actor.id,user.id,client.address,session.id`", argument="pseudonymize",
+    default_text="`audit.actor.id,user.id,client.address,session.id`",
+    argument="pseudonymize",
 )
 KEYSTORE_DSN: Setting[str | None] = Setting(
-    "OTEL_AUDIT_KEYSTORE_DSN", _parse_optional_text, None,
+    "OTEL_AUDIT_KEYSTORE_DSN",
+    _parse_optional_text,
+    None,
     "PostgreSQL connection string of the subject key store: the `encrypt` fields are encrypted per subject, "
     "erasable by `otel-audit erase` (see [Privacy](privacy.md#erasure-by-crypto-shredding))",
-    default_text="none (no encryption)", argument="keystore_dsn",
+    default_text="none (no encryption)",
+    argument="keystore_dsn",
     read_by="configure(), serve, query, privacy, erase (--keystore-dsn)",
 )
 MASTER_KEY_FILE: Setting[Path | None] = Setting(
-    "OTEL_AUDIT_MASTER_KEY_FILE", _parse_path, None,
+    "OTEL_AUDIT_MASTER_KEY_FILE",
+    _parse_path,
+    None,
     "the key store's master key ring file",
-    default_text="none (required with a key store)", argument="master_key",
+    default_text="none (required with a key store)",
+    argument="master_key",
     read_by="configure(), serve, query, erase (--master-key)",
 )
 MASTER_KEY: Setting[str | None] = Setting(
-    "OTEL_AUDIT_MASTER_KEY", _parse_optional_text, None,
+    "OTEL_AUDIT_MASTER_KEY",
+    _parse_optional_text,
+    None,
     "the master key ring's text itself, when there is no `OTEL_AUDIT_MASTER_KEY_FILE`",
-    argument="master_key", read_by="configure(), serve, query, erase", secret=True,
+    argument="master_key",
+    read_by="configure(), serve, query, erase",
+    secret=True,
 )
 ENCRYPT: Setting[tuple[str, ...] | None] = Setting(
-    "OTEL_AUDIT_ENCRYPT", _parse_optional_list, None,
+    "OTEL_AUDIT_ENCRYPT",
+    _parse_optional_list,
+    None,
     "comma-separated fields encrypted under their subject's key when a key store is set",
-    default_text="`audit.old_values,user_agent.original`", argument="encrypt",
+    default_text="`audit.old_values,user_agent.original`",
+    argument="encrypt",
 )
 SUBJECT_FIELDS: Setting[tuple[str, ...] | None] = Setting(
-    "OTEL_AUDIT_SUBJECT_FIELDS", _parse_optional_list, None,
+    "OTEL_AUDIT_SUBJECT_FIELDS",
+    _parse_optional_list,
+    None,
     "comma-separated fields that name a record's data subject, the first present wins",
-    default_text="`audit.subject.id,audit.actor.id,user.id`", argument="subject_fields",
+    default_text="`audit.subject.id,audit.actor.id,user.id`",
+    argument="subject_fields",
 )
 
 #: Every variable, in the order the reference lists them.
 SETTINGS: tuple[Setting[object], ...] = (
-    DSN, SPOOL_DIR, SPOOL_MAX_BYTES, SPOOL_SEGMENT_BYTES, SPOOL_FSYNC, WHEN_FULL, BLOCK_TIMEOUT,  # type: ignore[assignment]
-    STRICT, LOGGERS, EVENT_PREFIX, MAX_RECORD_BYTES, SIGNING_KEY, WITNESS_DIR, WITNESS,
-    WITNESS_RETAIN_DAYS, WITNESS_ALLOW_UNLOCKED, CHECKPOINT_RECORDS, CHECKPOINT_INTERVAL,
-    REDACT, REDACT_NAMES, REDACT_VALUES, PSEUDONYM_KEYS_FILE, PSEUDONYM_KEYS, PSEUDONYMIZE,
-    KEYSTORE_DSN, MASTER_KEY_FILE, MASTER_KEY, ENCRYPT, SUBJECT_FIELDS, INGEST_TOKENS, DISABLED,
+    DSN,
+    SPOOL_DIR,
+    SPOOL_MAX_BYTES,
+    SPOOL_SEGMENT_BYTES,
+    SPOOL_FSYNC,
+    WHEN_FULL,
+    BLOCK_TIMEOUT,  # type: ignore[assignment]
+    STRICT,
+    LOGGERS,
+    EVENT_PREFIX,
+    MAX_RECORD_BYTES,
+    SIGNING_KEY,
+    WITNESS_DIR,
+    WITNESS,
+    WITNESS_RETAIN_DAYS,
+    WITNESS_ALLOW_UNLOCKED,
+    CHECKPOINT_RECORDS,
+    CHECKPOINT_INTERVAL,
+    REDACT,
+    REDACT_NAMES,
+    REDACT_VALUES,
+    PSEUDONYM_KEYS_FILE,
+    PSEUDONYM_KEYS,
+    PSEUDONYMIZE,
+    KEYSTORE_DSN,
+    MASTER_KEY_FILE,
+    MASTER_KEY,
+    ENCRYPT,
+    SUBJECT_FIELDS,
+    INGEST_TOKENS,
+    DISABLED,
 )
 
 

@@ -29,9 +29,7 @@ from otel_audit.spool.spool import list_chain_dirs, read_committed
 __all__ = ["database_status", "spool_status"]
 
 
-def spool_status(
-    root: Path, *, identity: dict[str, Any] | None = None, dsn_argument: str = "DSN"
-) -> dict[str, Any]:
+def spool_status(root: Path, *, identity: dict[str, Any] | None = None, dsn_argument: str = "DSN") -> dict[str, Any]:
     """What the spool directory ``root`` holds.
 
     ``identity``: the database the caller is looking at (:func:`database_identity`),

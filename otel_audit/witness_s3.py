@@ -149,7 +149,9 @@ def witness_from_url(url: str, *, env: Mapping[str, str] | None = None) -> S3Wit
     return S3Witness(url, retain_days=days, allow_unlocked=allow, check=False)
 
 
-def open_witness(spec: str, *, for_reading: bool = False, env: Mapping[str, str] | None = None) -> S3Witness | DirectoryWitness:
+def open_witness(
+    spec: str, *, for_reading: bool = False, env: Mapping[str, str] | None = None
+) -> S3Witness | DirectoryWitness:
     """``s3://bucket/prefix`` or a directory (the forms of OTEL_AUDIT_WITNESS and ``verify --witness``)."""
     if spec.startswith("s3://"):
         if for_reading:

@@ -46,7 +46,10 @@ def ensure_chromium() -> tuple[str | None, str]:
         return None, "chromium is not installed and cannot be installed here (needs root and apt-get)"
     install = subprocess.run(
         ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
     found = shutil.which("chromium")
     if found:
@@ -63,7 +66,8 @@ class Browser:
         self.profile = Path(tempfile.mkdtemp(prefix="otel-audit-chromium-"))
         self.process = subprocess.Popen(
             [executable, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -124,8 +128,14 @@ class Browser:
 
     def screenshot(self, path: Path, width: int = 1200) -> bytes:
         height = int(self.evaluate("Math.ceil(document.documentElement.scrollHeight)"))
-        self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=min(height, 16000),
-                  deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=width,
+            height=min(height, 16000),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         data = base64.b64decode(
             self.call("Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True)["data"]
         )

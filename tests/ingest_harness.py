@@ -60,8 +60,12 @@ class Ingest:
         **config: Any,
     ) -> None:
         self.pipeline = AuditPipeline(
-            PipelineConfig(dsn=dsn, spool=SpoolConfig(directory=spool_dir, block_timeout=1.0),
-                           application_name="otel-audit-ingest", **(pipeline or {})),
+            PipelineConfig(
+                dsn=dsn,
+                spool=SpoolConfig(directory=spool_dir, block_timeout=1.0),
+                application_name="otel-audit-ingest",
+                **(pipeline or {}),
+            ),
             emitter={"service_name": "otel-audit-ingest"},
             emitter_kind="ingest",
         )
@@ -69,7 +73,9 @@ class Ingest:
         self.server = IngestServer(
             self.service,
             tokens if isinstance(tokens, TokenSet) else TokenSet(tokens) if tokens else None,
-            host="127.0.0.1", port=0, ssl_context=ssl_context,
+            host="127.0.0.1",
+            port=0,
+            ssl_context=ssl_context,
         ).start()
         self.host, self.port = self.server.address
         self.tls = ssl_context is not None

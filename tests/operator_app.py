@@ -41,9 +41,16 @@ def main() -> None:
         command, _, arg = line.strip().partition(" ")
         if command == "log":
             for _ in range(int(arg)):
-                log.info("record viewed", extra={"audit.action": "read", "audit.actor.id": "u",
-                                                 "audit.resource.type": "t", "audit.resource.id": str(logged),
-                                                 "audit.result": "success"})
+                log.info(
+                    "record viewed",
+                    extra={
+                        "audit.action": "read",
+                        "audit.actor.id": "u",
+                        "audit.resource.type": "t",
+                        "audit.resource.id": str(logged),
+                        "audit.result": "success",
+                    },
+                )
                 logged += 1
             print(logged, flush=True)
         elif command == "flush":

@@ -28,8 +28,12 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch):
     """A boto3 S3 client; the environment points every other boto3 client of the test at the same server."""
     import boto3
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_server)):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", s3_server),
+    ):
         monkeypatch.setenv(name, value)
     return boto3.client("s3")
 

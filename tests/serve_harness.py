@@ -28,9 +28,24 @@ class ServeProcess:
     def __init__(self, dsn: str, spool: Path, *args: str, env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "otel_audit", "serve", "--dsn", dsn, "--host", "127.0.0.1", "--port", "0",
-             "--spool-dir", str(spool), *args],
-            env=full_env, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "otel_audit",
+                "serve",
+                "--dsn",
+                dsn,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--spool-dir",
+                str(spool),
+                *args,
+            ],
+            env=full_env,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         assert self.proc.stderr is not None
@@ -38,8 +53,9 @@ class ServeProcess:
             line = self.proc.stderr.readline()
             if not line:
                 self.proc.wait(timeout=30)
-                raise AssertionError(f"otel-audit serve did not start (exit {self.proc.returncode}): "
-                                     f"{''.join(self.lines)}")
+                raise AssertionError(
+                    f"otel-audit serve did not start (exit {self.proc.returncode}): {''.join(self.lines)}"
+                )
             self.lines.append(line)
             if "listening on " in line:
                 break
@@ -55,8 +71,16 @@ class ServeProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def post(self, body: bytes, *, token: str | None, content_type: str = PROTOBUF,
-             headers: dict[str, str] | None = None, path: str = "/v1/logs", method: str = "POST") -> Response:
+    def post(
+        self,
+        body: bytes,
+        *,
+        token: str | None,
+        content_type: str = PROTOBUF,
+        headers: dict[str, str] | None = None,
+        path: str = "/v1/logs",
+        method: str = "POST",
+    ) -> Response:
         sent = {"Content-Type": content_type, **(headers or {})}
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
@@ -113,11 +137,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "otel_audit", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
-def verify_cli(dsn: str, keys: Sequence[Path] = (), witnesses: Sequence[Path] = (), *extra: str) -> subprocess.CompletedProcess[str]:
+def verify_cli(
+    dsn: str, keys: Sequence[Path] = (), witnesses: Sequence[Path] = (), *extra: str
+) -> subprocess.CompletedProcess[str]:
     args = ["verify", "--dsn", dsn, "--no-progress"]
     for key in keys:
         args += ["--trusted-key", str(key)]

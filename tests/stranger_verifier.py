@@ -38,11 +38,23 @@ RECORD_FIELDS = (
 INT_COLUMNS = {"format_version": "v", "seq": "seq", "trace_flags": "trace_flags", "severity_number": "severity_number"}
 ARRAY_COLUMNS = ("changed_fields", "problems")
 JSON_COLUMNS = ("old_values", "attributes")
-TS = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'"
+TS = '\'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\''
 TEXT_COLUMNS = tuple(
-    f for f in RECORD_FIELDS
-    if f not in ("v", "seq", "trace_flags", "severity_number", *ARRAY_COLUMNS, *JSON_COLUMNS, "timestamp",
-                 "ip_address", "id", "chain_id")
+    f
+    for f in RECORD_FIELDS
+    if f
+    not in (
+        "v",
+        "seq",
+        "trace_flags",
+        "severity_number",
+        *ARRAY_COLUMNS,
+        *JSON_COLUMNS,
+        "timestamp",
+        "ip_address",
+        "id",
+        "chain_id",
+    )
 )
 RECORD_KINDS = {"modified", "missing", "inserted", "reordered", "broken_link", "malformed", "record_hidden"}
 
@@ -151,7 +163,9 @@ class StrangerVerifier:
             version = conn.execute("SELECT coalesce(max(version), 0) FROM otel_audit_schema").fetchone()[0]
         registered = self._registry(conn)
         chains = set(registered)
-        chains |= {r[0] for r in conn.execute("SELECT DISTINCT chain_id::text FROM audit_logs WHERE chain_id IS NOT NULL")}
+        chains |= {
+            r[0] for r in conn.execute("SELECT DISTINCT chain_id::text FROM audit_logs WHERE chain_id IS NOT NULL")
+        }
         quarantine: dict[str, list[tuple]] = {}
         for row in conn.execute("SELECT chain_id::text, seq, hash, canonical, reason FROM audit_quarantine"):
             quarantine.setdefault(row[0], []).append(row[1:])
@@ -167,10 +181,16 @@ class StrangerVerifier:
         if not has_table and version >= 2:
             self.add("checkpoint_missing", None, None, "audit_checkpoints dropped")
         if self.keys is not None or self.witnesses:
-            rows = list(conn.execute(
-                f"SELECT chain_id::text, n, seq, head, to_char(signed_at AT TIME ZONE 'UTC', {TS}), key_id, closed, "
-                "body, signature, hash FROM audit_checkpoints ORDER BY chain_id, n"
-            )) if has_table else []
+            rows = (
+                list(
+                    conn.execute(
+                        f"SELECT chain_id::text, n, seq, head, to_char(signed_at AT TIME ZONE 'UTC', {TS}), key_id, closed, "
+                        "body, signature, hash FROM audit_checkpoints ORDER BY chain_id, n"
+                    )
+                )
+                if has_table
+                else []
+            )
             self._anchoring(rows, registered, chains)
 
     # -------------------------------------------------------------- "The genesis document and audit_chains"
@@ -200,14 +220,26 @@ class StrangerVerifier:
     # -------------------------------------------------------------- "The walk"
     def _walk(self, conn: psycopg.Connection, chain_id: str, genesis: str | None, quarantined: list[tuple]) -> None:
         columns = [
-            "seq", "hash", "canonical", "id::text", "chain_id::text", f"to_char(timestamp AT TIME ZONE 'UTC', {TS})",
-            "abbrev(ip_address)", "format_version", "trace_flags", "severity_number", "changed_fields",
-            "array_dims(changed_fields)", "problems", "array_dims(problems)", "old_values::text", "attributes::text",
+            "seq",
+            "hash",
+            "canonical",
+            "id::text",
+            "chain_id::text",
+            f"to_char(timestamp AT TIME ZONE 'UTC', {TS})",
+            "abbrev(ip_address)",
+            "format_version",
+            "trace_flags",
+            "severity_number",
+            "changed_fields",
+            "array_dims(changed_fields)",
+            "problems",
+            "array_dims(problems)",
+            "old_values::text",
+            "attributes::text",
             *TEXT_COLUMNS,
         ]
         placed: dict[int, _Entry] = {}
-        query = (f"SELECT {', '.join(columns)} FROM audit_logs WHERE chain_id = %s "
-                 "ORDER BY seq, hash COLLATE \"C\"")
+        query = f'SELECT {", ".join(columns)} FROM audit_logs WHERE chain_id = %s ORDER BY seq, hash COLLATE "C"'
         for row in conn.execute(query, (chain_id,)):
             self._row(chain_id, row, placed)
         hidden: dict[int, _Entry] = {}
@@ -241,8 +273,25 @@ class StrangerVerifier:
         self._links(chain_id, genesis, placed)
 
     def _row(self, chain_id: str, row: tuple, placed: dict[int, _Entry]) -> None:
-        (seq_column, stored_hash, canonical, id_, chain_column, timestamp, ip, version, flags, severity, changed,
-         changed_dims, problems, problems_dims, old_text, attributes_text, *texts) = row
+        (
+            seq_column,
+            stored_hash,
+            canonical,
+            id_,
+            chain_column,
+            timestamp,
+            ip,
+            version,
+            flags,
+            severity,
+            changed,
+            changed_dims,
+            problems,
+            problems_dims,
+            old_text,
+            attributes_text,
+            *texts,
+        ) = row
         canonical = bytes(canonical)
         try:
             doc = load_exact(canonical)
@@ -316,8 +365,20 @@ class StrangerVerifier:
             cp = json.loads(body)
         except ValueError:
             return None
-        members = {"v", "type", "chain_id", "n", "seq", "head", "genesis", "prev", "time", "interval_ms", "closed",
-                   "key_id"}
+        members = {
+            "v",
+            "type",
+            "chain_id",
+            "n",
+            "seq",
+            "head",
+            "genesis",
+            "prev",
+            "time",
+            "interval_ms",
+            "closed",
+            "key_id",
+        }
         if not isinstance(cp, dict) or not members <= set(cp) or cp.get("type") != "checkpoint":
             return None
         return cp
@@ -344,8 +405,14 @@ class StrangerVerifier:
             if cp is None or cp["chain_id"] != chain_id or cp["n"] != n:
                 self.add("checkpoint_malformed", chain_id, seq)
                 continue
-            projection = (cp["seq"], cp["head"], cp["time"], cp["key_id"], cp["closed"],
-                          hashlib.sha256(CHECKPOINT_DOMAIN + body).hexdigest())
+            projection = (
+                cp["seq"],
+                cp["head"],
+                cp["time"],
+                cp["key_id"],
+                cp["closed"],
+                hashlib.sha256(CHECKPOINT_DOMAIN + body).hexdigest(),
+            )
             if projection != (seq, head, signed_at, key_id, closed, stored_hash):
                 self.add("checkpoint_malformed", chain_id, seq)
                 continue
@@ -412,4 +479,3 @@ def verify(
 def exit_code(findings: list[Finding], *, strict: bool = False) -> int:
     bad = {"error"} | ({"warning"} if strict else set())
     return 1 if any(f.severity in bad for f in findings) else 0
-

@@ -121,10 +121,14 @@ def test_applications_seal_their_policy(db: str, spool_dir: Path, keys: _Keys, t
     unsigned.log()
     assert signed.close() and unsigned.close()
     assert genesis_of(db, signed.audit.chain_id)["checkpoints"] == {
-        "key_id": keys.key_id, "records": 10, "interval_ms": 3_600_000
+        "key_id": keys.key_id,
+        "records": 10,
+        "interval_ms": 3_600_000,
     }
     assert genesis_of(db, unsigned.audit.chain_id)["checkpoints"] == {
-        "key_id": None, "records": 1000, "interval_ms": 10_000
+        "key_id": None,
+        "records": 1000,
+        "interval_ms": 10_000,
     }
 
 
@@ -233,9 +237,7 @@ def test_records_appended_to_an_unclosed_chain_dated_after_its_interval_are_an_u
     db: str, tmp_path: Path, keys: _Keys
 ) -> None:
     chain_id = _crashed_chain(db, tmp_path, keys)
-    ((anchored, signed),) = rows(
-        db, "SELECT seq, body FROM audit_checkpoints ORDER BY n DESC LIMIT 1"
-    )
+    ((anchored, signed),) = rows(db, "SELECT seq, body FROM audit_checkpoints ORDER BY n DESC LIMIT 1")
     signed_at = datetime.fromisoformat(json.loads(bytes(signed))["time"].replace("Z", "+00:00"))
     # Within the policy's count but dated two hours after the newest checkpoint (interval one hour).
     append_forged(db, chain_id, 1, timestamp=signed_at + timedelta(hours=2))

@@ -49,8 +49,12 @@ def populate(dsn: str, key, *, sizes=(1200, 300, 40)) -> list[TrailChain]:
         half = size // 2
         chain.log_many("2024-01-01T00:00:00Z", half, step_seconds=3600, **{"audit.actor.id": "user-123"})
         chain.checkpoint(ns("2024-03-01T00:00:00Z"))
-        chain.log_many("2024-06-01T00:00:00Z", size - half, step_seconds=600,
-                       **{"audit.actor.id": "user-7", "audit.result": "denied"})
+        chain.log_many(
+            "2024-06-01T00:00:00Z",
+            size - half,
+            step_seconds=600,
+            **{"audit.actor.id": "user-7", "audit.result": "denied"},
+        )
         chain.checkpoint(ns("2025-02-01T00:00:00Z"))
         chain.log_many("2025-03-01T00:00:00Z", 20)
         chain.checkpoint(ns("2025-04-01T00:00:00Z"))
@@ -70,13 +74,30 @@ def errors(report) -> list[tuple[str, str]]:
 def test_archive_then_verify_offline_and_against_the_database(db: str, tmp_path: Path, key, key_files) -> None:
     chains = populate(db, key)
     dest = tmp_path / "archive"
-    assert cli(["archive", "--dsn", db, "--before", "2025-01-01", "--to", str(dest),
-                "--signing-key", str(key_files[0]), "--records-per-file", "500"]) == 0
+    assert (
+        cli(
+            [
+                "archive",
+                "--dsn",
+                db,
+                "--before",
+                "2025-01-01",
+                "--to",
+                str(dest),
+                "--signing-key",
+                str(key_files[0]),
+                "--records-per-file",
+                "500",
+            ]
+        )
+        == 0
+    )
     report = verify_archive(DirectoryStore(dest), trusted(key))
     assert report.ok, errors(report)
     assert report.records == 1200 + 300 + 40
-    assert {c.chain_id: c.last_seq for c in report.chains.values()} == {c.chain_id: c.chain.head()[0] - 20
-                                                                        for c in chains}
+    assert {c.chain_id: c.last_seq for c in report.chains.values()} == {
+        c.chain_id: c.chain.head()[0] - 20 for c in chains
+    }
     # Nothing new is due: the same command does nothing (idempotent).
     with psycopg.connect(db, autocommit=True) as conn:
         assert archive_database(conn, DirectoryStore(dest), before=CUTOFF, key=key).run is None
@@ -124,8 +145,11 @@ def _edit_parquet(path: Path, column: str, row: int, value: object) -> bytes:
     table = pq.read_table(path)
     values = table.column(column).to_pylist()
     values[row] = value
-    table = table.set_column(table.schema.get_field_index(column), table.schema.field(column),
-                             pa.array(values, type=table.schema.field(column).type))
+    table = table.set_column(
+        table.schema.get_field_index(column),
+        table.schema.field(column),
+        pa.array(values, type=table.schema.field(column).type),
+    )
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
@@ -213,8 +237,12 @@ def test_reordered_manifests_are_detected(archived: DirectoryStore, key) -> None
 def test_an_edited_manifest_fails_its_signature(archived: DirectoryStore, key) -> None:
     path = archived.root / "manifests" / "000002.manifest"
     _writable(path)
-    path.write_bytes(path.read_bytes().replace(b'"records":', b'"records": ', 1).replace(b'"records": ', b'"records":', 1)
-                     .replace(b"run=000002/part-00001", b"run=000002/part-00009", 1))
+    path.write_bytes(
+        path.read_bytes()
+        .replace(b'"records":', b'"records": ', 1)
+        .replace(b'"records": ', b'"records":', 1)
+        .replace(b"run=000002/part-00001", b"run=000002/part-00009", 1)
+    )
     found = errors(verify_archive(archived, trusted(key)))
     assert any(k == Kind.BAD_SIGNATURE.value and "000002.manifest" in d for k, d in found), found
 
@@ -253,7 +281,9 @@ def test_a_chain_that_does_not_verify_is_not_archived(db: str, tmp_path: Path, k
         conn.execute("DELETE FROM audit_logs WHERE seq = 7")
     dest = tmp_path / "a"
     keyfile, _ = write_keypair(key, tmp_path / "k")
-    assert cli(["archive", "--dsn", db, "--before", "2025-01-01", "--to", str(dest), "--signing-key", str(keyfile)]) == 1
+    assert (
+        cli(["archive", "--dsn", db, "--before", "2025-01-01", "--to", str(dest), "--signing-key", str(keyfile)]) == 1
+    )
     assert not list((dest / "manifests").glob("*")) if (dest / "manifests").exists() else True
 
 
@@ -278,8 +308,22 @@ def test_an_archive_run_killed_anywhere_resumes_without_gap_or_duplicate(db: str
     # a run was killed right after its plan and again after one and after two more bundles (checked, never slept).
     for attempt in range(3):
         dest = tmp_path / f"archive{attempt}"
-        command = [sys.executable, "-m", "otel_audit", "archive", "--dsn", db, "--before", "2025-01-01", "--to",
-                   str(dest), "--signing-key", str(keyfile), "--records-per-file", "150"]
+        command = [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "archive",
+            "--dsn",
+            db,
+            "--before",
+            "2025-01-01",
+            "--to",
+            str(dest),
+            "--signing-key",
+            str(keyfile),
+            "--records-per-file",
+            "150",
+        ]
         plan = dest / "plans" / "000001.json"
 
         def bundles() -> int:
@@ -312,8 +356,26 @@ def test_s3_archive_with_object_lock(db: str, tmp_path: Path, key, key_files, s3
     populate(db, key)
     bucket = _bucket(s3, locked=True)
     url = f"s3://{bucket}/trail"
-    assert cli(["archive", "--dsn", db, "--before", "2025-01-01", "--to", url, "--signing-key", str(key_files[0]),
-                "--retain-days", "30", "--records-per-file", "700"]) == 0
+    assert (
+        cli(
+            [
+                "archive",
+                "--dsn",
+                db,
+                "--before",
+                "2025-01-01",
+                "--to",
+                url,
+                "--signing-key",
+                str(key_files[0]),
+                "--retain-days",
+                "30",
+                "--records-per-file",
+                "700",
+            ]
+        )
+        == 0
+    )
     assert cli(["verify-archive", url, "--trusted-key", str(key_files[1]), "--dsn", db]) == 0
     listing = s3.list_object_versions(Bucket=bucket, Prefix="trail/")["Versions"]
     assert {v["Key"].split("/")[1] for v in listing} == {"records", "checkpoints", "manifests", "plans"}

@@ -40,8 +40,9 @@ def test_the_seed_queries_run_unchanged_in_duckdb_over_the_archive(db: str, spoo
     app = App(db, spool_dir)
     for i in range(40):
         actor = "user-0" if i < 16 else "user-1" if i < 30 else "user-2"  # 8, 7 and 5 denials
-        app.log(**{"audit.actor.id": actor, "audit.result": "denied" if i % 2 else "success",
-                   "audit.reason": "after hours"})
+        app.log(
+            **{"audit.actor.id": actor, "audit.result": "denied" if i % 2 else "success", "audit.reason": "after hours"}
+        )
     app.log()  # user-123 reading patient-456, as the seed's queries ask
     assert app.close()
     dest = DirectoryStore(tmp_path / "archive", create=True)
@@ -67,8 +68,9 @@ def test_query_archive_alone_and_with_the_live_database(db: str, tmp_path: Path,
     chain = TrailChain(key)
     chain.log_many("2024-02-01T00:00:00Z", 40, step_seconds=86400, **{"audit.actor.id": "user-x"})
     chain.checkpoint(ns("2024-04-01T00:00:00Z"))
-    chain.log_many("2025-02-01T00:00:00Z", 10, step_seconds=86400, **{"audit.actor.id": "user-x",
-                                                                       "audit.result": "failure"})
+    chain.log_many(
+        "2025-02-01T00:00:00Z", 10, step_seconds=86400, **{"audit.actor.id": "user-x", "audit.result": "failure"}
+    )
     store(db, chain)
     dest = DirectoryStore(tmp_path / "archive", create=True)
     with psycopg.connect(db, autocommit=True) as conn:
@@ -81,10 +83,42 @@ def test_query_archive_alone_and_with_the_live_database(db: str, tmp_path: Path,
         failures = failed_attempts(dest, since=datetime(2024, 1, 1, tzinfo=timezone.utc), conn=conn)
     assert len(both.rows) == 50  # the 40 archived ones (also still live) counted once
     assert failures.rows[0][:3] == ("user-x", 10, 0)
-    assert cli(["query", "actor", "user-x", "--since", "2024-01-01", "--until", "2024-12-31", "--archive",
-                str(dest.root), "--format", "json"]) == 0
+    assert (
+        cli(
+            [
+                "query",
+                "actor",
+                "user-x",
+                "--since",
+                "2024-01-01",
+                "--until",
+                "2024-12-31",
+                "--archive",
+                str(dest.root),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 40 and all(r["timestamp"].startswith("2024") for r in rows)
-    assert cli(["query", "actor", "user-x", "--since", "2024-01-01", "--archive", str(dest.root), "--dsn", db,
-                "--format", "json"]) == 0
+    assert (
+        cli(
+            [
+                "query",
+                "actor",
+                "user-x",
+                "--since",
+                "2024-01-01",
+                "--archive",
+                str(dest.root),
+                "--dsn",
+                db,
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == 50

@@ -14,16 +14,24 @@ from otel_audit import audit_context, update_audit_context
 from otel_audit.context import context_attributes
 from tests.harness import App, rows, verify
 
-BARE = {"audit.action": "read", "audit.resource.type": "patient_record", "audit.resource.id": "p-1",
-        "audit.result": "success"}
+BARE = {
+    "audit.action": "read",
+    "audit.resource.type": "patient_record",
+    "audit.resource.id": "p-1",
+    "audit.result": "success",
+}
 
 
 def test_nesting_resolver_and_forbidden_names() -> None:
     assert context_attributes() == {}
     with audit_context(actor_id="a", session_id="s", attributes={"tenant.id": "t1"}):
         with audit_context(actor_id="b", resolver=lambda: {"user_agent.original": "cli/1", "x": None}):
-            assert context_attributes() == {"audit.actor.id": "b", "session.id": "s", "tenant.id": "t1",
-                                            "user_agent.original": "cli/1"}
+            assert context_attributes() == {
+                "audit.actor.id": "b",
+                "session.id": "s",
+                "tenant.id": "t1",
+                "user_agent.original": "cli/1",
+            }
             update_audit_context(client_address="10.0.0.5")
             assert context_attributes()["client.address"] == "10.0.0.5"
         assert context_attributes() == {"audit.actor.id": "a", "session.id": "s", "tenant.id": "t1"}
@@ -40,10 +48,18 @@ def test_values_are_what_opentelemetry_can_carry() -> None:
         def __str__(self) -> str:
             return "tenant-9"
 
-    with audit_context({"tenant": Tenant(), "ids": (1, 2), "ok": True}, actor_id=42,  # type: ignore[arg-type]
-                       resolver=lambda: {"obj": object.__new__(Tenant)}):
-        assert context_attributes() == {"tenant": "tenant-9", "ids": [1, 2], "ok": True,
-                                        "audit.actor.id": 42, "obj": "tenant-9"}
+    with audit_context(
+        {"tenant": Tenant(), "ids": (1, 2), "ok": True},
+        actor_id=42,  # type: ignore[arg-type]
+        resolver=lambda: {"obj": object.__new__(Tenant)},
+    ):
+        assert context_attributes() == {
+            "tenant": "tenant-9",
+            "ids": [1, 2],
+            "ok": True,
+            "audit.actor.id": 42,
+            "obj": "tenant-9",
+        }
 
 
 def test_an_inner_context_beats_an_outer_resolver() -> None:
@@ -67,17 +83,26 @@ def test_records_inherit_from_the_context_explicit_wins_baggage_comes_after(db: 
     app = App(db, spool_dir)
     token = context.attach(baggage.set_baggage("session.id", "from-baggage"))
     try:
-        with audit_context(actor_id="worker-1", actor_type="service", client_address="10.9.8.7",
-                           attributes={"job.id": "j-5"}):
+        with audit_context(
+            actor_id="worker-1", actor_type="service", client_address="10.9.8.7", attributes={"job.id": "j-5"}
+        ):
             app.logger.info("inherits", extra={**BARE, "audit.resource.id": "r1"})
-            app.logger.info("explicit wins", extra={**BARE, "audit.resource.id": "r2", "audit.actor.id": "u-2",
-                                                    "session.id": "explicit"})
+            app.logger.info(
+                "explicit wins",
+                extra={**BARE, "audit.resource.id": "r2", "audit.actor.id": "u-2", "session.id": "explicit"},
+            )
             app.logger.info("not an audit record", extra={"k": 1})
             seen: list[str] = []
             # A thread run in a copy of the context sees it; a bare thread does not.
             ctx = contextvars.copy_context()
-            t = threading.Thread(target=ctx.run, args=(app.logger.info, "thread", ),
-                                 kwargs={"extra": {**BARE, "audit.resource.id": "r3"}})
+            t = threading.Thread(
+                target=ctx.run,
+                args=(
+                    app.logger.info,
+                    "thread",
+                ),
+                kwargs={"extra": {**BARE, "audit.resource.id": "r3"}},
+            )
             t.start()
             t.join()
             bare = threading.Thread(target=lambda: seen.append(str(context_attributes())))
@@ -94,9 +119,12 @@ def test_records_inherit_from_the_context_explicit_wins_baggage_comes_after(db: 
     assert app.close()
     assert seen == ["{}"]
     # (resource.* attributes, the Resource's, are left out: they are not the context's)
-    got = rows(db, "SELECT resource_id, actor_id, actor_type, host(ip_address), session_id, "
-                   "(SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM jsonb_each(attributes) "
-                   "WHERE key NOT LIKE 'resource.%') FROM audit_logs ORDER BY seq")
+    got = rows(
+        db,
+        "SELECT resource_id, actor_id, actor_type, host(ip_address), session_id, "
+        "(SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM jsonb_each(attributes) "
+        "WHERE key NOT LIKE 'resource.%') FROM audit_logs ORDER BY seq",
+    )
     assert got == [
         ("r1", "worker-1", "service", "10.9.8.7", "from-baggage", {"job.id": "j-5"}),
         ("r2", "u-2", "service", "10.9.8.7", "explicit", {"job.id": "j-5"}),

@@ -23,11 +23,7 @@ from otel_audit.core.normalize import Normalizer
 texts = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"))
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
-    | finite_floats
-    | texts,
+    st.none() | st.booleans() | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER) | finite_floats | texts,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(texts, children, max_size=5),
     max_leaves=25,
 )

@@ -11,7 +11,10 @@ from otel_audit.verify.chain_walk import ChainWalker
 from otel_audit.verify.report import ChainSummary, Kind, Severity, VerificationReport
 
 RECORD = {
-    "audit.action": "read", "audit.actor.id": "u", "audit.resource.type": "doc", "audit.resource.id": "1",
+    "audit.action": "read",
+    "audit.actor.id": "u",
+    "audit.resource.type": "doc",
+    "audit.resource.id": "1",
     "audit.result": "success",
 }
 
@@ -24,8 +27,10 @@ class _MemorySink:
 def _chain(n: int) -> tuple[Chain, list[bytes]]:
     chain = Chain(_MemorySink(), emitter={"kind": "sdk"})
     builder = RecordBuilder()
-    return chain, [chain.seal(builder.build({**RECORD, "i": i}, time_unix_nano=1_700_000_000_000_000_000 + i)).canonical
-                   for i in range(n)]
+    return chain, [
+        chain.seal(builder.build({**RECORD, "i": i}, time_unix_nano=1_700_000_000_000_000_000 + i)).canonical
+        for i in range(n)
+    ]
 
 
 def _walk(chain: Chain, stored: list[bytes], quarantined: list[bytes]) -> VerificationReport:

@@ -67,8 +67,15 @@ def key() -> SigningKey:
 
 def checkpoint(key: SigningKey, n: int = 1, **overrides):
     fields = dict(
-        chain_id=CHAIN, n=n, seq=5, head="a" * 64, genesis="b" * 64, prev=None if n == 1 else "c" * 64,
-        time_ns=1_795_000_000_123_456_789, interval_ms=10_000, closed=False,
+        chain_id=CHAIN,
+        n=n,
+        seq=5,
+        head="a" * 64,
+        genesis="b" * 64,
+        prev=None if n == 1 else "c" * 64,
+        time_ns=1_795_000_000_123_456_789,
+        interval_ms=10_000,
+        closed=False,
     )
     fields.update(overrides)
     return sign_checkpoint(key, **fields)
@@ -119,8 +126,17 @@ def test_checkpoint_bytes_follow_the_documented_format(key: SigningKey) -> None:
     cp = checkpoint(key, n=2, closed=True)
     doc = orjson.loads(cp.body)
     assert doc == {
-        "v": 1, "type": "checkpoint", "chain_id": CHAIN, "n": 2, "seq": 5, "head": "a" * 64, "genesis": "b" * 64,
-        "prev": "c" * 64, "time": "2026-11-18T11:06:40.123456Z", "interval_ms": 10_000, "closed": True,
+        "v": 1,
+        "type": "checkpoint",
+        "chain_id": CHAIN,
+        "n": 2,
+        "seq": 5,
+        "head": "a" * 64,
+        "genesis": "b" * 64,
+        "prev": "c" * 64,
+        "time": "2026-11-18T11:06:40.123456Z",
+        "interval_ms": 10_000,
+        "closed": True,
         "key_id": key.key_id,
     }
     assert cp.body == rfc8785.dumps(doc)  # RFC 8785 canonical JSON, byte for byte
@@ -291,7 +307,10 @@ def test_directory_witness_is_append_only_and_idempotent(tmp_path: Path, key: Si
     witness.write(cp1)  # a replay: nothing new
     witness.write(cp2)
     files = sorted((tmp_path / "w" / CHAIN).iterdir())
-    assert [f.name for f in files] == [f"000000000001-{cp1.hash[:16]}.checkpoint", f"000000000002-{cp2.hash[:16]}.checkpoint"]
+    assert [f.name for f in files] == [
+        f"000000000001-{cp1.hash[:16]}.checkpoint",
+        f"000000000002-{cp2.hash[:16]}.checkpoint",
+    ]
     assert files[0].read_bytes() == cp1.envelope + b"previous none\n"  # the first entry of the chain
     first = hashlib.sha256(files[0].read_bytes()).hexdigest()
     assert files[1].read_bytes() == cp2.envelope + f"previous {files[0].name} {first}\n".encode()
@@ -352,8 +371,15 @@ def proof_parts(key: SigningKey):
     sealed = [chain.seal(builder.build({**ATTRS, "n": i}, time_unix_nano=time.time_ns())) for i in range(10)]
     seq, head = chain.head()
     cp = sign_checkpoint(
-        key, chain_id=CHAIN, n=1, seq=seq, head=head, genesis=chain.genesis_hash, prev=None,
-        time_ns=time.time_ns(), interval_ms=10_000,
+        key,
+        chain_id=CHAIN,
+        n=1,
+        seq=seq,
+        head=head,
+        genesis=chain.genesis_hash,
+        prev=None,
+        time_ns=time.time_ns(),
+        interval_ms=10_000,
     )
     return sealed, cp
 
@@ -394,8 +420,15 @@ def _tamper(proof: dict, how: str, key: SigningKey) -> dict:
         other = generate_signing_key()
         cp = parse_checkpoint(proof["checkpoint"].encode(), base64.b64decode(proof["signature"]))
         forged = sign_checkpoint(
-            other, chain_id=cp.chain_id, n=cp.n, seq=cp.seq, head=cp.head, genesis=cp.genesis, prev=cp.prev,
-            time_ns=time.time_ns(), interval_ms=cp.interval_ms,
+            other,
+            chain_id=cp.chain_id,
+            n=cp.n,
+            seq=cp.seq,
+            head=cp.head,
+            genesis=cp.genesis,
+            prev=cp.prev,
+            time_ns=time.time_ns(),
+            interval_ms=cp.interval_ms,
         )
         proof["checkpoint"] = forged.body.decode()
         proof["signature"] = base64.b64encode(forged.signature).decode()

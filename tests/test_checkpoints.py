@@ -112,7 +112,10 @@ def trail(db: str, spool_dir: Path, keys: Keys, witness_dir: Path) -> str:
             app.audit.pipeline.checkpointer.checkpoint_now()
     assert app.close()
     assert rows(db, "SELECT n, seq, closed FROM audit_checkpoints ORDER BY n") == [
-        (1, 0, False), (2, 10, False), (3, 20, False), (4, 30, True)
+        (1, 0, False),
+        (2, 10, False),
+        (3, 20, False),
+        (4, 30, True),
     ]
     report = check(db, [keys.public], witness_dir)
     assert report.ok and not report.findings, [str(f) for f in report.findings]
@@ -139,7 +142,12 @@ def test_an_anchored_trail_is_stored_witnessed_and_verifies_clean(trail: str, ke
         (Kind.CHECKPOINTS_UNCHECKED, Severity.WARNING)
     ]
     summary = check(trail, [keys.public], witness_dir).chains[chain_id].to_dict()
-    assert (summary["checkpoints"], summary["anchored_seq"], summary["closed"], summary["unanchored"]) == (4, 30, True, 0)
+    assert (summary["checkpoints"], summary["anchored_seq"], summary["closed"], summary["unanchored"]) == (
+        4,
+        30,
+        True,
+        0,
+    )
 
 
 # ---------------------------------------------------------------------- records
@@ -156,8 +164,9 @@ def recompute_from(dsn: str, start: int, edit) -> None:
     """Edit record ``start`` and re-hash it and every later record, as a careful attacker would."""
     chain_id = chain_of(dsn)
     ((prev,),) = rows(dsn, "SELECT hash FROM audit_logs WHERE chain_id = %s AND seq = %s", (chain_id, start - 1))
-    later = rows(dsn, "SELECT seq, canonical FROM audit_logs WHERE chain_id = %s AND seq >= %s ORDER BY seq",
-                 (chain_id, start))
+    later = rows(
+        dsn, "SELECT seq, canonical FROM audit_logs WHERE chain_id = %s AND seq >= %s ORDER BY seq", (chain_id, start)
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
         for seq, canonical in later:
@@ -283,8 +292,16 @@ def test_a_checkpoint_signed_by_another_key_is_untrusted(trail: str, keys: Keys,
     real = orjson.loads(bytes(body))
     mallory = generate_signing_key()
     forged = sign_checkpoint(
-        mallory, chain_id=chain_id, n=5, seq=31, head="f" * 64, genesis=real["genesis"], prev="0" * 64,
-        time_ns=time.time_ns(), interval_ms=10_000, closed=True,
+        mallory,
+        chain_id=chain_id,
+        n=5,
+        seq=31,
+        head="f" * 64,
+        genesis=real["genesis"],
+        prev="0" * 64,
+        time_ns=time.time_ns(),
+        interval_ms=10_000,
+        closed=True,
     )
     tamper(
         trail,
@@ -298,12 +315,15 @@ def test_a_checkpoint_signed_by_another_key_is_untrusted(trail: str, keys: Keys,
 
 
 def test_an_altered_signature_or_checkpoint_column_is_detected(trail: str, keys: Keys, witness_dir: Path) -> None:
-    tamper(trail, "UPDATE audit_checkpoints SET signature = set_byte(signature, 0, get_byte(signature, 0) # 1) "
-                  "WHERE n = 3")
+    tamper(
+        trail, "UPDATE audit_checkpoints SET signature = set_byte(signature, 0, get_byte(signature, 0) # 1) WHERE n = 3"
+    )
     assert errors(check(trail, [keys.public], witness_dir)) == [("bad_signature", 20)]
-    tamper(trail, "UPDATE audit_checkpoints SET signature = (SELECT signature FROM audit_checkpoints WHERE n = 2) "
-                  "WHERE n = 3",
-           "UPDATE audit_checkpoints SET seq = 29 WHERE n = 4")
+    tamper(
+        trail,
+        "UPDATE audit_checkpoints SET signature = (SELECT signature FROM audit_checkpoints WHERE n = 2) WHERE n = 3",
+        "UPDATE audit_checkpoints SET seq = 29 WHERE n = 4",
+    )
     found = errors(check(trail, [keys.public], witness_dir))
     assert found == [("bad_signature", 20), ("checkpoint_malformed", 30)]
 
@@ -354,8 +374,12 @@ def test_a_crashed_process_chain_is_closed_by_the_process_that_replays_its_spool
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
-           "OTEL_AUDIT_WITNESS_DIR": str(witness_dir)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
+        "OTEL_AUDIT_WITNESS_DIR": str(witness_dir),
+    }
     proc = subprocess.run([sys.executable, "-c", script, db, str(spool)], env=env, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     app = anchored_app(db, spool, keys, witness_dir)  # the next process replays the dead one's spool
@@ -420,9 +444,14 @@ def test_clean_run_with_several_processes_idle_periods_and_a_restart(db: str, tm
         """
     )
     spool = tmp_path / "spool"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
-           "OTEL_AUDIT_WITNESS_DIR": str(witness), "OTEL_AUDIT_CHECKPOINT_INTERVAL": "0.2",
-           "OTEL_AUDIT_CHECKPOINT_RECORDS": "200"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
+        "OTEL_AUDIT_WITNESS_DIR": str(witness),
+        "OTEL_AUDIT_CHECKPOINT_INTERVAL": "0.2",
+        "OTEL_AUDIT_CHECKPOINT_RECORDS": "200",
+    }
     procs = [subprocess.Popen([sys.executable, "-c", script, db, str(spool)], env=env) for _ in range(3)]
     assert [p.wait(timeout=180) for p in procs] == [0, 0, 0]
     restarted = subprocess.run([sys.executable, "-c", script, db, str(spool)], env=env, timeout=180)
@@ -432,8 +461,11 @@ def test_clean_run_with_several_processes_idle_periods_and_a_restart(db: str, tm
     assert report.records == 4 * 900 and len(report.chains) == 4
     assert all(c.extra["closed"] and c.extra["anchored_seq"] == 900 for c in report.chains.values())
     # Idle periods were checkpointed: the same head signed again with a later time.
-    idle = rows(db, "SELECT count(*) FROM (SELECT chain_id, seq FROM audit_checkpoints GROUP BY chain_id, seq "
-                    "HAVING count(*) > 1) x")
+    idle = rows(
+        db,
+        "SELECT count(*) FROM (SELECT chain_id, seq FROM audit_checkpoints GROUP BY chain_id, seq "
+        "HAVING count(*) > 1) x",
+    )
     assert idle[0][0] >= 4
     witnessed = sum(len(list(d.iterdir())) for d in witness.iterdir())
     assert witnessed == rows(db, "SELECT count(*) FROM audit_checkpoints")[0][0]
@@ -462,7 +494,9 @@ def test_checkpoints_are_append_only(trail: str, statement: str) -> None:
             conn.execute(statement)
 
 
-def test_the_insert_only_writer_role_stores_checkpoints(db: str, spool_dir: Path, keys: Keys, witness_dir: Path) -> None:
+def test_the_insert_only_writer_role_stores_checkpoints(
+    db: str, spool_dir: Path, keys: Keys, witness_dir: Path
+) -> None:
     role = f"audit_writer_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
@@ -489,7 +523,9 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "otel_audit", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

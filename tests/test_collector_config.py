@@ -144,8 +144,19 @@ def test_agent_batches_fit_the_gateway_receiver():
 
 def test_readme_covers_the_essentials():
     readme = README.read_text(encoding="utf-8")
-    for needle in [*EXPECTED_FILES, AUDIT_ACTION, "otelcol-contrib --config", "v0.155", "max_elapsed_time",
-                   "file_storage", "bearertokenauth", "memory_limiter", "batch", "otlp_http", "disk"]:
+    for needle in [
+        *EXPECTED_FILES,
+        AUDIT_ACTION,
+        "otelcol-contrib --config",
+        "v0.155",
+        "max_elapsed_time",
+        "file_storage",
+        "bearertokenauth",
+        "memory_limiter",
+        "batch",
+        "otlp_http",
+        "disk",
+    ]:
         assert needle in readme, f"README.md does not mention {needle!r}"
 
 
@@ -368,7 +379,9 @@ def _renamed(cfg: dict) -> dict:
     text = yaml.safe_dump(cfg, sort_keys=False)
     text = text.replace("${env:OTEL_AUDIT_ENDPOINT}", "https://audit-ingest.internal:4318")
     text = text.replace("${env:OBSERVABILITY_ENDPOINT}", "https://otlp.vendor.example")
-    return yaml.safe_load(text.replace("otlp_http/otel_audit", "otlp_http/audit").replace("otlp_http/backend", "otlp_http/vendor"))
+    return yaml.safe_load(
+        text.replace("otlp_http/otel_audit", "otlp_http/audit").replace("otlp_http/backend", "otlp_http/vendor")
+    )
 
 
 def test_cli_names_exporters_of_a_users_own_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -376,12 +389,36 @@ def test_cli_names_exporters_of_a_users_own_configuration(tmp_path: Path, capsys
     # Without being told which exporter is which, the backend checks cannot pass.
     assert main(["check-collector", str(path)]) == 1
     assert "[delivery]" in capsys.readouterr().out
-    assert main(["check-collector", "--audit-exporter", "otlp_http/audit", "--backend-exporter", "otlp_http/vendor", str(path)]) == 0
+    assert (
+        main(
+            [
+                "check-collector",
+                "--audit-exporter",
+                "otlp_http/audit",
+                "--backend-exporter",
+                "otlp_http/vendor",
+                str(path),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     broken = _renamed(_agent())
     del broken["exporters"]["otlp_http/audit"]["auth"]
     path = _write(tmp_path, broken, "broken.yaml")
-    assert main(["check-collector", "--audit-exporter", "otlp_http/audit", "--backend-exporter", "otlp_http/vendor", str(path)]) == 1
+    assert (
+        main(
+            [
+                "check-collector",
+                "--audit-exporter",
+                "otlp_http/audit",
+                "--backend-exporter",
+                "otlp_http/vendor",
+                str(path),
+            ]
+        )
+        == 1
+    )
     assert "must authenticate" in capsys.readouterr().out
 
 
@@ -397,7 +434,9 @@ def test_unchecked_component_types_are_warnings_and_fail_only_with_strict(tmp_pa
 
 
 @pytest.mark.parametrize("content", ["- just\n- a list\n", "receivers: [\n", "a: 1\na: 2\n"])
-def test_cli_refuses_what_is_not_a_configuration_with_exit_2(tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]):
+def test_cli_refuses_what_is_not_a_configuration_with_exit_2(
+    tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+):
     path = tmp_path / "bad.yaml"
     path.write_text(content, encoding="utf-8")
     assert main(["check-collector", str(path)]) == 2

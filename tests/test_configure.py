@@ -22,7 +22,11 @@ def run_python(code: str, env: dict[str, str], *args: str, cwd: Path | None = No
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        env=full_env, capture_output=True, text=True, timeout=120, cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -98,14 +102,16 @@ def test_missing_dsn_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_opentelemetry_instrument_wires_it_with_no_code_change(db: str, tmp_path: Path) -> None:
     app = tmp_path / "app.py"
-    app.write_text(textwrap.dedent(
-        """
+    app.write_text(
+        textwrap.dedent(
+            """
         import logging
         logging.getLogger("shop").warning("order refunded", extra={"audit.action": "refund",
             "audit.actor.id": "clerk-7", "audit.resource.type": "order", "audit.resource.id": "o-1",
             "audit.result": "success"})
         """
-    ))
+        )
+    )
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -118,7 +124,10 @@ def test_opentelemetry_instrument_wires_it_with_no_code_change(db: str, tmp_path
     }
     result = subprocess.run(
         [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert rows(db, "SELECT action, actor_id, service_name FROM audit_logs") == [("refund", "clerk-7", "shop")]

@@ -68,8 +68,9 @@ def sustained_load(app: App, seconds: float, threads: int = 4) -> tuple[int, lis
 
 
 def assert_exactly_once(dsn: str, expected: int) -> None:
-    assert rows(dsn, "SELECT count(*), count(DISTINCT (chain_id, seq)), count(DISTINCT resource_id) "
-                     "FROM audit_logs") == [(expected, expected, expected)]
+    assert rows(
+        dsn, "SELECT count(*), count(DISTINCT (chain_id, seq)), count(DISTINCT resource_id) FROM audit_logs"
+    ) == [(expected, expected, expected)]
     report = verify(dsn)
     assert report.ok and not report.errors, [str(f) for f in report.findings]
 
@@ -136,8 +137,13 @@ def test_sigkill_while_the_database_is_down_then_replay(proxy: PgProxy, db: str,
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script, proxy.dsn, str(spool), "5000"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, proxy.dsn, str(spool), "5000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL and proc.stdout.strip() == "5000"
     assert rows(db, "SELECT count(*) FROM audit_logs") == [(0,)]
 
@@ -181,8 +187,10 @@ def test_drop_policy_counts_logs_and_marks_the_chain(proxy: PgProxy, db: str, sp
     app.log(**{"audit.resource.id": "after"})  # first record after space returns: the marker follows it
     assert app.close()
     ((count, reason),) = rows(
-        db, "SELECT (attributes->>'otel_audit.dropped.count')::int, reason FROM audit_logs "
-            "WHERE action = 'otel_audit.records_dropped'")
+        db,
+        "SELECT (attributes->>'otel_audit.dropped.count')::int, reason FROM audit_logs "
+        "WHERE action = 'otel_audit.records_dropped'",
+    )
     assert count == stats["dropped"] and "when_full=drop" in reason
     report = verify(db)
     assert report.ok and not report.errors

@@ -90,7 +90,9 @@ def test_a_child_that_exits_with_os_exit_is_closed_by_its_adopter(
     assert genesis["parent"] == parent and genesis["checkpoints"]["records"] == 5
     cp = closing(db, child)
     assert cp["seq"] == 12 and cp["adopted_by"] == {
-        "chain_id": parent, "host_name": cp["adopted_by"]["host_name"], "pid": os.getpid()
+        "chain_id": parent,
+        "host_name": cp["adopted_by"]["host_name"],
+        "pid": os.getpid(),
     }
     # Checkpointed by its own thread while it lived (12 records are more than its policy lets go unanchored,
     # 2 x 5, so at least one checkpoint of its own was spooled), then closed by the adopter.
@@ -121,9 +123,12 @@ def test_tampering_with_a_dead_childs_chain_is_detected(
         append_forged(db, child, 1)
         expected = [("inserted", 13)]
     else:
-        tamper(db, f"DELETE FROM audit_logs WHERE chain_id = '{child}'",
-               f"DELETE FROM audit_chains WHERE chain_id = '{child}'",
-               f"DELETE FROM audit_checkpoints WHERE chain_id = '{child}'")
+        tamper(
+            db,
+            f"DELETE FROM audit_logs WHERE chain_id = '{child}'",
+            f"DELETE FROM audit_chains WHERE chain_id = '{child}'",
+            f"DELETE FROM audit_checkpoints WHERE chain_id = '{child}'",
+        )
         expected = [("chain_deleted", None)]
         witness = witness_dir  # with nothing left in PostgreSQL, only the witness remembers the chain
     report = check(db, [keys.public], witness)
@@ -187,8 +192,12 @@ def test_prefork_multiprocessing_and_os_exit_children_verify_clean(db: str, tmp_
         """
     )
     spool = tmp_path / "spool"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
-           "OTEL_AUDIT_WITNESS_DIR": str(witness)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
+        "OTEL_AUDIT_WITNESS_DIR": str(witness),
+    }
     proc = subprocess.run([sys.executable, "-c", script, db, str(spool)], env=env, timeout=240)
     assert proc.returncode == 0
     # Whatever was not adopted before the parent stopped is adopted by the next process on the spool.
@@ -198,9 +207,22 @@ def test_prefork_multiprocessing_and_os_exit_children_verify_clean(db: str, tmp_
     kids = children(db)
     assert len(kids) >= 3  # the two pre-fork workers and at least one pool worker
     result = subprocess.run(
-        [sys.executable, "-m", "otel_audit", "verify", "--dsn", db, "--trusted-key", str(keys.public),
-         "--witness", str(witness)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "verify",
+            "--dsn",
+            db,
+            "--trusted-key",
+            str(keys.public),
+            "--witness",
+            str(witness),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stdout, result.stdout

@@ -41,8 +41,10 @@ def ingest(db: str, spool_dir: Path) -> Iterator[Ingest]:
 
 
 def stored(dsn: str, chain_id: str) -> list[dict]:
-    return [orjson.loads(bytes(c)) for (c,) in rows(dsn, "SELECT canonical FROM audit_logs WHERE chain_id = %s "
-                                                        "ORDER BY seq", (chain_id,))]
+    return [
+        orjson.loads(bytes(c))
+        for (c,) in rows(dsn, "SELECT canonical FROM audit_logs WHERE chain_id = %s ORDER BY seq", (chain_id,))
+    ]
 
 
 def test_audit_records_are_sealed_committed_and_others_ignored(db: str, ingest: Ingest) -> None:
@@ -69,8 +71,9 @@ def _processor_app(dsn: str, spool_dir: Path, **options) -> tuple[LoggerProvider
         resource=Resource.create({"service.name": "billing", "host.name": "host-1"}), shutdown_on_exit=False
     )
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    handle = otel_audit.configure(dsn, logger_provider=provider, install_handler=False, spool_dir=spool_dir,
-                                  metrics=False, **options)
+    handle = otel_audit.configure(
+        dsn, logger_provider=provider, install_handler=False, spool_dir=spool_dir, metrics=False, **options
+    )
     return provider, exporter, handle
 
 
@@ -84,18 +87,57 @@ def test_a_record_from_otlp_is_built_exactly_as_the_processor_builds_it(db: str,
     by_name.addHandler(LoggingHandler(logger_provider=provider))
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("GET /patients"):
-        log.info("viewed", extra={**VALID, "audit.reason": "treatment", "audit.changed_fields": ["dosage", "unit"],
-                                  "audit.old_values": {"dosage": "5mg", "n": 2.5}, "user_agent.original": "curl/8",
-                                  "session.id": "s-1", "user.id": "u-9", "ratio": 0.1, "count": 7, "flag": True,
-                                  "big": 2**60, "raw": b"\x00\xff", "nested": {"a": [1, {"b": None}]},
-                                  "ünïcode": "naïve", "nul": "a\x00b", "whole": 3.0})
-    log.warning("odd", extra={"audit.action": "export", "audit.actor.id": "svc", "audit.actor.type": "robot",
-                              "client.address": "not-an-ip", "audit.result": "maybe"})
+        log.info(
+            "viewed",
+            extra={
+                **VALID,
+                "audit.reason": "treatment",
+                "audit.changed_fields": ["dosage", "unit"],
+                "audit.old_values": {"dosage": "5mg", "n": 2.5},
+                "user_agent.original": "curl/8",
+                "session.id": "s-1",
+                "user.id": "u-9",
+                "ratio": 0.1,
+                "count": 7,
+                "flag": True,
+                "big": 2**60,
+                "raw": b"\x00\xff",
+                "nested": {"a": [1, {"b": None}]},
+                "ünïcode": "naïve",
+                "nul": "a\x00b",
+                "whole": 3.0,
+            },
+        )
+    log.warning(
+        "odd",
+        extra={
+            "audit.action": "export",
+            "audit.actor.id": "svc",
+            "audit.actor.type": "robot",
+            "client.address": "not-an-ip",
+            "audit.result": "maybe",
+        },
+    )
     log.error("no fields", extra={"audit.action": ""})
-    log.info("login", extra={"otel.event.name": "audit.login", "audit.actor.id": "u-1", "audit.resource.type": "session",
-                             "audit.resource.id": "s-2", "audit.result": "success"})
-    by_name.info("export done", extra={"audit.actor.id": "u-2", "audit.resource.type": "report",
-                                       "audit.resource.id": "r-1", "audit.result": "success"})
+    log.info(
+        "login",
+        extra={
+            "otel.event.name": "audit.login",
+            "audit.actor.id": "u-1",
+            "audit.resource.type": "session",
+            "audit.resource.id": "s-2",
+            "audit.result": "success",
+        },
+    )
+    by_name.info(
+        "export done",
+        extra={
+            "audit.actor.id": "u-2",
+            "audit.resource.type": "report",
+            "audit.resource.id": "r-1",
+            "audit.result": "success",
+        },
+    )
     log.info("not audit", extra={"k": 1})
     assert handle.shutdown(timeout=30)
 
@@ -110,8 +152,9 @@ def test_a_record_from_otlp_is_built_exactly_as_the_processor_builds_it(db: str,
                 del lr.attributes[:]
                 lr.attributes.extend(kept)
 
-    ingest = Ingest(db, tmp_path / "ingest-spool", **{k: tuple(v) if isinstance(v, list) else v
-                                                      for k, v in rules.items()})
+    ingest = Ingest(
+        db, tmp_path / "ingest-spool", **{k: tuple(v) if isinstance(v, list) else v for k, v in rules.items()}
+    )
     try:
         reply = ingest.export(otlp)
         assert reply.status == 200, reply.body
@@ -122,31 +165,40 @@ def test_a_record_from_otlp_is_built_exactly_as_the_processor_builds_it(db: str,
     chain_fields = ("id", "chain_id", "seq", "prev_hash")
     strip = lambda d: {k: v for k, v in d.items() if k not in chain_fields}  # noqa: E731
     assert [strip(d) for d in ingested] == [strip(d) for d in sealed_docs]
-    assert sealed_docs[0]["trace_id"] and sealed_docs[3]["action"] == "login" and sealed_docs[4]["scope"] == (
-        "app.audit.exports")
+    assert (
+        sealed_docs[0]["trace_id"]
+        and sealed_docs[3]["action"] == "login"
+        and sealed_docs[4]["scope"] == ("app.audit.exports")
+    )
     assert verify(db).ok
 
 
 def test_otlp_json_with_hex_ids_and_gzip(db: str, ingest: Ingest) -> None:
     trace_hex, span_hex = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
     body = {
-        "resourceLogs": [{
-            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "node-api"}}]},
-            "scopeLogs": [{
-                "scope": {"name": "audit"},
-                "logRecords": [{
-                    "timeUnixNano": "1700000000123456789",
-                    "severityNumber": 9,
-                    "body": {"stringValue": "viewed"},
-                    "traceId": trace_hex,
-                    "spanId": span_hex,
-                    "flags": 1,
-                    "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in AUDIT.items()]
-                    + [{"key": "attempt", "value": {"intValue": "3"}}],
-                    "someFutureField": {"x": 1},
-                }],
-            }],
-        }]
+        "resourceLogs": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "node-api"}}]},
+                "scopeLogs": [
+                    {
+                        "scope": {"name": "audit"},
+                        "logRecords": [
+                            {
+                                "timeUnixNano": "1700000000123456789",
+                                "severityNumber": 9,
+                                "body": {"stringValue": "viewed"},
+                                "traceId": trace_hex,
+                                "spanId": span_hex,
+                                "flags": 1,
+                                "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in AUDIT.items()]
+                                + [{"key": "attempt", "value": {"intValue": "3"}}],
+                                "someFutureField": {"x": 1},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
     }
     reply = ingest.post(orjson.dumps(body), content_type=JSON, gzip_body=True)
     assert reply.status == 200, reply.body
@@ -165,10 +217,18 @@ def test_otlp_json_with_hex_ids_and_gzip(db: str, ingest: Ingest) -> None:
         ({}, b"\xff\xff\xff", 400, "not a valid OTLP ExportLogsServiceRequest"),
         ({"Content-Type": JSON}, b"{not json", 400, "not valid JSON"),
         ({"Content-Type": JSON}, b'{"resourceLogs": 5}', 400, "not a valid OTLP/JSON"),
-        ({"Content-Type": JSON}, b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "zz"}]}]}]}',
-         400, "traceId must be 32 hex digits"),
-        ({"Content-Encoding": "gzip"}, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 8, 400,
-         "not valid gzip"),
+        (
+            {"Content-Type": JSON},
+            b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "zz"}]}]}]}',
+            400,
+            "traceId must be 32 hex digits",
+        ),
+        (
+            {"Content-Encoding": "gzip"},
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 8,
+            400,
+            "not valid gzip",
+        ),
         ({"Content-Encoding": "gzip"}, b"\x1f\x8b\x08\x00garbage", 400, "truncated"),
     ],
 )
@@ -187,8 +247,12 @@ def test_malformed_requests_get_a_clear_4xx_with_an_otlp_status(
 
 def test_authentication(ingest: Ingest) -> None:
     req = audit_request(1).SerializeToString()
-    for token, header in ((None, None), ("wrong-token-0123456789", None), (None, f"Basic {TOKEN}"),
-                          (None, f"Bearer {TOKEN}x")):
+    for token, header in (
+        (None, None),
+        ("wrong-token-0123456789", None),
+        (None, f"Basic {TOKEN}"),
+        (None, f"Bearer {TOKEN}x"),
+    ):
         reply = ingest.post(req, token=token, headers={"Authorization": header} if header else None)
         assert reply.status == 401
         assert reply.headers["www-authenticate"].startswith("Bearer")
@@ -240,8 +304,10 @@ def test_chunked_body_and_expect_continue(ingest: Ingest) -> None:
     conn.close()
     # Expect: 100-continue with a bad token is refused before the body is sent.
     sock = socket.create_connection((ingest.host, ingest.port), timeout=10)
-    sock.sendall(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                 b"Authorization: Bearer nope-nope-nope-nope\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+    sock.sendall(
+        b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+        b"Authorization: Bearer nope-nope-nope-nope\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert sock.recv(100).startswith(b"HTTP/1.1 401")
     sock.close()
 
@@ -249,8 +315,12 @@ def test_chunked_body_and_expect_continue(ingest: Ingest) -> None:
 def test_keep_alive_connection_serves_many_requests(db: str, ingest: Ingest) -> None:
     conn = ingest.connection()
     for i in range(5):
-        conn.request("POST", "/v1/logs", body=audit_request(2, tag=f"k{i}").SerializeToString(),
-                     headers={"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {TOKEN}"})
+        conn.request(
+            "POST",
+            "/v1/logs",
+            body=audit_request(2, tag=f"k{i}").SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {TOKEN}"},
+        )
         reply = conn.getresponse()
         reply.read()
         assert reply.status == 200
@@ -274,7 +344,8 @@ def test_presealed_records_keep_their_chain_and_are_not_duplicated(db: str, tmp_
     assert handle.shutdown(timeout=30)  # the processor's own sink stored them already
     app_chain = exported[0].log_record.attributes[A.CHAIN_ID]
     assert A.CHAIN_GENESIS in exported[0].log_record.attributes and A.CHAIN_GENESIS not in (
-        exported[1].log_record.attributes)
+        exported[1].log_record.attributes
+    )
     ingest = Ingest(db, tmp_path / "ingest")
     try:
         reply = ingest.export(encode_logs(exported))
@@ -286,9 +357,11 @@ def test_presealed_records_keep_their_chain_and_are_not_duplicated(db: str, tmp_
         assert ingest.close()
     # The app's records once; in the ingest's own chain only its attestation that it accepted record 1.
     assert sorted(rows(db, "SELECT chain_id::text, count(*) FROM audit_logs GROUP BY 1")) == sorted(
-        [(app_chain, 20), (ingest.chain_id, 1)])
+        [(app_chain, 20), (ingest.chain_id, 1)]
+    )
     assert rows(db, "SELECT action, resource_id FROM audit_logs WHERE chain_id = %s", (ingest.chain_id,)) == [
-        ("otel_audit.chain_accepted", app_chain)]
+        ("otel_audit.chain_accepted", app_chain)
+    ]
     assert rows(db, "SELECT count(*) FROM audit_quarantine") == [(0,)]
     report = verify(db)
     assert report.ok and not report.findings, [str(f) for f in report.findings]
@@ -340,8 +413,11 @@ def test_tampered_presealed_records_are_rejected_through_partial_success(db: str
     finally:
         assert ingest.close()
     # The rejection itself is on record, in the ingest's chain.
-    assert rows(db, "SELECT count(*), min(ip_address::text) FROM audit_logs WHERE action = "
-                    "'otel_audit.ingest.sealed_record_rejected'") == [(2, "127.0.0.1/32")]
+    assert rows(
+        db,
+        "SELECT count(*), min(ip_address::text) FROM audit_logs WHERE action = "
+        "'otel_audit.ingest.sealed_record_rejected'",
+    ) == [(2, "127.0.0.1/32")]
     assert verify(db).ok
 
 
@@ -369,11 +445,17 @@ def test_a_forged_record_for_an_existing_chain_is_flagged_quarantined_and_verifi
     from otel_audit.core.record import record_hash
 
     canonical = canonical_json(forged_doc)
-    forged = request([record({
-        **{k: attrs[k] for k in A.SEAL_ATTRIBUTES},
-        A.INTEGRITY_VALUE: record_hash(canonical),
-        A.RECORD_CANONICAL: canonical.decode(),
-    })])
+    forged = request(
+        [
+            record(
+                {
+                    **{k: attrs[k] for k in A.SEAL_ATTRIBUTES},
+                    A.INTEGRITY_VALUE: record_hash(canonical),
+                    A.RECORD_CANONICAL: canonical.decode(),
+                }
+            )
+        ]
+    )
     ingest = Ingest(db, tmp_path / "ingest")
     try:
         assert ingest.export(encode_logs(exported)).status == 200
@@ -404,8 +486,10 @@ def test_database_down_is_refused_before_sealing_and_accepted_once_back(db: str,
         assert reply.status == 503 and int(reply.headers["retry-after"]) > 0
         assert "PostgreSQL is unreachable" in status_pb2.Status.FromString(reply.body).message
         health = ingest.post(b"", path="/health", method="GET", token=None)
-        assert health.status == 503 and orjson.loads(health.body) == {"status": "unavailable",
-                                                                      "reason": "database_unreachable"}
+        assert health.status == 503 and orjson.loads(health.body) == {
+            "status": "unavailable",
+            "reason": "database_unreachable",
+        }
         sealed_before = ingest.service.stats.sealed
         assert ingest.export(audit_request(3, tag="c")).status == 503
         assert ingest.service.stats.sealed == sealed_before  # refused, nothing sealed
@@ -519,8 +603,12 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     import ipaddress
 
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
@@ -528,14 +616,13 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
-def test_the_emitters_own_replay_does_not_skip_records_the_ingest_stored_out_of_order(
-    db: str, tmp_path: Path
-) -> None:
+def test_the_emitters_own_replay_does_not_skip_records_the_ingest_stored_out_of_order(db: str, tmp_path: Path) -> None:
     """The sink used to skip every record below the highest stored sequence number after a reconnect.
 
     With the ingest, rows of a chain can arrive out of order (and from a token
@@ -601,8 +688,13 @@ def test_the_insert_only_writer_role_is_enough_for_the_ingest(db: str, tmp_path:
 
 def test_a_seal_without_canonical_bytes_is_sealed_anew_not_refused(db: str, ingest: Ingest) -> None:
     """Another audit library may use the same attribute names; refusing would make the collector drop it."""
-    foreign = {**AUDIT, "audit.chain.id": "chain-of-another-system", "audit.sequence.number": 7,
-               "audit.integrity.algorithm": "sha512", "audit.integrity.value": "abc"}
+    foreign = {
+        **AUDIT,
+        "audit.chain.id": "chain-of-another-system",
+        "audit.sequence.number": 7,
+        "audit.integrity.algorithm": "sha512",
+        "audit.integrity.value": "abc",
+    }
     reply = ingest.export(request([record(foreign)]))
     assert reply.status == 200 and not reply.export_response().HasField("partial_success")
     (doc,) = stored(db, ingest.chain_id)

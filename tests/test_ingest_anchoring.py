@@ -56,10 +56,17 @@ def test_serve_checkpoints_by_count_when_idle_and_at_sigterm_and_witnesses_them(
 
     # By count: the interval is an hour, so only the record count can sign beyond the first checkpoint.
     # Settings from the environment, exactly as otel_audit.configure() reads them.
-    by_count = ServeProcess(db, tmp_path / "spool-a", env={
-        **ENV, "OTEL_AUDIT_SIGNING_KEY": str(private), "OTEL_AUDIT_WITNESS_DIR": str(witness),
-        "OTEL_AUDIT_CHECKPOINT_RECORDS": "10", "OTEL_AUDIT_CHECKPOINT_INTERVAL": "3600",
-    })
+    by_count = ServeProcess(
+        db,
+        tmp_path / "spool-a",
+        env={
+            **ENV,
+            "OTEL_AUDIT_SIGNING_KEY": str(private),
+            "OTEL_AUDIT_WITNESS_DIR": str(witness),
+            "OTEL_AUDIT_CHECKPOINT_RECORDS": "10",
+            "OTEL_AUDIT_CHECKPOINT_INTERVAL": "3600",
+        },
+    )
     try:
         assert "checkpoints signed by key" in by_count.started and "every 10 records" in by_count.started
         wait_until(lambda: checkpoints(db, by_count.chain_id))  # the first one, signed on its own thread at start
@@ -75,12 +82,25 @@ def test_serve_checkpoints_by_count_when_idle_and_at_sigterm_and_witnesses_them(
     # The ingest's chain seals the checkpoint policy it kept, as an application's does.
     ((genesis,),) = rows(db, "SELECT genesis FROM audit_chains WHERE chain_id = %s", (by_count.chain_id,))
     assert json.loads(bytes(genesis))["checkpoints"] == {
-        "key_id": load_signing_key(private).key_id, "records": 10, "interval_ms": 3_600_000
+        "key_id": load_signing_key(private).key_id,
+        "records": 10,
+        "interval_ms": 3_600_000,
     }
 
     # When idle: the record count is never reached, the interval alone re-signs the same head.
-    idle = ServeProcess(db, tmp_path / "spool-b", "--signing-key", str(private), "--witness-dir", str(witness),
-                        "--checkpoint-records", "1000", "--checkpoint-interval", "0.2", env=ENV)
+    idle = ServeProcess(
+        db,
+        tmp_path / "spool-b",
+        "--signing-key",
+        str(private),
+        "--witness-dir",
+        str(witness),
+        "--checkpoint-records",
+        "1000",
+        "--checkpoint-interval",
+        "0.2",
+        env=ENV,
+    )
     try:
         wait_until(lambda: checkpoints(db, idle.chain_id))
         assert idle.export(audit_request(5, tag="idle"), token=TOKEN).status == 200
@@ -104,9 +124,7 @@ def test_serve_checkpoints_by_count_when_idle_and_at_sigterm_and_witnesses_them(
     assert result.returncode == 1 and "truncated" in result.stdout, result.stdout
 
 
-def test_serve_without_a_key_says_so_and_verify_blames_the_ingest_not_an_application(
-    db: str, tmp_path: Path
-) -> None:
+def test_serve_without_a_key_says_so_and_verify_blames_the_ingest_not_an_application(db: str, tmp_path: Path) -> None:
     _, public = keypair(tmp_path / "keys", "unused")
     serve = ServeProcess(db, tmp_path / "spool", env=ENV)
     try:
@@ -178,17 +196,34 @@ def test_a_mixed_trail_verifies_clean_with_every_key_in_use_and_the_witness(db: 
     for i in range(20):
         app.log(**{"test.id": f"inproc-{i}"})
 
-    serve = ServeProcess(db, tmp_path / "ingest-spool", "--signing-key", str(private_b), "--witness-dir",
-                         str(witness), "--checkpoint-records", "7", env=ENV)
+    serve = ServeProcess(
+        db,
+        tmp_path / "ingest-spool",
+        "--signing-key",
+        str(private_b),
+        "--witness-dir",
+        str(witness),
+        "--checkpoint-records",
+        "7",
+        env=ENV,
+    )
     try:
         for batch in range(3):  # a service in another language, through the collector
             assert serve.export(audit_request(10, tag=f"go-{batch}"), token=TOKEN).status == 200
         relayed = subprocess.run(  # an otel-audit application whose OTLP export also reaches the ingest
             [sys.executable, "-c", OTEL_AUDIT_APP, db, str(tmp_path / "relay-app-spool"), "ledger", "15"],
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_SIGNING_KEY": str(private_a),
-                 "OTEL_AUDIT_WITNESS_DIR": str(witness), "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": serve.url,
-                 "OTEL_EXPORTER_OTLP_LOGS_HEADERS": f"Authorization=Bearer%20{TOKEN}"},
-            capture_output=True, text=True, timeout=300, check=False,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "OTEL_AUDIT_SIGNING_KEY": str(private_a),
+                "OTEL_AUDIT_WITNESS_DIR": str(witness),
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": serve.url,
+                "OTEL_EXPORTER_OTLP_LOGS_HEADERS": f"Authorization=Bearer%20{TOKEN}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert relayed.returncode == 0, relayed.stderr
         stats = serve.stats(TOKEN)
@@ -197,8 +232,13 @@ def test_a_mixed_trail_verifies_clean_with_every_key_in_use_and_the_witness(db: 
     assert app.close()
     assert (stats["ingest"]["sealed"], stats["ingest"]["relayed"]) == (30, 15)  # the ledger app's went through it
 
-    kinds = dict(rows(db, "SELECT c.emitter->>'kind', count(l.*) FROM audit_chains c "
-                          "LEFT JOIN audit_logs l USING (chain_id) GROUP BY 1"))
+    kinds = dict(
+        rows(
+            db,
+            "SELECT c.emitter->>'kind', count(l.*) FROM audit_chains c "
+            "LEFT JOIN audit_logs l USING (chain_id) GROUP BY 1",
+        )
+    )
     assert kinds == {"sdk": 35, "ingest": 31}  # 30 sealed for the Go service, 1 attesting the ledger chain
     assert rows(db, "SELECT count(*) FROM audit_logs WHERE service_name = 'ledger'") == [(15,)]
 

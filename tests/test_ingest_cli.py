@@ -54,9 +54,23 @@ def test_serve_refuses_a_database_without_the_schema(
 def test_serve_starts_and_stops_cleanly_on_sigterm(db: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_INGEST_TOKENS": TOKEN}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otel_audit", "serve", "--dsn", db, "--host", "127.0.0.1", "--port", "0",
-         "--spool-dir", str(tmp_path / "spool")],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "serve",
+            "--dsn",
+            db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--spool-dir",
+            str(tmp_path / "spool"),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first = proc.stderr.readline()  # type: ignore[union-attr]
     assert "listening on http://127.0.0.1:" in first and "1 token(s)" in first, first

@@ -92,9 +92,23 @@ OTEL_AUDIT_SENDER = textwrap.dedent(
 def _start_serve(dsn: str, spool: Path) -> tuple[subprocess.Popen, str, list[str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_INGEST_TOKENS": TOKEN}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otel_audit", "serve", "--dsn", dsn, "--host", "127.0.0.1", "--port", "0",
-         "--spool-dir", str(spool)],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "otel_audit",
+            "serve",
+            "--dsn",
+            dsn,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--spool-dir",
+            str(spool),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first = proc.stderr.readline()  # type: ignore[union-attr]
     if "listening on " not in first:
@@ -110,8 +124,20 @@ def test_many_senders_through_serve_every_audit_record_once(db: str, tmp_path: P
     try:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         senders = [
-            subprocess.Popen([sys.executable, "-c", SDK_SENDER, url, TOKEN, f"svc{k}", str(AUDIT_PER_SENDER),
-                              str(PLAIN_PER_SENDER), "1" if k % 2 else "0"], env=env)
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    SDK_SENDER,
+                    url,
+                    TOKEN,
+                    f"svc{k}",
+                    str(AUDIT_PER_SENDER),
+                    str(PLAIN_PER_SENDER),
+                    "1" if k % 2 else "0",
+                ],
+                env=env,
+            )
             for k in range(3)
         ]
         py_env = {
@@ -119,8 +145,21 @@ def test_many_senders_through_serve_every_audit_record_once(db: str, tmp_path: P
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": url,
             "OTEL_EXPORTER_OTLP_LOGS_HEADERS": f"Authorization=Bearer%20{TOKEN}",
         }
-        senders.append(subprocess.Popen([sys.executable, "-c", OTEL_AUDIT_SENDER, db, str(tmp_path / "app-spool"),
-                                         "pyapp", str(AUDIT_PER_SENDER), str(PLAIN_PER_SENDER)], env=py_env))
+        senders.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    OTEL_AUDIT_SENDER,
+                    db,
+                    str(tmp_path / "app-spool"),
+                    "pyapp",
+                    str(AUDIT_PER_SENDER),
+                    str(PLAIN_PER_SENDER),
+                ],
+                env=py_env,
+            )
+        )
         assert [p.wait(timeout=300) for p in senders] == [0, 0, 0, 0]
         stats = _stats(url)
     finally:
@@ -134,22 +173,31 @@ def test_many_senders_through_serve_every_audit_record_once(db: str, tmp_path: P
 
     expected = {f"svc{k}-{part}-{i}" for k in range(3) for part in range(2) for i in range(AUDIT_PER_SENDER // 2)}
     expected |= {f"pyapp-{i}" for i in range(AUDIT_PER_SENDER)}
-    stored = rows(db, "SELECT attributes->>'test.id', count(*) FROM audit_logs WHERE attributes ? 'test.id' "
-                      "GROUP BY 1")
+    stored = rows(db, "SELECT attributes->>'test.id', count(*) FROM audit_logs WHERE attributes ? 'test.id' GROUP BY 1")
     assert {test_id for test_id, _ in stored} == expected
     assert all(n == 1 for _, n in stored), [s for s in stored if s[1] != 1][:5]
     assert rows(db, "SELECT count(*) FROM audit_logs WHERE attributes->>'test.id' LIKE 'plain-%'") == [(0,)]
 
     # The SDK senders' records are in the ingest's chain; the otel-audit app's under its own chain only.
     # The ingest's chain also holds its attestation that it accepted the app's record 1 (chain_accepted).
-    chains = dict(rows(db, "SELECT c.emitter->>'kind', count(l.*) FROM audit_chains c "
-                           "LEFT JOIN audit_logs l USING (chain_id) GROUP BY 1"))
+    chains = dict(
+        rows(
+            db,
+            "SELECT c.emitter->>'kind', count(l.*) FROM audit_chains c "
+            "LEFT JOIN audit_logs l USING (chain_id) GROUP BY 1",
+        )
+    )
     assert chains == {"ingest": 3 * AUDIT_PER_SENDER + 1, "sdk": AUDIT_PER_SENDER}
     assert rows(db, "SELECT count(*) FROM audit_logs WHERE action = 'otel_audit.chain_accepted'") == [(1,)]
-    by_service = dict(rows(db, "SELECT service_name, count(*) FROM audit_logs "
-                               "WHERE action <> 'otel_audit.chain_accepted' GROUP BY 1"))
-    assert by_service == {"svc0": AUDIT_PER_SENDER, "svc1": AUDIT_PER_SENDER, "svc2": AUDIT_PER_SENDER,
-                          "pyapp": AUDIT_PER_SENDER}
+    by_service = dict(
+        rows(db, "SELECT service_name, count(*) FROM audit_logs WHERE action <> 'otel_audit.chain_accepted' GROUP BY 1")
+    )
+    assert by_service == {
+        "svc0": AUDIT_PER_SENDER,
+        "svc1": AUDIT_PER_SENDER,
+        "svc2": AUDIT_PER_SENDER,
+        "pyapp": AUDIT_PER_SENDER,
+    }
     report = verify(db)
     assert report.ok and not report.findings, [str(f) for f in report.findings]
     assert report.records == 4 * AUDIT_PER_SENDER + 1

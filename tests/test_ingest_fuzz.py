@@ -37,8 +37,11 @@ _VALID = _fixed_request()  # the same bytes in every run, so that hypothesis can
 @st.composite
 def hostile_request(draw: st.DrawFn) -> bytes:
     method = draw(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "FOO", "P\x00ST", ""]))
-    path = draw(st.sampled_from(["/v1/logs", "/v1/logs", "/v1/logs?x=1", "/v1/traces", "/", "//v1/logs",
-                                 "/v1/logs/" + "a" * 70_000, "*"]))
+    path = draw(
+        st.sampled_from(
+            ["/v1/logs", "/v1/logs", "/v1/logs?x=1", "/v1/traces", "/", "//v1/logs", "/v1/logs/" + "a" * 70_000, "*"]
+        )
+    )
     version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/x", ""]))
     kind = draw(st.integers(0, 4))
     if kind == 0:
@@ -53,18 +56,34 @@ def hostile_request(draw: st.DrawFn) -> bytes:
         body = _VALID
     headers = []
     if draw(st.booleans()):
-        headers.append(("Authorization", draw(st.sampled_from([f"Bearer {TOKEN}", "Bearer x", "Basic abc", "",
-                                                                f"Bearer {TOKEN}" + "\x7f"]))))
-    headers.append(("Content-Type", draw(st.sampled_from(["application/x-protobuf", "application/json",
-                                                           "text/html", "application/x-protobuf; x=\x01", ""]))))
+        headers.append(
+            (
+                "Authorization",
+                draw(st.sampled_from([f"Bearer {TOKEN}", "Bearer x", "Basic abc", "", f"Bearer {TOKEN}" + "\x7f"])),
+            )
+        )
+    headers.append(
+        (
+            "Content-Type",
+            draw(
+                st.sampled_from(
+                    ["application/x-protobuf", "application/json", "text/html", "application/x-protobuf; x=\x01", ""]
+                )
+            ),
+        )
+    )
     if draw(st.booleans()):
         headers.append(("Content-Encoding", draw(st.sampled_from(["gzip", "deflate", "br", "gzip, gzip"]))))
     framing = draw(st.integers(0, 5))
     if framing == 0:
         headers.append(("Content-Length", str(len(body))))
     elif framing == 1:
-        headers.append(("Content-Length", draw(st.sampled_from(["-1", "1e3", "99999999999999999999", " 5", "0x10",
-                                                                 str(len(body) + 10), "0"]))))
+        headers.append(
+            (
+                "Content-Length",
+                draw(st.sampled_from(["-1", "1e3", "99999999999999999999", " 5", "0x10", str(len(body) + 10), "0"])),
+            )
+        )
     elif framing == 2:
         headers.append(("Transfer-Encoding", "chunked"))
         size = draw(st.sampled_from([f"{len(body):x}", "zz", "-5", f"{len(body) + 3:x}", "1" * 40]))
@@ -81,16 +100,41 @@ def hostile_request(draw: st.DrawFn) -> bytes:
     return head.encode("latin-1", "replace") + body
 
 
-_KEYS = st.sampled_from([
-    "audit.action", "audit.actor.id", "audit.actor.type", "audit.resource.type", "audit.resource.id", "audit.result",
-    "audit.changed_fields", "audit.old_values", "client.address", "session.id", "user.id", "audit.record.id",
-    "audit.chain.id", "audit.sequence.number", "audit.sequence.prev_hash", "audit.integrity.algorithm",
-    "audit.integrity.value", "audit.record.canonical", "audit.chain.genesis", "x", "",
-])
+_KEYS = st.sampled_from(
+    [
+        "audit.action",
+        "audit.actor.id",
+        "audit.actor.type",
+        "audit.resource.type",
+        "audit.resource.id",
+        "audit.result",
+        "audit.changed_fields",
+        "audit.old_values",
+        "client.address",
+        "session.id",
+        "user.id",
+        "audit.record.id",
+        "audit.chain.id",
+        "audit.sequence.number",
+        "audit.sequence.prev_hash",
+        "audit.integrity.algorithm",
+        "audit.integrity.value",
+        "audit.record.canonical",
+        "audit.chain.genesis",
+        "x",
+        "",
+    ]
+)
 _VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=30)
-    | st.binary(max_size=20) | st.sampled_from(["{}", '{"v":1}', "0" * 64, "sha256", "12345678-1234-4123-8123-"
-                                                "123456789012", "2026-01-01T00:00:00.000000Z"]),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(max_size=30)
+    | st.binary(max_size=20)
+    | st.sampled_from(
+        ["{}", '{"v":1}', "0" * 64, "sha256", "12345678-1234-4123-8123-123456789012", "2026-01-01T00:00:00.000000Z"]
+    ),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=12,
 )
@@ -105,16 +149,18 @@ def hostile_otlp(draw: st.DrawFn) -> bytes:
     records = []
     for _ in range(draw(st.integers(1, 4))):
         attrs = draw(st.dictionaries(_KEYS, _VALUES, max_size=8))
-        records.append(record(
-            attrs,
-            body=draw(_VALUES),
-            time_ns=draw(st.sampled_from([0, 1, 2**64 - 1, 1_700_000_000_000_000_000])),
-            trace_id=draw(st.sampled_from([b"", b"\x01" * 16])),
-            span_id=draw(st.sampled_from([b"", b"\x02" * 8])),
-            flags=draw(st.integers(0, 2**32 - 1)),
-            event_name=draw(st.sampled_from(["", "audit.login", "x" * 3000])),
-            severity_number=draw(st.integers(0, 2**31 - 1)),
-        ))
+        records.append(
+            record(
+                attrs,
+                body=draw(_VALUES),
+                time_ns=draw(st.sampled_from([0, 1, 2**64 - 1, 1_700_000_000_000_000_000])),
+                trace_id=draw(st.sampled_from([b"", b"\x01" * 16])),
+                span_id=draw(st.sampled_from([b"", b"\x02" * 8])),
+                flags=draw(st.integers(0, 2**32 - 1)),
+                event_name=draw(st.sampled_from(["", "audit.login", "x" * 3000])),
+                severity_number=draw(st.integers(0, 2**31 - 1)),
+            )
+        )
     body = request(records, scope=draw(st.sampled_from(["app", "", "a" * 5000]))).SerializeToString()
     head = (
         "POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
@@ -140,8 +186,11 @@ def exchange(host: str, port: int, raw: bytes) -> int | None:
                 data += chunk
         except (ConnectionResetError, TimeoutError):
             pass
-    statuses = [int(line.split(b" ", 2)[1]) for line in data.split(b"\r\n")
-                if line.startswith(b"HTTP/1.") and len(line.split(b" ")) > 1 and line.split(b" ")[1].isdigit()]
+    statuses = [
+        int(line.split(b" ", 2)[1])
+        for line in data.split(b"\r\n")
+        if line.startswith(b"HTTP/1.") and len(line.split(b" ")) > 1 and line.split(b" ")[1].isdigit()
+    ]
     final = [s for s in statuses if s >= 200]  # skip "100 Continue"
     return final[0] if final else None
 

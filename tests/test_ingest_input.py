@@ -36,15 +36,23 @@ def stored(dsn: str) -> list[dict]:
 
 
 def intact(doc: dict) -> bool:
-    return (doc.get("actor_id"), doc.get("action"), doc.get("resource_type"), doc.get("resource_id"),
-            doc.get("result")) == ("user-123", "read", "patient_record", "patient-456", "success")
+    return (
+        doc.get("actor_id"),
+        doc.get("action"),
+        doc.get("resource_type"),
+        doc.get("resource_id"),
+        doc.get("result"),
+    ) == ("user-123", "read", "patient_record", "patient-456", "success")
 
 
 def test_invalid_utf8_in_protobuf_strings(db: str, ingest: Ingest) -> None:
     req = request(
-        [record({**AUDIT, "note": "XXXX", "test.id": "bad"}, body="viewed XXXX", event_name="XXXX"),
-         record({**AUDIT, "test.id": "clean"})],
-        scope="scope-XXXX", resource={"host.name": "host-XXXX"},
+        [
+            record({**AUDIT, "note": "XXXX", "test.id": "bad"}, body="viewed XXXX", event_name="XXXX"),
+            record({**AUDIT, "test.id": "clean"}),
+        ],
+        scope="scope-XXXX",
+        resource={"host.name": "host-XXXX"},
     )
     reply = ingest.post(req.SerializeToString().replace(b"XXXX", b"a\xffbc"))  # same length: framing intact
     assert reply.status == 200, reply.body
@@ -53,8 +61,9 @@ def test_invalid_utf8_in_protobuf_strings(db: str, ingest: Ingest) -> None:
     assert bad["attributes"]["note"] == "a\ufffdbc" and bad["message"] == "viewed a\ufffdbc"
     assert bad["scope"] == "scope-a\ufffdbc" and bad["host_name"] == "host-a\ufffdbc"
     assert bad["event_name"] == "a\ufffdbc"
-    assert set(bad["problems"]) == {f"{field}: {SURROGATE_NOTE}" for field in
-                                    ("note", "message", "scope", "event_name", "resource.host.name")}
+    assert set(bad["problems"]) == {
+        f"{field}: {SURROGATE_NOTE}" for field in ("note", "message", "scope", "event_name", "resource.host.name")
+    }
     assert clean["problems"] == [f"resource.host.name: {SURROGATE_NOTE}", f"scope: {SURROGATE_NOTE}"]
     assert verify(db).ok
 
@@ -80,8 +89,11 @@ def test_otlp_json_with_lone_surrogates_invalid_utf8_and_deep_nesting(db: str, i
     deep = '{"stringValue": "leaf"}'
     for _ in range(400):  # ~1,600 JSON levels: beyond orjson's and the standard library's limits
         deep = '{"kvlistValue": {"values": [{"key": "a", "value": %s}]}}' % deep
-    for raw in (body.replace("QQQQ", "a\\ud800b").encode(), body.encode().replace(b"QQQQ", b"a\xffb"),
-                body.replace('{"stringValue": "QQQQ"}', deep).encode()):
+    for raw in (
+        body.replace("QQQQ", "a\\ud800b").encode(),
+        body.encode().replace(b"QQQQ", b"a\xffb"),
+        body.replace('{"stringValue": "QQQQ"}', deep).encode(),
+    ):
         reply = ingest.post(raw, content_type=JSON)
         assert reply.status == 200, reply.body
     first, second, third = stored(db)
@@ -106,10 +118,16 @@ def damaged_request(draw: st.DrawFn) -> tuple[bytes, int]:
     for i in range(count):
         attrs = {**AUDIT, "test.id": f"r{i}"}
         for _ in range(draw(st.integers(0, 3))):
-            attrs[draw(st.sampled_from(["k", "MARKk", "x.y"]))] = draw(st.sampled_from(
-                ["MARK", "aMARKb", ["MARK", 1], {"MARK": "v", "n": {"m": "MARK"}}, b"MARK"]))
-        records.append(record(attrs, body=draw(st.sampled_from(["MARK", "plain", {"k": "MARK"}])),
-                              event_name=draw(st.sampled_from(["", "MARK"]))))
+            attrs[draw(st.sampled_from(["k", "MARKk", "x.y"]))] = draw(
+                st.sampled_from(["MARK", "aMARKb", ["MARK", 1], {"MARK": "v", "n": {"m": "MARK"}}, b"MARK"])
+            )
+        records.append(
+            record(
+                attrs,
+                body=draw(st.sampled_from(["MARK", "plain", {"k": "MARK"}])),
+                event_name=draw(st.sampled_from(["", "MARK"])),
+            )
+        )
     raw = request(records, scope=draw(st.sampled_from(["app", "MARK"]))).SerializeToString()
     # Four bytes each, so the protobuf framing stays intact: only the text is damaged.
     damage = draw(st.sampled_from([b"\xff\xff\xff\xff", b"a\xed\xa0\x80", b"ab\xc3c", b"MARK"]))

@@ -76,14 +76,17 @@ def test_environment_entries_separated_by_semicolons_and_the_old_comma_list() ->
     assert tokens.identify(f"Bearer {PAYROLL_TOKEN}") == TokenIdentity("collector-eu", ("payroll",))
     assert tokens.identify(f"Bearer {WIDE_TOKEN}") == TokenIdentity("ops", None)
     old = TokenSet.load(None, "first-token-aaaaaaaaaaaa, second-token-bbbbbbbbbbbb,")
-    assert len(old) == 2 and all(old.identify(f"Bearer {t}").services is None
-                                 for t in ("first-token-aaaaaaaaaaaa", "second-token-bbbbbbbbbbbb"))
+    assert len(old) == 2 and all(
+        old.identify(f"Bearer {t}").services is None for t in ("first-token-aaaaaaaaaaaa", "second-token-bbbbbbbbbbbb")
+    )
 
 
 def test_a_rotation_shares_a_name_and_a_token_listed_twice_alike_counts_once(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
-    path.write_text("old-rotated-token-aaaaaaaa name=collector-eu services=payroll\n"
-                    "new-rotated-token-bbbbbbbb name=collector-eu services=payroll\n")
+    path.write_text(
+        "old-rotated-token-aaaaaaaa name=collector-eu services=payroll\n"
+        "new-rotated-token-bbbbbbbb name=collector-eu services=payroll\n"
+    )
     path.chmod(0o600)
     tokens = TokenSet.load(path, "new-rotated-token-bbbbbbbb name=collector-eu services=payroll")
     assert len(tokens) == 2 and [i.name for i in tokens.identities] == ["collector-eu"]
@@ -92,7 +95,10 @@ def test_a_rotation_shares_a_name_and_a_token_listed_twice_alike_counts_once(tmp
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("payroll-token-0123456789abcdef service=payroll", "line 1: unknown setting service= (known: name=, services=)"),
+        (
+            "payroll-token-0123456789abcdef service=payroll",
+            "line 1: unknown setting service= (known: name=, services=)",
+        ),
         ("payroll-token-0123456789abcdef name=a name=b", "line 1: name= is given twice"),
         ("payroll-token-0123456789abcdef name=-eu", "name='-eu' is not a token name"),
         ("payroll-token-0123456789abcdef name=has/slash", "is not a token name"),
@@ -101,13 +107,19 @@ def test_a_rotation_shares_a_name_and_a_token_listed_twice_alike_counts_once(tmp
         ("payroll-token-0123456789abcdef services=a,,b", "without empty items"),
         ("short name=x", "line 1: the token has 5 characters; use at least 16"),
         ('"quoted-token-from-a-yaml-file" name=x', "characters a bearer token cannot carry"),
-        ("# fine\npayroll-token-0123456789abcdef name=a\npayroll-token-0123456789abcdef name=b",
-         "line 3: the same token is configured at token file"),
-        ("aaaa-token-0123456789abcdef name=eu services=a\nbbbb-token-0123456789abcdef name=eu services=b",
-         "line 2: the name 'eu' is used at token file"),
+        (
+            "# fine\npayroll-token-0123456789abcdef name=a\npayroll-token-0123456789abcdef name=b",
+            "line 3: the same token is configured at token file",
+        ),
+        (
+            "aaaa-token-0123456789abcdef name=eu services=a\nbbbb-token-0123456789abcdef name=eu services=b",
+            "line 2: the name 'eu' is used at token file",
+        ),
     ],
 )
-def test_a_bad_token_file_is_refused_with_the_line_and_never_the_token(tmp_path: Path, text: str, fragment: str) -> None:
+def test_a_bad_token_file_is_refused_with_the_line_and_never_the_token(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
     path = tmp_path / "tokens"
     path.write_text(text + "\n")
     path.chmod(0o600)
@@ -143,8 +155,7 @@ def presealed(dsn: str, spool: Path, service: str, n: int) -> tuple[Any, Any, st
     exporter = InMemoryLogRecordExporter()
     provider = LoggerProvider(resource=Resource.create({"service.name": service}), shutdown_on_exit=False)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    handle = otel_audit.configure(dsn, logger_provider=provider, install_handler=False, spool_dir=spool,
-                                  metrics=False)
+    handle = otel_audit.configure(dsn, logger_provider=provider, install_handler=False, spool_dir=spool, metrics=False)
     log = logging.Logger(f"{service}.web", level=logging.DEBUG)
     log.addHandler(LoggingHandler(logger_provider=provider))
     for i in range(n):
@@ -176,20 +187,28 @@ def test_a_chain_for_a_service_the_token_may_not_deliver_is_refused_and_logged(
         assert "ingest token 'collector-eu' may not deliver records of service 'billing'" in partial.error_message
         stats = ingest.service.snapshot()
         assert (stats["ingest"]["rejected"], stats["ingest"]["refused_service"], stats["ingest"]["relayed"]) == (
-            5, 5, 0)
+            5,
+            5,
+            0,
+        )
         assert stats["tokens"]["collector-eu"]["refused_service"] == 5
         assert PAYROLL_TOKEN not in orjson.dumps(stats).decode()
     finally:
         assert ingest.close()
         handle.shutdown(timeout=1)
-    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "may not deliver" in
-               r.getMessage()]
+    (line,) = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "may not deliver" in r.getMessage()
+    ]
     assert "'collector-eu'" in line and "'billing'" in line and chain_id in line and PAYROLL_TOKEN not in line
     assert rows(db, "SELECT count(*) FROM audit_chains WHERE chain_id = %s", (chain_id,)) == [(0,)]
     assert rows(db, "SELECT count(*) FROM audit_logs WHERE chain_id = %s", (chain_id,)) == [(0,)]
     # The refusal is sealed in the ingest's own chain, naming the token.
-    (attrs,) = [a for (a,) in rows(db, "SELECT attributes FROM audit_logs WHERE action = "
-                                       "'otel_audit.ingest.sealed_record_rejected'")]
+    (attrs,) = [
+        a
+        for (a,) in rows(
+            db, "SELECT attributes FROM audit_logs WHERE action = 'otel_audit.ingest.sealed_record_rejected'"
+        )
+    ]
     assert attrs[A.ATTESTED_TOKEN] == "collector-eu"
     assert verify(db).ok
 
@@ -220,11 +239,13 @@ def test_a_chain_for_an_allowed_service_is_registered_with_the_token_and_atteste
     db: str, tmp_path: Path, cut_app_sink: PgProxy, verify_mode: str
 ) -> None:
     chain_id, ingest_chain = accepted_payroll_chain(db, tmp_path, cut_app_sink)
-    ((delivered_by, genesis),) = rows(db, "SELECT delivered_by, genesis FROM audit_chains WHERE chain_id = %s",
-                                      (chain_id,))
+    ((delivered_by, genesis),) = rows(
+        db, "SELECT delivered_by, genesis FROM audit_chains WHERE chain_id = %s", (chain_id,)
+    )
     assert delivered_by == "collector-eu"
-    ((doc,),) = rows(db, "SELECT canonical FROM audit_logs WHERE chain_id = %s AND action = %s",
-                     (ingest_chain, A.CHAIN_ACCEPTED))
+    ((doc,),) = rows(
+        db, "SELECT canonical FROM audit_logs WHERE chain_id = %s AND action = %s", (ingest_chain, A.CHAIN_ACCEPTED)
+    )
     attestation = orjson.loads(bytes(doc))
     assert (attestation["resource_type"], attestation["resource_id"]) == ("audit_chain", chain_id)
     assert attestation["actor_id"] == "collector-eu" and attestation["problems"] == []
@@ -272,9 +293,16 @@ def test_a_sender_cannot_forge_an_attestation(db: str, tmp_path: Path, verify_mo
     assert handle.shutdown(timeout=30)
     with psycopg.connect(db) as conn:
         (genesis,) = conn.execute("SELECT genesis FROM audit_chains WHERE chain_id = %s", (chain_id,)).fetchone()
-    forged = {A.AUDIT_ACTION: A.CHAIN_ACCEPTED, A.AUDIT_ACTOR_ID: "collector-us", A.AUDIT_ACTOR_TYPE: "service",
-              A.AUDIT_RESOURCE_TYPE: "audit_chain", A.AUDIT_RESOURCE_ID: chain_id, A.AUDIT_RESULT: "success",
-              A.ATTESTED_TOKEN: "collector-us", A.ATTESTED_GENESIS_HASH: genesis_hash(bytes(genesis))}
+    forged = {
+        A.AUDIT_ACTION: A.CHAIN_ACCEPTED,
+        A.AUDIT_ACTOR_ID: "collector-us",
+        A.AUDIT_ACTOR_TYPE: "service",
+        A.AUDIT_RESOURCE_TYPE: "audit_chain",
+        A.AUDIT_RESOURCE_ID: chain_id,
+        A.AUDIT_RESULT: "success",
+        A.ATTESTED_TOKEN: "collector-us",
+        A.ATTESTED_GENESIS_HASH: genesis_hash(bytes(genesis)),
+    }
     ingest = bound_ingest(db, tmp_path)
     try:
         assert ingest.export(request([record(forged)], service="payroll"), token=PAYROLL_TOKEN).status == 200
@@ -294,18 +322,21 @@ def test_records_the_ingest_seals_for_a_service_the_token_may_not_claim_are_flag
     try:
         with caplog.at_level(logging.WARNING, logger="otel_audit.ingest"):
             for service in ("payroll", "payroll-eu", "billing"):
-                reply = ingest.export(request([record({**AUDIT, "test.id": service})], service=service),
-                                      token=PAYROLL_TOKEN)
+                reply = ingest.export(
+                    request([record({**AUDIT, "test.id": service})], service=service), token=PAYROLL_TOKEN
+                )
                 assert reply.status == 200 and not reply.export_response().HasField("partial_success")
         stats = ingest.service.snapshot()
     finally:
         assert ingest.close()
     stored = dict(rows(db, "SELECT service_name, problems FROM audit_logs"))
     assert stored["payroll"] == [] and stored["payroll-eu"] == []
-    assert stored["billing"] == [(
-        "the ingest token 'collector-eu' may not deliver records of service 'billing' (it may deliver for: payroll, "
-        "payroll-*); sealed by the ingest as sent"
-    )]
+    assert stored["billing"] == [
+        (
+            "the ingest token 'collector-eu' may not deliver records of service 'billing' (it may deliver for: payroll, "
+            "payroll-*); sealed by the ingest as sent"
+        )
+    ]
     assert stats["ingest"]["flagged_service"] == stats["tokens"]["collector-eu"]["flagged_service"] == 1
     (line,) = [r.getMessage() for r in caplog.records if "may not deliver" in r.getMessage()]
     assert "'collector-eu'" in line and "'billing'" in line
@@ -327,7 +358,8 @@ def test_an_unbound_token_works_as_before(db: str, tmp_path: Path, cut_app_sink:
         assert ingest.close()
         handle.shutdown(timeout=1)
     assert rows(db, "SELECT delivered_by FROM audit_chains WHERE chain_id = %s", (chain_id,)) == [
-        (default_name(WIDE_TOKEN),)]
+        (default_name(WIDE_TOKEN),)
+    ]
     assert rows(db, "SELECT problems FROM audit_logs WHERE service_name = 'anything'") == [([],)]
     report = verify(db)
     assert report.ok and not report.errors, [str(f) for f in report.findings]
@@ -343,8 +375,7 @@ def test_without_authentication_the_delivery_is_recorded_as_unauthenticated(
     finally:
         assert ingest.close()
         handle.shutdown(timeout=1)
-    assert rows(db, "SELECT delivered_by FROM audit_chains WHERE chain_id = %s", (chain_id,)) == [
-        ("unauthenticated",)]
+    assert rows(db, "SELECT delivered_by FROM audit_chains WHERE chain_id = %s", (chain_id,)) == [("unauthenticated",)]
     assert verify(db).ok
 
 

@@ -80,7 +80,10 @@ def test_node_http_client_with_a_large_body_and_a_wrong_token_gets_the_401_not_e
         for _ in range(3):  # EPIPE was intermittent: it depends on how far the client got
             result = subprocess.run(
                 ["node", "-e", NODE_CLIENT, ingest.host, str(ingest.port), str(size), "not-the-token-0123456789"],
-                capture_output=True, text=True, timeout=120, check=False,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
             )
             assert result.returncode == 0, result.stderr
             outcome = orjson.loads(result.stdout.strip().splitlines()[-1])
@@ -94,8 +97,10 @@ def test_the_right_token_still_works_on_a_connection_after_an_unauthorized_one(i
     """The refused connection is closed; nothing of its body is taken for a next request."""
     with socket.create_connection((ingest.host, ingest.port), timeout=30) as sock:
         body = b"\x01" * 100_000
-        head = (f"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
-                f"Authorization: Bearer wrong-wrong-wrong-wrong\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            f"Authorization: Bearer wrong-wrong-wrong-wrong\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         sock.sendall(head.encode() + body)
         answer = b""
         while chunk := sock.recv(65536):

@@ -34,8 +34,11 @@ LIMIT = 1024 * 1024
 
 def decode(body: bytes, content_type: str = PROTOBUF, encoding: str | None = None, **limits: int):
     return decode_request(
-        body, content_type=content_type, content_encoding=encoding,
-        max_body_bytes=limits.get("max_body_bytes", LIMIT), max_records=limits.get("max_records", 1000),
+        body,
+        content_type=content_type,
+        content_encoding=encoding,
+        max_body_bytes=limits.get("max_body_bytes", LIMIT),
+        max_records=limits.get("max_records", 1000),
     )
 
 
@@ -67,8 +70,11 @@ def test_decompression_is_capped_while_it_runs() -> None:
 
 def test_otlp_json_ids_are_read_as_hex_not_base64() -> None:
     trace_hex, span_hex = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
-    body = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": trace_hex, "spanId": span_hex,
-                                                             "unknownField": 1}]}]}]}
+    body = {
+        "resourceLogs": [
+            {"scopeLogs": [{"logRecords": [{"traceId": trace_hex, "spanId": span_hex, "unknownField": 1}]}]}
+        ]
+    }
     req, encoding = decode(orjson.dumps(body), content_type=JSON)
     lr = req.resource_logs[0].scope_logs[0].log_records[0]
     assert encoding == JSON
@@ -141,10 +147,28 @@ _json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=30,
 )
-_otlp_keys = st.sampled_from([
-    "resourceLogs", "scopeLogs", "logRecords", "attributes", "key", "value", "stringValue", "intValue", "kvlistValue",
-    "arrayValue", "values", "traceId", "spanId", "timeUnixNano", "body", "severityNumber", "flags", "resource",
-])
+_otlp_keys = st.sampled_from(
+    [
+        "resourceLogs",
+        "scopeLogs",
+        "logRecords",
+        "attributes",
+        "key",
+        "value",
+        "stringValue",
+        "intValue",
+        "kvlistValue",
+        "arrayValue",
+        "values",
+        "traceId",
+        "spanId",
+        "timeUnixNano",
+        "body",
+        "severityNumber",
+        "flags",
+        "resource",
+    ]
+)
 
 
 @st.composite
@@ -160,7 +184,9 @@ def _hostile_json(draw: st.DrawFn) -> bytes:
         return b'{"resourceLogs":' + b"[" * depth + b"]" * depth + b"}"
     if kind == 2:
         text = draw(st.text(max_size=40))
-        return json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": text, "spanId": text}]}]}]}).encode()
+        return json.dumps(
+            {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": text, "spanId": text}]}]}]}
+        ).encode()
     return draw(st.binary(max_size=64)) + b'{"resourceLogs": [{"x": "\xff\xfe"}]}'
 
 
@@ -177,8 +203,13 @@ def test_fuzz_the_decoder_never_fails_with_anything_but_a_4xx(
             payload = _mutate(data, payload)
         encoding = "gzip"
     try:
-        request, _ = decode(payload, content_type=JSON if as_json else PROTOBUF, encoding=encoding,
-                            max_body_bytes=64 * 1024, max_records=50)
+        request, _ = decode(
+            payload,
+            content_type=JSON if as_json else PROTOBUF,
+            encoding=encoding,
+            max_body_bytes=64 * 1024,
+            max_records=50,
+        )
     except RequestError as exc:
         assert 400 <= exc.status < 500 and exc.message
     else:
@@ -191,8 +222,9 @@ def test_attribute_limit_keeps_the_audit_fields() -> None:
     problems: list[str] = []
     kept = attribute_map(record(attrs), 100, problems)
     assert len(kept) == 100 and all(kept[k] == v for k, v in AUDIT.items())
-    assert problems == ["905 attribute(s) beyond the ingest's limit of 100 attributes per record were dropped "
-                        "before sealing"]
+    assert problems == [
+        "905 attribute(s) beyond the ingest's limit of 100 attributes per record were dropped before sealing"
+    ]
 
 
 # ---------------------------------------------------------------------- pre-sealed records
@@ -211,8 +243,12 @@ def _sealed(n: int = 2) -> tuple[Chain, list[dict]]:
     for i in range(n):
         sealed = chain.seal(RecordBuilder().build({**AUDIT, "i": i}, time_unix_nano=1_700_000_000_000_000_000 + i))
         attrs = {
-            A.RECORD_ID: sealed.record_id, A.CHAIN_ID: sealed.chain_id, A.SEQUENCE_NUMBER: sealed.seq,
-            A.SEQUENCE_PREV_HASH: sealed.prev_hash, A.INTEGRITY_ALGORITHM: "sha256", A.INTEGRITY_VALUE: sealed.hash,
+            A.RECORD_ID: sealed.record_id,
+            A.CHAIN_ID: sealed.chain_id,
+            A.SEQUENCE_NUMBER: sealed.seq,
+            A.SEQUENCE_PREV_HASH: sealed.prev_hash,
+            A.INTEGRITY_ALGORITHM: "sha256",
+            A.INTEGRITY_VALUE: sealed.hash,
             A.RECORD_CANONICAL: sealed.canonical.decode(),
         }
         if sealed.seq == 1:
@@ -251,8 +287,15 @@ def _reseal(attrs: dict, change) -> dict:
         (lambda a: _reseal(a, lambda d: d.update(ip_address="10.0.0.1/8")), "ip_address"),
         (lambda a: _reseal(a, lambda d: d.update(result="maybe")), "valid actor_type and result"),
         (lambda a: _reseal(a, lambda d: d.update(chain_id=d["chain_id"].upper())), "lowercase UUID"),
-        (lambda a: {**_reseal(a, lambda d: None), A.RECORD_CANONICAL: orjson.dumps(
-            orjson.loads(a[A.RECORD_CANONICAL]), option=orjson.OPT_INDENT_2).decode()}, "hash to"),
+        (
+            lambda a: {
+                **_reseal(a, lambda d: None),
+                A.RECORD_CANONICAL: orjson.dumps(
+                    orjson.loads(a[A.RECORD_CANONICAL]), option=orjson.OPT_INDENT_2
+                ).decode(),
+            },
+            "hash to",
+        ),
     ],
 )
 def test_presealed_records_that_do_not_match_their_seal_are_rejected(edit, fragment: str) -> None:
@@ -266,8 +309,10 @@ def test_non_canonical_bytes_with_a_matching_hash_are_rejected() -> None:
     _, (first, _) = _sealed()
     pretty = orjson.dumps(orjson.loads(first[A.RECORD_CANONICAL]), option=orjson.OPT_INDENT_2)
     with pytest.raises(SealRejected, match="not in canonical form"):
-        read_seal({**first, A.RECORD_CANONICAL: pretty.decode(), A.INTEGRITY_VALUE: record_hash(pretty)},
-                  max_record_bytes=LIMIT)
+        read_seal(
+            {**first, A.RECORD_CANONICAL: pretty.decode(), A.INTEGRITY_VALUE: record_hash(pretty)},
+            max_record_bytes=LIMIT,
+        )
 
 
 def test_a_genesis_that_does_not_belong_to_the_record_is_not_registered() -> None:
@@ -306,8 +351,15 @@ def test_tokens_from_file_and_environment(tmp_path) -> None:
     assert len(tokens) == 3
     for token in ("old-token-aaaaaaaaaaaa", "new-token-bbbbbbbbbbbb", "env-token-cccccccccccc"):
         assert tokens.check(f"Bearer {token}") and tokens.check(f"bearer  {token} ")
-    for header in (None, "", "Bearer", "Bearer old-token-aaaaaaaaaaa", "Basic old-token-aaaaaaaaaaaa",
-                   "Bearer old-token-aaaaaaaaaaaa2", "Bearer \u00e9\u00e9"):
+    for header in (
+        None,
+        "",
+        "Bearer",
+        "Bearer old-token-aaaaaaaaaaa",
+        "Basic old-token-aaaaaaaaaaaa",
+        "Bearer old-token-aaaaaaaaaaaa2",
+        "Bearer \u00e9\u00e9",
+    ):
         assert not tokens.check(header)
 
 

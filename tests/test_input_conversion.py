@@ -75,11 +75,18 @@ def build(attrs: dict, **kw: object) -> dict:
     [
         ({3, 1, 2}, [1, 2, 3], "x: set stored as a list (sorted)"),
         (frozenset({"b", 1}), None, "x: frozenset stored as a list (in iteration order)"),
-        (datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC), "2026-01-02T03:04:05+00:00",
-         "x: datetime.datetime stored as ISO 8601 text"),
+        (
+            datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+            "2026-01-02T03:04:05+00:00",
+            "x: datetime.datetime stored as ISO 8601 text",
+        ),
         (datetime.date(2026, 1, 2), "2026-01-02", "x: datetime.date stored as ISO 8601 text"),
         (decimal.Decimal("1.10"), "1.10", "x: value of type decimal.Decimal stored as its text form"),
-        (uuid.UUID(int=5), "00000000-0000-0000-0000-000000000005", "x: value of type uuid.UUID stored as its text form"),
+        (
+            uuid.UUID(int=5),
+            "00000000-0000-0000-0000-000000000005",
+            "x: value of type uuid.UUID stored as its text form",
+        ),
         (Color.RED, "red", "x: enum member Color.RED stored as its value"),
         (Level.HIGH, 3, "x: enum member Level.HIGH stored as its value"),
         (range(3), [0, 1, 2], "x: range stored as a list"),
@@ -104,8 +111,10 @@ def test_objects_whose_str_raises_are_kept_as_text_with_the_reason() -> None:
     notes: list[str] = []
     assert to_plain(RaisingStr(), "x", notes).startswith("<tests.test_input_conversion.RaisingStr object at")
     assert to_plain(RaisingBoth(), "y", notes) == "<unprintable tests.test_input_conversion.RaisingBoth>"
-    assert notes[0].startswith("x: value of type tests.test_input_conversion.RaisingStr stored as its text form "
-                               "(str() raised ValueError: no text for you; its repr() was kept)")
+    assert notes[0].startswith(
+        "x: value of type tests.test_input_conversion.RaisingStr stored as its text form "
+        "(str() raised ValueError: no text for you; its repr() was kept)"
+    )
     assert notes[1].endswith("(str() raised ValueError: no text for you and repr() failed too)")
     # An object with neither __str__ nor __repr__ (OpenTelemetry stores None for it) keeps its text form.
     assert to_plain(NoCustomStr(), "z", notes).startswith("<tests.test_input_conversion.NoCustomStr object")
@@ -113,8 +122,9 @@ def test_objects_whose_str_raises_are_kept_as_text_with_the_reason() -> None:
 
 def test_keys_that_are_not_text_are_converted_uniquely_and_noted() -> None:
     notes: list[str] = []
-    out = to_plain({1: "int", "1": "text", None: "none", (1, 2): "tuple", "": "empty"}, "ov", notes,
-                   empty_keys=EMPTY_KEY)
+    out = to_plain(
+        {1: "int", "1": "text", None: "none", (1, 2): "tuple", "": "empty"}, "ov", notes, empty_keys=EMPTY_KEY
+    )
     assert out == {"1#2": "int", "1": "text", "None": "none", "(1, 2)": "tuple", EMPTY_KEY: "empty"}
     assert notes == [
         "ov: key of type int stored as text '1#2' (made unique: '1' is taken)",
@@ -161,8 +171,14 @@ def test_deep_json_text_never_recurses_and_stops_at_its_limit() -> None:
     assert cut and len(text) == 1001 and text.endswith("…")
     text, cut = deep_json_text({"b": b"\x00", "f": 1.5, "n": None, "t": True, "s": {2}, "x": RaisingBoth()}, 10_000)
     assert not cut
-    assert json.loads(text) == {"b": "AA==", "f": 1.5, "n": None, "t": True, "s": [2],
-                                "x": "<unprintable tests.test_input_conversion.RaisingBoth>"}
+    assert json.loads(text) == {
+        "b": "AA==",
+        "f": 1.5,
+        "n": None,
+        "t": True,
+        "s": [2],
+        "x": "<unprintable tests.test_input_conversion.RaisingBoth>",
+    }
 
 
 def test_normalizer_applies_the_same_rules_to_what_reaches_the_builder() -> None:
@@ -205,7 +221,12 @@ def test_a_lone_surrogate_anywhere_keeps_every_other_field(attrs: dict) -> None:
     sealed = chain.seal(RecordBuilder().build({**VALID, **attrs}, time_unix_nano=T, body="msg \udcff"))
     doc = orjson.loads(sealed.canonical)
     assert (doc["actor_id"], doc["action"], doc["resource_type"], doc["resource_id"], doc["result"]) == (
-        "user-123", "read", "patient_record", "patient-456", "success")
+        "user-123",
+        "read",
+        "patient_record",
+        "patient-456",
+        "success",
+    )
     assert doc["message"] == "msg \ufffd"
     assert any("invalid Unicode" in p for p in doc["problems"])
     assert not any("internal error" in p for p in doc["problems"])
@@ -233,14 +254,21 @@ def test_without_the_filter_opentelemetry_raises_or_mangles() -> None:
         otel_attributes(make_record(obj=RaisingStr()))
     with pytest.raises(TypeError):
         make_record("viewed %s by %s", ("one",)).getMessage()
-    mangled = otel_attributes(make_record(**{"audit.old_values": {0: "zero", None: "n", "": "e", "k": NoCustomStr()},
-                                             "tags": {"b", "a"}}))
+    mangled = otel_attributes(
+        make_record(**{"audit.old_values": {0: "zero", None: "n", "": "e", "k": NoCustomStr()}, "tags": {"b", "a"}})
+    )
     assert mangled["audit.old_values"] == {"k": None} and mangled["tags"] in ("{'a', 'b'}", "{'b', 'a'}")
 
 
 def test_the_filter_makes_the_record_safe_and_lists_every_change() -> None:
-    rec = make_record("viewed %s by %s", ("one",), deep=nested(3000), obj=RaisingStr(),
-                      tags={"b", "a"}, **{"audit.old_values": {0: "zero", None: "n", "": "e"}, "bad\udcff": 1})
+    rec = make_record(
+        "viewed %s by %s",
+        ("one",),
+        deep=nested(3000),
+        obj=RaisingStr(),
+        tags={"b", "a"},
+        **{"audit.old_values": {0: "zero", None: "n", "": "e"}, "bad\udcff": 1},
+    )
     assert AuditInputFilter().filter(rec) is True
     attrs = otel_attributes(rec)  # no exception now
     notes = list(attrs["otel_audit.input.problems"])
@@ -260,14 +288,19 @@ def test_the_filter_makes_the_record_safe_and_lists_every_change() -> None:
     ]
     for note in expected:
         assert note in notes, note
-    assert any(n.startswith("obj: value of type tests.test_input_conversion.RaisingStr stored as its text form")
-               for n in notes)
+    assert any(
+        n.startswith("obj: value of type tests.test_input_conversion.RaisingStr stored as its text form") for n in notes
+    )
     assert len(notes) == len(expected) + 1
     # The builder moves the notes into problems, first, and keeps every audit field.
     doc = build(dict(attrs), body=rec.getMessage())
     assert doc["problems"][: len(notes)] == notes
     assert (doc["actor_id"], doc["action"], doc["resource_id"], doc["result"]) == (
-        "user-123", "read", "patient-456", "success")
+        "user-123",
+        "read",
+        "patient-456",
+        "success",
+    )
 
 
 def test_ordinary_records_are_checked_not_changed() -> None:
@@ -280,18 +313,21 @@ def test_ordinary_records_are_checked_not_changed() -> None:
 
 
 def test_non_audit_records_are_not_touched() -> None:
-    rec = logging.Logger("app").makeRecord("app", logging.INFO, "f", 1, "x %s %s", ("a",), None,
-                                           extra={"deep": nested(3000)})
+    rec = logging.Logger("app").makeRecord(
+        "app", logging.INFO, "f", 1, "x %s %s", ("a",), None, extra={"deep": nested(3000)}
+    )
     before = dict(rec.__dict__)
     assert AuditInputFilter().filter(rec) is True
     assert rec.__dict__ == before
     # ... unless a designated audit logger or event name makes them audit records.
-    rec = logging.Logger("audit.payments").makeRecord("audit.payments", logging.INFO, "f", 1, "x", (), None,
-                                                      extra={"s": {1}})
+    rec = logging.Logger("audit.payments").makeRecord(
+        "audit.payments", logging.INFO, "f", 1, "x", (), None, extra={"s": {1}}
+    )
     AuditInputFilter(audit_loggers=["audit"]).filter(rec)
     assert rec.__dict__["s"] == [1]
-    rec = logging.Logger("app").makeRecord("app", logging.INFO, "f", 1, "x", (), None,
-                                           extra={"s": {1}, "otel.event.name": "audit.login"})
+    rec = logging.Logger("app").makeRecord(
+        "app", logging.INFO, "f", 1, "x", (), None, extra={"s": {1}, "otel.event.name": "audit.login"}
+    )
     AuditInputFilter(event_prefix="audit.").filter(rec)
     assert rec.__dict__["s"] == [1]
 
@@ -315,8 +351,10 @@ def test_a_message_whose_str_raises() -> None:
     rec = logging.Logger("app").makeRecord("app", logging.INFO, "f", 1, RaisingBoth(), (), None, extra=dict(VALID))
     notes = guard_record(rec)
     assert rec.getMessage() == "<unprintable tests.test_input_conversion.RaisingBoth>"
-    assert notes == ["message: the message (a RaisingBoth) could not be made text (ValueError: no text for you); "
-                     "stored a placeholder instead"]
+    assert notes == [
+        "message: the message (a RaisingBoth) could not be made text (ValueError: no text for you); "
+        "stored a placeholder instead"
+    ]
 
 
 def test_an_exception_whose_argument_cannot_be_made_text() -> None:
@@ -326,8 +364,9 @@ def test_an_exception_whose_argument_cannot_be_made_text() -> None:
         except KeyError as cause:
             raise RuntimeError(RaisingBoth()) from cause
     except RuntimeError:
-        rec = logging.Logger("app").makeRecord("app", logging.ERROR, "f", 1, "failed", (), sys_exc_info(),
-                                               extra=dict(VALID))
+        rec = logging.Logger("app").makeRecord(
+            "app", logging.ERROR, "f", 1, "failed", (), sys_exc_info(), extra=dict(VALID)
+        )
     original = rec.exc_info[1]
     with pytest.raises(ValueError):
         otel_attributes(rec)
@@ -336,9 +375,13 @@ def test_an_exception_whose_argument_cannot_be_made_text() -> None:
     assert attrs["exception.type"] == "RuntimeError"
     assert attrs["exception.message"] == "<unprintable tests.test_input_conversion.RaisingBoth>"
     stack = attrs["exception.stacktrace"]
-    assert "KeyError: 'cause'" in stack and "RuntimeError: <unprintable" in stack and "test_input_conversion.py" in stack
-    assert notes == ["exception.message: str() of the exception's first argument raised ValueError: no text for "
-                     "you; stored its text form"]
+    assert (
+        "KeyError: 'cause'" in stack and "RuntimeError: <unprintable" in stack and "test_input_conversion.py" in stack
+    )
+    assert notes == [
+        "exception.message: str() of the exception's first argument raised ValueError: no text for "
+        "you; stored its text form"
+    ]
     assert rec.exc_info[1] is not original and isinstance(original.args[0], RaisingBoth)  # the app's object untouched
 
 
@@ -359,7 +402,8 @@ def test_a_bug_in_the_filter_still_leaves_a_record_opentelemetry_takes(monkeypat
     assert AuditInputFilter().filter(rec) is True
     attrs = otel_attributes(rec)
     assert attrs["otel_audit.input.problems"] == (
-        "internal error while preparing the record for OpenTelemetry (RuntimeError); extras stored as text",)
+        "internal error while preparing the record for OpenTelemetry (RuntimeError); extras stored as text",
+    )
     assert attrs["audit.actor.id"] == "user-123" and isinstance(attrs["deep"], str)
     assert rec.getMessage() == "x %s"
 
@@ -373,8 +417,13 @@ def test_input_notes_that_are_not_a_list_of_texts_are_kept_in_attributes_and_fla
 
 @pytest.mark.parametrize(
     ("given", "stored"),
-    [("::ffff:10.1.2.3", "10.1.2.3"), ("::FFFF:0a01:0203", "10.1.2.3"), ("10.1.2.3", "10.1.2.3"),
-     ("2001:DB8::1", "2001:db8::1"), ("::10.1.2.3", "::a01:203")],
+    [
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("::FFFF:0a01:0203", "10.1.2.3"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("::10.1.2.3", "::a01:203"),
+    ],
 )
 def test_ipv4_mapped_addresses_are_stored_as_ipv4(given: str, stored: str) -> None:
     doc = build({**VALID, "client.address": given})
@@ -435,8 +484,9 @@ def test_protobuf_nested_beyond_the_runtime_limit_is_cut_not_refused() -> None:
     for _ in range(MAX_DEPTH):
         cursor = cursor["a"]
     assert isinstance(cursor, str) and cursor.startswith('{"a":{"a":')
-    assert _problems(lr) == [f"deep{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels; this part stored as "
-                             "JSON text"]
+    assert _problems(lr) == [
+        f"deep{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels; this part stored as JSON text"
+    ]
     assert attrs["audit.actor.id"] == "user-123"
 
 
@@ -451,8 +501,9 @@ def test_json_with_lone_surrogates_invalid_utf8_or_deep_nesting_keeps_every_reco
         for _ in range(depth):
             value = '{"kvlistValue": {"values": [{"key": "a", "value": %s}]}}' % value
         (lr,) = _records(parse_json(body.replace('{"stringValue": "QQQQ"}', value).encode()))
-        assert _problems(lr) == [f"note{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels; this part stored "
-                                 "as JSON text"]
+        assert _problems(lr) == [
+            f"note{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels; this part stored as JSON text"
+        ]
 
 
 @pytest.mark.parametrize("body", [b"\x0a\xff\xff", b"garbage", b"\x0a\x05ab"])
@@ -470,9 +521,18 @@ def test_what_is_not_json_is_still_refused(body: bytes) -> None:
 
 
 def test_the_fallback_reader_agrees_with_the_strict_one_on_valid_requests() -> None:
-    req = request([record({**AUDIT, "n": 5, "f": 1.5, "b": b"\x01", "l": [1, "x"], "m": {"k": True}},
-                          trace_id=b"\x01" * 16, span_id=b"\x02" * 8, flags=1, event_name="audit.x")],
-                  resource={"host.name": "h"})
+    req = request(
+        [
+            record(
+                {**AUDIT, "n": 5, "f": 1.5, "b": b"\x01", "l": [1, "x"], "m": {"k": True}},
+                trace_id=b"\x01" * 16,
+                span_id=b"\x02" * 8,
+                flags=1,
+                event_name="audit.x",
+            )
+        ],
+        resource={"host.name": "h"},
+    )
     rebuilt = type(req)()
     json_format.ParseDict(lenient.decode_protobuf(req.SerializeToString()), rebuilt)
     assert rebuilt == req

@@ -65,33 +65,54 @@ INTACT = ("user-123", "read", "patient_record", "patient-456", "success")
 
 CASES = {
     "surrogate in a value": (
-        {"note": "bad \udcff byte"}, "patient record viewed",
-        [f"note: {SURROGATE_NOTE}"], {"note": "bad \ufffd byte"}),
-    "surrogate in a key": (
-        {"k\udc80": 1}, "patient record viewed", [f"extra: key: {SURROGATE_NOTE}"], {"k\ufffd": 1}),
+        {"note": "bad \udcff byte"},
+        "patient record viewed",
+        [f"note: {SURROGATE_NOTE}"],
+        {"note": "bad \ufffd byte"},
+    ),
+    "surrogate in a key": ({"k\udc80": 1}, "patient record viewed", [f"extra: key: {SURROGATE_NOTE}"], {"k\ufffd": 1}),
     "surrogate in old_values": (
-        {"audit.old_values": {"name": "a\ud800b", "k\udfff": 1}}, "patient record viewed",
-        [f"audit.old_values.name: {SURROGATE_NOTE}", f"audit.old_values: key: {SURROGATE_NOTE}"], None),
-    "surrogate in the message": (
-        {}, "viewed \udcff", [f"message: {SURROGATE_NOTE}"], None),
+        {"audit.old_values": {"name": "a\ud800b", "k\udfff": 1}},
+        "patient record viewed",
+        [f"audit.old_values.name: {SURROGATE_NOTE}", f"audit.old_values: key: {SURROGATE_NOTE}"],
+        None,
+    ),
+    "surrogate in the message": ({}, "viewed \udcff", [f"message: {SURROGATE_NOTE}"], None),
     "3000-deep dict": (
-        {"payload": nested(3000)}, "patient record viewed",
-        [f"payload{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels; this part stored as JSON text"], None),
+        {"payload": nested(3000)},
+        "patient record viewed",
+        [f"payload{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels; this part stored as JSON text"],
+        None,
+    ),
     "str() raises": (
-        {"obj": RaisingStr()}, "patient record viewed",
-        ["obj: value of type tests.test_input_pipeline.RaisingStr stored as its text form (str() raised ValueError: "
-         "no text for you and repr() failed too)"], {"obj": "<unprintable tests.test_input_pipeline.RaisingStr>"}),
+        {"obj": RaisingStr()},
+        "patient record viewed",
+        [
+            "obj: value of type tests.test_input_pipeline.RaisingStr stored as its text form (str() raised ValueError: "
+            "no text for you and repr() failed too)"
+        ],
+        {"obj": "<unprintable tests.test_input_pipeline.RaisingStr>"},
+    ),
     "non-text keys in old_values": (
-        {"audit.old_values": {0: "zero", None: "none", Opaque(): "opaque", "": "empty"}}, "patient record viewed",
-        ["audit.old_values: key of type int stored as text '0'",
-         "audit.old_values: key of type NoneType stored as text 'None'",
-         "audit.old_values: empty key stored as '(empty key)' (OpenTelemetry drops empty keys)"], None),
+        {"audit.old_values": {0: "zero", None: "none", Opaque(): "opaque", "": "empty"}},
+        "patient record viewed",
+        [
+            "audit.old_values: key of type int stored as text '0'",
+            "audit.old_values: key of type NoneType stored as text 'None'",
+            "audit.old_values: empty key stored as '(empty key)' (OpenTelemetry drops empty keys)",
+        ],
+        None,
+    ),
     "sets, datetimes, objects": (
         {"tags": {"b", "a"}, "when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC), "o": Opaque()},
         "patient record viewed",
-        ["tags: set stored as a list (sorted)", "when: datetime.datetime stored as ISO 8601 text",
-         "o: value of type tests.test_input_pipeline.Opaque stored as its text form"],
-        {"tags": ["a", "b"], "when": "2026-01-02T03:04:05+00:00"}),
+        [
+            "tags: set stored as a list (sorted)",
+            "when: datetime.datetime stored as ISO 8601 text",
+            "o: value of type tests.test_input_pipeline.Opaque stored as its text form",
+        ],
+        {"tags": ["a", "b"], "when": "2026-01-02T03:04:05+00:00"},
+    ),
 }
 
 
@@ -127,7 +148,8 @@ def test_format_arguments_that_do_not_match_the_message(db: str, spool_dir: Path
         "record %(id)s viewed (arguments: {'other': 1})",
     ]
     assert [d["problems"][0].split(" (")[0] for d in docs] == [
-        "message: formatting the message with its arguments failed"] * 2
+        "message: formatting the message with its arguments failed"
+    ] * 2
     assert "TypeError: not enough arguments for format string" in docs[0]["problems"][0]
     assert "KeyError" in docs[1]["problems"][0]
     assert all((d["actor_id"], d["action"], d["resource_id"]) == ("user-123", "read", "patient-456") for d in docs)
@@ -146,8 +168,10 @@ def test_an_exception_whose_argument_str_raises(db: str, spool_dir: Path) -> Non
     assert doc["attributes"]["exception.type"] == "RuntimeError"
     assert doc["attributes"]["exception.message"] == "<unprintable tests.test_input_pipeline.RaisingStr>"
     assert "RuntimeError: <unprintable" in doc["attributes"]["exception.stacktrace"]
-    assert doc["problems"] == ["exception.message: str() of the exception's first argument raised ValueError: no "
-                               "text for you; stored its text form"]
+    assert doc["problems"] == [
+        "exception.message: str() of the exception's first argument raised ValueError: no "
+        "text for you; stored its text form"
+    ]
     assert verify(db).ok
 
 
@@ -161,8 +185,12 @@ def test_a_lone_surrogate_is_stored_intact_even_without_the_filter(db: str, spoo
     assert app.close()
     ((*fields, problems),) = columns(db)
     assert tuple(fields) == INTACT
-    assert set(problems) == {f"message: {SURROGATE_NOTE}", f"attributes.note: {SURROGATE_NOTE}",
-                             f"old_values: key {SURROGATE_NOTE}", f"old_values.k\ufffd: {SURROGATE_NOTE}"}
+    assert set(problems) == {
+        f"message: {SURROGATE_NOTE}",
+        f"attributes.note: {SURROGATE_NOTE}",
+        f"old_values: key {SURROGATE_NOTE}",
+        f"old_values.k\ufffd: {SURROGATE_NOTE}",
+    }
     assert verify(db).ok
 
 
@@ -185,13 +213,15 @@ def test_fail_closed_waits_for_a_converted_record(db: str, spool_dir: Path) -> N
 
 
 @pytest.mark.parametrize("address", ["::ffff:10.1.2.3", "::FFFF:10.1.2.3", "::ffff:a01:203"])
-def test_ipv4_mapped_client_addresses_are_stored_as_ipv4(db: str, spool_dir: Path, address: str,
-                                                         verify_mode: str) -> None:
+def test_ipv4_mapped_client_addresses_are_stored_as_ipv4(
+    db: str, spool_dir: Path, address: str, verify_mode: str
+) -> None:
     app = App(db, spool_dir)
     app.log(**{"client.address": address})
     assert app.close()
     assert rows(db, "SELECT ip_address::text, host(ip_address), family(ip_address), problems FROM audit_logs") == [
-        ("10.1.2.3/32", "10.1.2.3", 4, [])]
+        ("10.1.2.3/32", "10.1.2.3", 4, [])
+    ]
     (doc,) = stored(db)
     assert doc["ip_address"] == "10.1.2.3"
     assert verify(db).ok
@@ -199,16 +229,29 @@ def test_ipv4_mapped_client_addresses_are_stored_as_ipv4(db: str, spool_dir: Pat
 
 # ---------------------------------------------------------------------------- property test
 _SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.floats() | st.binary(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.binary(max_size=8)
     | st.text(st.characters(codec=None), max_size=12)  # includes lone surrogates
     | st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
-    | st.datetimes() | st.uuids() | st.decimals(allow_nan=False)
-    | st.builds(RaisingStr) | st.builds(Opaque) | st.sampled_from([float("nan"), 2**80, "\x00"])
+    | st.datetimes()
+    | st.uuids()
+    | st.decimals(allow_nan=False)
+    | st.builds(RaisingStr)
+    | st.builds(Opaque)
+    | st.sampled_from([float("nan"), 2**80, "\x00"])
 )
 _KEYS = (
     st.text(st.characters(codec=None), max_size=6)
-    | st.integers(-3, 3) | st.none() | st.booleans() | st.tuples(st.integers(0, 2))
-    | st.builds(RaisingStr) | st.builds(Opaque) | st.just("")
+    | st.integers(-3, 3)
+    | st.none()
+    | st.booleans()
+    | st.tuples(st.integers(0, 2))
+    | st.builds(RaisingStr)
+    | st.builds(Opaque)
+    | st.just("")
 )
 _VALUES = st.recursive(
     _SCALARS,
@@ -246,8 +289,11 @@ def test_arbitrary_extra_never_raises_and_always_yields_one_verifiable_record(db
     calls = 0
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(extra=hostile_extra(), args=st.sampled_from([(), ("one",), ("one", "two", "three")]),
-           message=st.sampled_from(["plain", "with %s", "bad \udcff %s"]))
+    @given(
+        extra=hostile_extra(),
+        args=st.sampled_from([(), ("one",), ("one", "two", "three")]),
+        message=st.sampled_from(["plain", "with %s", "bad \udcff %s"]),
+    )
     def log_one(extra: dict, args: tuple, message: str) -> None:
         nonlocal calls
         app.logger.info(message, *args, extra=extra)
@@ -256,9 +302,11 @@ def test_arbitrary_extra_never_raises_and_always_yields_one_verifiable_record(db
     log_one()
     assert app.close()
     assert rows(db, "SELECT count(*), count(DISTINCT seq), max(seq) FROM audit_logs") == [(calls, calls, calls)]
-    assert rows(db, "SELECT count(*) FROM audit_logs WHERE actor_id = 'user-123' AND action = 'read' AND "
-                    "resource_type = 'patient_record' AND resource_id = 'patient-456' AND result = 'success'") == [
-        (calls,)]
+    assert rows(
+        db,
+        "SELECT count(*) FROM audit_logs WHERE actor_id = 'user-123' AND action = 'read' AND "
+        "resource_type = 'patient_record' AND resource_id = 'patient-456' AND result = 'success'",
+    ) == [(calls,)]
     assert not rows(db, "SELECT problems FROM audit_logs WHERE array_to_string(problems, ' ') LIKE '%internal error%'")
     report = verify(db)
     assert report.ok, report.findings
@@ -287,8 +335,10 @@ def _check_hostile_calls(db: str, stdout: str) -> None:
     assert stdout.strip().endswith("returned")
     docs = stored(db)
     assert len(docs) == 3
-    assert all((d["actor_id"], d["action"], d["resource_id"], d["result"]) == ("clerk-7", "refund", "o-1", "success")
-               for d in docs)
+    assert all(
+        (d["actor_id"], d["action"], d["resource_id"], d["result"]) == ("clerk-7", "refund", "o-1", "success")
+        for d in docs
+    )
     first, second, third = (" | ".join(d["problems"]) for d in docs)
     assert "message: formatting the message with its arguments failed" in first
     assert f"deep{'.a' * MAX_DEPTH}: nested deeper than {MAX_DEPTH} levels" in first
@@ -340,7 +390,10 @@ def test_opentelemetry_instrument_path_is_protected(db: str, tmp_path: Path) -> 
     }
     result = subprocess.run(
         [str(BIN / "opentelemetry-instrument"), sys.executable, str(app)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     _check_hostile_calls(db, result.stdout)

@@ -15,9 +15,22 @@ from otel_audit.cli.main import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 
 HEAVY = (
-    "psycopg", "cryptography", "pyarrow", "boto3", "botocore", "yaml", "tqdm", "google.protobuf",
-    "opentelemetry.sdk", "otel_audit.pipeline", "otel_audit.sink", "otel_audit.ingest", "otel_audit.verify",
-    "otel_audit.archive", "otel_audit.report", "otel_audit.core.keys",
+    "psycopg",
+    "cryptography",
+    "pyarrow",
+    "boto3",
+    "botocore",
+    "yaml",
+    "tqdm",
+    "google.protobuf",
+    "opentelemetry.sdk",
+    "otel_audit.pipeline",
+    "otel_audit.sink",
+    "otel_audit.ingest",
+    "otel_audit.verify",
+    "otel_audit.archive",
+    "otel_audit.report",
+    "otel_audit.core.keys",
 )
 
 
@@ -63,8 +76,11 @@ def test_the_web_middleware_uses_no_private_name_of_another_module():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("otel_audit"):
                 if node.module.startswith("otel_audit.web"):
                     continue
-                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names
-                            if a.name.startswith("_") and not a.name.startswith("__")]
+                private += [
+                    f"{path.name}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert private == []
 
 
@@ -91,6 +107,9 @@ def test_the_status_file_is_written_and_read_in_one_module(tmp_path: Path):
     assert not (tmp_path / (status.STATUS_FILE + ".tmp")).exists()
     process = status._chain_dir_status(tmp_path, identity=None, dsn_argument="")["process"]
     assert process["records_committed"] == 5 and process["chain_id"] == "c-1" and "age_seconds" in process
-    others = [p for p in (ROOT / "otel_audit").rglob("*.py")
-              if p.name != "status.py" and status.STATUS_FILE in p.read_text(encoding="utf-8")]
+    others = [
+        p
+        for p in (ROOT / "otel_audit").rglob("*.py")
+        if p.name != "status.py" and status.STATUS_FILE in p.read_text(encoding="utf-8")
+    ]
     assert others == []

@@ -34,7 +34,10 @@ class OperatorApp:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "operator_app.py"), dsn, str(spool), *extra],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert self.read() == "ready"
 

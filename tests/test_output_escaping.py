@@ -48,7 +48,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "otel_audit", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, timeout=300,
+        capture_output=True,
+        timeout=300,
     )
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     return result

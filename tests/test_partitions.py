@@ -58,8 +58,15 @@ def test_records_of_any_time_are_stored_and_verify_across_partitions(db: str, ve
     """Old months, this month, next month, and timestamps no partition will ever cover (1990, 2045)."""
     now = _now()
     chain = TrailChain()
-    for when in ["1990-06-01T00:00:00Z", _iso(now - timedelta(days=400)), _iso(now - timedelta(days=20)),
-                 _iso(now), _iso(now + timedelta(days=35)), "2045-01-01T00:00:00Z", _iso(now)]:
+    for when in [
+        "1990-06-01T00:00:00Z",
+        _iso(now - timedelta(days=400)),
+        _iso(now - timedelta(days=20)),
+        _iso(now),
+        _iso(now + timedelta(days=35)),
+        "2045-01-01T00:00:00Z",
+        _iso(now),
+    ]:
         chain.log(when)
     store(db, chain)
     where = _where(db)
@@ -173,8 +180,10 @@ def test_migrating_an_unpartitioned_table_keeps_every_record_and_the_grants(empt
     with psycopg.connect(empty_db, autocommit=True) as conn:
         for migration in MIGRATIONS[:2]:  # the schema as it was before partitioning
             conn.execute(migration.sql)
-        conn.execute("CREATE TABLE otel_audit_schema (version integer PRIMARY KEY, description text NOT NULL, "
-                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE otel_audit_schema (version integer PRIMARY KEY, description text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         conn.execute("INSERT INTO otel_audit_schema (version, description) VALUES (1, 'v1'), (2, 'v2')")
         writer = f"audit_writer_{uuid.uuid4().hex[:8]}"
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(writer)))

@@ -63,21 +63,49 @@ def _query(capsys: pytest.CaptureFixture, *args: str) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
-def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture) -> None:
+def test_erase_a_subject_end_to_end(
+    db: str, keystore: str, master: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ring = tmp_path / "pseudonym.ring"
     ring.write_text(new_key_line("p1") + "\n")
     key = generate_signing_key()  # signs the application's checkpoints and the archive
-    app = App(db, tmp_path / "spool", keystore_dsn=keystore, master_key=master, pseudonym_keys=ring, signing_key=key,
-              encrypt=["audit.old_values", "user_agent.original", "patient.phone"])
+    app = App(
+        db,
+        tmp_path / "spool",
+        keystore_dsn=keystore,
+        master_key=master,
+        pseudonym_keys=ring,
+        signing_key=key,
+        encrypt=["audit.old_values", "user_agent.original", "patient.phone"],
+    )
     for i in range(3):
-        app.log(**{"audit.actor.id": ALICE, "audit.action": "update", "audit.resource.id": f"a-{i}",
-                   "audit.old_values": {"email": ALICE, "phone": ALICE_PHONE}, "user_agent.original": ALICE_AGENT,
-                   "patient.phone": ALICE_PHONE})
-    app.log(**{"audit.actor.id": BOB, "audit.action": "update", "audit.resource.id": "b-0",
-               "audit.old_values": {"email": BOB, "phone": BOB_PHONE}, "patient.phone": BOB_PHONE})
-    app.log(**{"audit.actor.id": BOB, "audit.subject.id": "patient-77", "audit.resource.id": "p-77",
-               "audit.old_values": {"phone": "+44 20 7946 0077"}})
+        app.log(
+            **{
+                "audit.actor.id": ALICE,
+                "audit.action": "update",
+                "audit.resource.id": f"a-{i}",
+                "audit.old_values": {"email": ALICE, "phone": ALICE_PHONE},
+                "user_agent.original": ALICE_AGENT,
+                "patient.phone": ALICE_PHONE,
+            }
+        )
+    app.log(
+        **{
+            "audit.actor.id": BOB,
+            "audit.action": "update",
+            "audit.resource.id": "b-0",
+            "audit.old_values": {"email": BOB, "phone": BOB_PHONE},
+            "patient.phone": BOB_PHONE,
+        }
+    )
+    app.log(
+        **{
+            "audit.actor.id": BOB,
+            "audit.subject.id": "patient-77",
+            "audit.resource.id": "p-77",
+            "audit.old_values": {"phone": "+44 20 7946 0077"},
+        }
+    )
     exported = app.exporter.get_finished_logs()
     assert app.close()
     # The OTLP export carries the ciphertext, not the values, and never the subject's identifier.
@@ -107,9 +135,28 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
         archive_database(conn, dest, before=datetime(2100, 1, 1, tzinfo=timezone.utc), key=key)
 
     # The erasure.
-    assert cli(["erase", "--subject", ALICE, "--dsn", db, "--keystore-dsn", keystore, "--master-key", str(master),
-                "--actor", "dpo@example.com", "--reason", "GDPR Art. 17 request #42",
-                "--spool-dir", str(tmp_path / "erase-spool")]) == 0
+    assert (
+        cli(
+            [
+                "erase",
+                "--subject",
+                ALICE,
+                "--dsn",
+                db,
+                "--keystore-dsn",
+                keystore,
+                "--master-key",
+                str(master),
+                "--actor",
+                "dpo@example.com",
+                "--reason",
+                "GDPR Art. 17 request #42",
+                "--spool-dir",
+                str(tmp_path / "erase-spool"),
+            ]
+        )
+        == 0
+    )
     assert "destroyed" in capsys.readouterr().out
 
     # The trail still verifies, live and archived.
@@ -130,8 +177,9 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
     reader = Decryptor(store)
     archived = []
     for path in archive_files(dest):
-        archived.extend(json.loads(c) for c in pq.read_table(dest.root / path, columns=["canonical"])["canonical"]
-                        .to_pylist())
+        archived.extend(
+            json.loads(c) for c in pq.read_table(dest.root / path, columns=["canonical"])["canonical"].to_pylist()
+        )
     by_id = {r.get("resource_id"): reader.reveal(r.get("old_values"), "old_values") for r in archived}
     assert by_id["a-0"] == ERASED and by_id["b-0"] == {"email": BOB, "phone": BOB_PHONE}
 
@@ -152,8 +200,24 @@ def test_erase_a_subject_end_to_end(db: str, keystore: str, master: Path, tmp_pa
         assert conn.execute("SELECT count(*) FROM audit_subject_keys WHERE wrapped_key IS NOT NULL").fetchone() == (2,)
 
     # Erasing again finds nothing to destroy (exit 1), and says so in the trail as well.
-    assert cli(["erase", "--subject", ALICE, "--dsn", db, "--keystore-dsn", keystore, "--master-key", str(master),
-                "--spool-dir", str(tmp_path / "erase-spool-2")]) == 1
+    assert (
+        cli(
+            [
+                "erase",
+                "--subject",
+                ALICE,
+                "--dsn",
+                db,
+                "--keystore-dsn",
+                keystore,
+                "--master-key",
+                str(master),
+                "--spool-dir",
+                str(tmp_path / "erase-spool-2"),
+            ]
+        )
+        == 1
+    )
     assert verify(db).ok
 
 

@@ -44,9 +44,22 @@ def test_the_default_policy_is_sealed_in_the_genesis(db: str, tmp_path: Path) ->
     assert default.close()
     genesis = _genesis(db)[default.audit.chain_id]
     assert genesis["privacy"] == {
-        "redact": {"names": ["password", "passwd", "passphrase", "secret", "token", "authorization", "apikey",
-                             "accesskey", "privatekey", "credential", "cookie"],
-                   "values": ["bearer", "jwt", "private_key", "pan"]},
+        "redact": {
+            "names": [
+                "password",
+                "passwd",
+                "passphrase",
+                "secret",
+                "token",
+                "authorization",
+                "apikey",
+                "accesskey",
+                "privatekey",
+                "credential",
+                "cookie",
+            ],
+            "values": ["bearer", "jwt", "private_key", "pan"],
+        },
         "pseudonymize": None,
         "encrypt": None,
     }
@@ -58,8 +71,15 @@ def test_configure_and_environment_give_the_same_policy(
     ring_line, master_line = new_key_line("p2026"), new_key_line("m1")
     (tmp_path / "ring").write_text(ring_line)
     (tmp_path / "master").write_text(master_line)
-    by_argument = App(db, tmp_path / "s1", pseudonym_keys=tmp_path / "ring", keystore_dsn=keystore,
-                      master_key=tmp_path / "master", redact_names=["ssn"], encrypt=["audit.old_values"])
+    by_argument = App(
+        db,
+        tmp_path / "s1",
+        pseudonym_keys=tmp_path / "ring",
+        keystore_dsn=keystore,
+        master_key=tmp_path / "master",
+        redact_names=["ssn"],
+        encrypt=["audit.old_values"],
+    )
     by_argument.log(**{"audit.actor.id": ALICE, "audit.old_values": {"x": 1}})
     assert by_argument.close()
     monkeypatch.setenv("OTEL_AUDIT_PSEUDONYM_KEYS_FILE", str(tmp_path / "ring"))
@@ -73,8 +93,11 @@ def test_configure_and_environment_give_the_same_policy(
     genesis = _genesis(db)
     one, two = genesis[by_argument.audit.chain_id]["privacy"], genesis[by_env.audit.chain_id]["privacy"]
     assert one == two
-    assert one["pseudonymize"] == {"algorithm": "hmac-sha256", "key_id": "p2026",
-                                   "fields": ["audit.actor.id", "user.id", "client.address", "session.id"]}
+    assert one["pseudonymize"] == {
+        "algorithm": "hmac-sha256",
+        "key_id": "p2026",
+        "fields": ["audit.actor.id", "user.id", "client.address", "session.id"],
+    }
     assert one["encrypt"]["fields"] == ["audit.old_values"] and one["encrypt"]["key_store"]["master_key_id"] == "m1"
     assert "ssn" in one["redact"]["names"]
     text = json.dumps(genesis)
@@ -90,21 +113,31 @@ def test_serve_applies_the_policy_from_the_same_variables(db: str, keystore: str
     ring_line = new_key_line("p1")
     (tmp_path / "ring").write_text(ring_line)
     (tmp_path / "master").write_text(new_key_line("m1"))
-    serve = ServeProcess(db, tmp_path / "spool", env={
-        "OTEL_AUDIT_INGEST_TOKENS": TOKEN,
-        "OTEL_AUDIT_PSEUDONYM_KEYS_FILE": str(tmp_path / "ring"),
-        "OTEL_AUDIT_KEYSTORE_DSN": keystore,
-        "OTEL_AUDIT_MASTER_KEY_FILE": str(tmp_path / "master"),
-    })
+    serve = ServeProcess(
+        db,
+        tmp_path / "spool",
+        env={
+            "OTEL_AUDIT_INGEST_TOKENS": TOKEN,
+            "OTEL_AUDIT_PSEUDONYM_KEYS_FILE": str(tmp_path / "ring"),
+            "OTEL_AUDIT_KEYSTORE_DSN": keystore,
+            "OTEL_AUDIT_MASTER_KEY_FILE": str(tmp_path / "master"),
+        },
+    )
     try:
-        attrs = {**AUDIT, "audit.actor.id": ALICE, "password": "hunter2-xyz", "audit.old_values": {"card": PAN},
-                 "user_agent.original": "Go-http-client/1.1"}
+        attrs = {
+            **AUDIT,
+            "audit.actor.id": ALICE,
+            "password": "hunter2-xyz",
+            "audit.old_values": {"card": PAN},
+            "user_agent.original": "Go-http-client/1.1",
+        }
         assert serve.export(request([record(attrs, body=f"paid with {PAN}")]), token=TOKEN).status == 200
     finally:
         assert serve.stop() == 0, serve.log
     with psycopg.connect(db) as conn:
-        row = conn.execute("SELECT row_to_json(t)::text, actor_id, old_values, user_agent, message FROM audit_logs t"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT row_to_json(t)::text, actor_id, old_values, user_agent, message FROM audit_logs t"
+        ).fetchone()
     assert row is not None
     text, actor, old_values, agent, message = row
     for plain in (ALICE, "hunter2-xyz", PAN, "Go-http-client"):

@@ -44,11 +44,28 @@ def test_a_pseudonym_is_keyed_deterministic_and_names_its_key() -> None:
 
 
 def test_configured_fields_are_replaced_in_the_document_and_written_back() -> None:
-    policy = privacy_policy(env={}, pseudonym_keys=[PseudonymKey("k1", b"x" * 32)],
-                            pseudonymize=["audit.actor.id", "user.id", "client.address", "session.id",
-                                          "audit.old_values.email", "patient.email"])
-    draft = _draft(**{"audit.actor.id": ALICE, "user.id": ALICE, "session.id": "s-1", "client.address": "10.1.2.3",
-                      "audit.old_values": {"email": BOB, "dose": "5mg"}, "patient.email": BOB})
+    policy = privacy_policy(
+        env={},
+        pseudonym_keys=[PseudonymKey("k1", b"x" * 32)],
+        pseudonymize=[
+            "audit.actor.id",
+            "user.id",
+            "client.address",
+            "session.id",
+            "audit.old_values.email",
+            "patient.email",
+        ],
+    )
+    draft = _draft(
+        **{
+            "audit.actor.id": ALICE,
+            "user.id": ALICE,
+            "session.id": "s-1",
+            "client.address": "10.1.2.3",
+            "audit.old_values": {"email": BOB, "dose": "5mg"},
+            "patient.email": BOB,
+        }
+    )
     changes = policy.protect(draft)
     doc = draft.doc
     key = policy.pseudonymizer.current  # type: ignore[union-attr]
@@ -74,9 +91,15 @@ def test_the_actor_fallback_to_user_id_is_protected_too() -> None:
 
 def test_key_ring_errors_say_what_to_do(tmp_path: Path) -> None:
     assert [k.key_id for k in parse_key_ring(f"{new_key_line('new')}\n# old\n{new_key_line('old')}", source="t")] == [
-        "new", "old"]
-    for text, message in [("k1", "expected '<key id>:<base64 key>'"), ("k1:!!!", "not valid base64"),
-                          ("k1:YWJj", "too short"), (f"{new_key_line('a')},{new_key_line('a')}", "appears twice")]:
+        "new",
+        "old",
+    ]
+    for text, message in [
+        ("k1", "expected '<key id>:<base64 key>'"),
+        ("k1:!!!", "not valid base64"),
+        ("k1:YWJj", "too short"),
+        (f"{new_key_line('a')},{new_key_line('a')}", "appears twice"),
+    ]:
         with pytest.raises(AuditConfigurationError, match=message):
             parse_key_ring(text, source="t")
     with pytest.raises(AuditConfigurationError, match="no key"):
@@ -130,7 +153,7 @@ def test_search_by_plain_identifier_finds_exactly_that_persons_records_across_ke
         key_ids = sorted({r[0].split(":")[1] for r in conn.execute("SELECT actor_id FROM audit_logs")})
     for plain in (ALICE, BOB, "carol", "10.1.2.3", "sess-a"):
         i = dump.find(plain)
-        assert i < 0, dump[max(0, i - 300):i + 100]
+        assert i < 0, dump[max(0, i - 300) : i + 100]
     assert key_ids == ["k1", "k2"]
     assert verify(db).ok
 

@@ -36,8 +36,16 @@ PAN_SPACED = "5555 5555 5555 4444"
 API_KEY = "ak_live_51HxYz0123456789"
 
 # The secret parts that must appear nowhere (the PAN's middle digits: first 6 / last 4 may stay).
-SECRETS = [PASSWORD, "mF_9.B5f-4.1JqM8xZ3kP0q", JWT.split(".")[1], "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", PAN,
-           "5555 5555 5555 4444", "5555555555554444", API_KEY]
+SECRETS = [
+    PASSWORD,
+    "mF_9.B5f-4.1JqM8xZ3kP0q",
+    JWT.split(".")[1],
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    PAN,
+    "5555 5555 5555 4444",
+    "5555555555554444",
+    API_KEY,
+]
 
 
 def redact(attrs: dict, body: object = None) -> tuple[dict, object, list[str]]:
@@ -81,8 +89,22 @@ def test_each_value_rule_is_applied_wherever_the_text_is(value: str, rule: str, 
 
 
 @pytest.mark.parametrize(
-    "name", ["password", "user.password", "db_passwd", "client_secret", "X-Api-Key", "api_key", "authorization",
-             "session_token", "refreshToken", "aws.access_key", "private-key", "Cookie", "credentials"],
+    "name",
+    [
+        "password",
+        "user.password",
+        "db_passwd",
+        "client_secret",
+        "X-Api-Key",
+        "api_key",
+        "authorization",
+        "session_token",
+        "refreshToken",
+        "aws.access_key",
+        "private-key",
+        "Cookie",
+        "credentials",
+    ],
 )
 def test_name_rules_replace_any_value_top_level_and_nested(name: str) -> None:
     attrs, _, notes = redact({name: PASSWORD, "audit.old_values": {name: {"nested": 1}, "email": "a@example.com"}})
@@ -93,10 +115,12 @@ def test_name_rules_replace_any_value_top_level_and_nested(name: str) -> None:
 
 def test_configured_names_add_to_the_built_in_ones_and_audit_fields_are_exempt() -> None:
     redactor = Redactor(extra_names=["ssn", "date_of_birth"])
-    changes, _ = redactor.redact_attributes({"patient.ssn": "078-05-1120", "DateOfBirth": "1970-01-01",
-                                             **VALID}, None)
-    assert changes == {"patient.ssn": REDACTED, "DateOfBirth": REDACTED,
-                       REDACTIONS: ("patient.ssn: name", "DateOfBirth: name")}
+    changes, _ = redactor.redact_attributes({"patient.ssn": "078-05-1120", "DateOfBirth": "1970-01-01", **VALID}, None)
+    assert changes == {
+        "patient.ssn": REDACTED,
+        "DateOfBirth": REDACTED,
+        REDACTIONS: ("patient.ssn: name", "DateOfBirth: name"),
+    }
     # otel-audit's own attributes are never redacted by name, only by value.
     assert Redactor().redact_attributes({"audit.record.token": "x", "otel_audit.secret": "y"}, None) == (None, None)
 
@@ -154,8 +178,14 @@ ordinary = st.one_of(
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.from_regex(r"\A[a-z]{1,8}(\.[a-z]{1,8}){0,2}\Z").filter(
-    lambda k: not Redactor().sensitive_name(k)), ordinary, max_size=6), ordinary.map(str))
+@given(
+    st.dictionaries(
+        st.from_regex(r"\A[a-z]{1,8}(\.[a-z]{1,8}){0,2}\Z").filter(lambda k: not Redactor().sensitive_name(k)),
+        ordinary,
+        max_size=6,
+    ),
+    ordinary.map(str),
+)
 def test_property_no_false_positive_on_ordinary_ids(attrs: dict, message: str) -> None:
     changes, body = Redactor().redact_attributes(attrs, message)
     assert changes is None
@@ -164,13 +194,17 @@ def test_property_no_false_positive_on_ordinary_ids(attrs: dict, message: str) -
 
 secret = st.one_of(
     st.from_regex(r"\A[A-Za-z0-9\-._~+/]{8,40}\Z").map(lambda t: ("bearer", f"Bearer {t}", t)),
-    st.tuples(st.from_regex(r"\A[A-Za-z0-9_-]{4,30}\Z"), st.from_regex(r"\A[A-Za-z0-9_-]{2,30}\Z"),
-              st.from_regex(r"\A[A-Za-z0-9_-]{10,40}\Z")).map(
-        lambda p: ("jwt", f"eyJ{p[0]}.{p[1]}.{p[2]}", f"eyJ{p[0]}.{p[1]}.{p[2]}")),
+    st.tuples(
+        st.from_regex(r"\A[A-Za-z0-9_-]{4,30}\Z"),
+        st.from_regex(r"\A[A-Za-z0-9_-]{2,30}\Z"),
+        st.from_regex(r"\A[A-Za-z0-9_-]{10,40}\Z"),
+    ).map(lambda p: ("jwt", f"eyJ{p[0]}.{p[1]}.{p[2]}", f"eyJ{p[0]}.{p[1]}.{p[2]}")),
     st.from_regex(r"\A[A-Za-z0-9+/=\n]{10,80}\Z").map(
-        lambda b: ("private_key", f"-----BEGIN EC PRIVATE KEY-----\n{b}\n-----END EC PRIVATE KEY-----", b)),
-    st.tuples(st.sampled_from("23456"), st.text(string.digits, min_size=11, max_size=17)).map(
-        lambda p: _luhn_complete(p[0] + p[1])).map(lambda d: ("pan", d, d)),
+        lambda b: ("private_key", f"-----BEGIN EC PRIVATE KEY-----\n{b}\n-----END EC PRIVATE KEY-----", b)
+    ),
+    st.tuples(st.sampled_from("23456"), st.text(string.digits, min_size=11, max_size=17))
+    .map(lambda p: _luhn_complete(p[0] + p[1]))
+    .map(lambda d: ("pan", d, d)),
 )
 
 
@@ -182,10 +216,15 @@ def _luhn_complete(prefix: str) -> str:
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(secret, st.text(alphabet=string.ascii_letters + " ,;()", max_size=20),
-       st.text(alphabet=string.ascii_letters + " ,;()", max_size=20), st.sampled_from(["attr", "nested", "message"]))
-def test_property_a_secret_embedded_anywhere_is_gone(item: tuple[str, str, str], before: str, after: str,
-                                                    where: str) -> None:
+@given(
+    secret,
+    st.text(alphabet=string.ascii_letters + " ,;()", max_size=20),
+    st.text(alphabet=string.ascii_letters + " ,;()", max_size=20),
+    st.sampled_from(["attr", "nested", "message"]),
+)
+def test_property_a_secret_embedded_anywhere_is_gone(
+    item: tuple[str, str, str], before: str, after: str, where: str
+) -> None:
     rule, text, core = item
     value = f"{before} {text} {after}"
     attrs = {"note": value} if where == "attr" else {"audit.old_values": {"a": [value]}} if where == "nested" else {}
@@ -241,17 +280,22 @@ def test_no_secret_reaches_spool_database_otlp_export_or_own_logs(
         assert app.close()
     with psycopg.connect(db) as conn:
         dump = "\n".join(
-            str(row) for table in ("audit_logs", "audit_chains")
+            str(row)
+            for table in ("audit_logs", "audit_chains")
             for row in conn.execute(f"SELECT row_to_json(t)::text FROM {table} t").fetchall()
         ).encode()
         _assert_clean(dump, "the database")
-        notes = conn.execute(
-            "SELECT attributes->'otel_audit.redactions' FROM audit_logs ORDER BY seq"
-        ).fetchall()
+        notes = conn.execute("SELECT attributes->'otel_audit.redactions' FROM audit_logs ORDER BY seq").fetchall()
     assert notes[0][0] == [
-        "password: name", "upstream.header: bearer", "payment.card: pan",
-        "audit.old_values.api_key: name", "audit.old_values.card: pan", "audit.old_values.session: jwt",
-        "audit.old_values.keys[0]: private_key", "message: jwt", "message: pan",
+        "password: name",
+        "upstream.header: bearer",
+        "payment.card: pan",
+        "audit.old_values.api_key: name",
+        "audit.old_values.card: pan",
+        "audit.old_values.session: jwt",
+        "audit.old_values.keys[0]: private_key",
+        "message: jwt",
+        "message: pan",
     ]
     assert notes[1][0] == ["audit.old_values.password: name", "note: bearer"]
     assert verify(db).ok
@@ -276,8 +320,9 @@ def test_the_ingest_redacts_records_from_other_languages_the_same_way(
 ) -> None:
     ingest = Ingest(db, spool_dir)
     try:
-        reply = ingest.export(request([record({**AUDIT, **_secret_extra(), "test.id": str(uuid.uuid4())},
-                                              body=f"login with {JWT}")]))
+        reply = ingest.export(
+            request([record({**AUDIT, **_secret_extra(), "test.id": str(uuid.uuid4())}, body=f"login with {JWT}")])
+        )
         assert reply.status == 200
         spooled = b"".join(p.read_bytes() for p in spool_dir.rglob("*") if p.is_file())
         _assert_clean(spooled, "the ingest's spool")

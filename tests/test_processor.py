@@ -37,8 +37,11 @@ def test_audit_record_is_sealed_stored_and_exported_with_its_seal(db: str, spool
     plain = exported[1].log_record.attributes
     assert "audit.record.id" not in plain and dict(plain) == {"ward": "B3"}
 
-    (row,) = rows(db, "SELECT id::text, chain_id::text, seq, prev_hash, hash, canonical, trace_id, session_id, "
-                      "service_name, host_name, reason, attributes FROM audit_logs")
+    (row,) = rows(
+        db,
+        "SELECT id::text, chain_id::text, seq, prev_hash, hash, canonical, trace_id, session_id, "
+        "service_name, host_name, reason, attributes FROM audit_logs",
+    )
     record_id, chain_id, seq, prev_hash, hash_, canonical, db_trace, session, service, host, reason, attrs = row
     assert sealed["audit.record.id"] == record_id
     assert sealed["audit.chain.id"] == chain_id
@@ -50,8 +53,7 @@ def test_audit_record_is_sealed_stored_and_exported_with_its_seal(db: str, spool
     assert session == "sess-9"  # from baggage
     assert service == "billing" and host
     # The resource's other attributes (here the SDK's telemetry.sdk.*) are kept under a prefix.
-    assert reason == "treatment" and {k: v for k, v in attrs.items() if not k.startswith("resource.")} == {
-        "ward": "B3"}
+    assert reason == "treatment" and {k: v for k, v in attrs.items() if not k.startswith("resource.")} == {"ward": "B3"}
     assert attrs["resource.telemetry.sdk.language"] == "python"
     assert verify(db).ok
 
@@ -140,7 +142,16 @@ def test_fail_closed_raises_when_the_database_is_unreachable(spool_dir: Path) ->
 
 def test_attribute_values_of_every_otel_type_survive(db: str, spool_dir: Path) -> None:
     app = App(db, spool_dir)
-    app.log(f=0.1, i=7, b=True, s="é\u2028", raw=b"\x01\x02", seq=[1, 2.5, "x"], m={"nested": {"deep": [None, False]}}, big=2**62)
+    app.log(
+        f=0.1,
+        i=7,
+        b=True,
+        s="é\u2028",
+        raw=b"\x01\x02",
+        seq=[1, 2.5, "x"],
+        m={"nested": {"deep": [None, False]}},
+        big=2**62,
+    )
     assert app.close()
     ((attrs, canonical, problems),) = rows(db, "SELECT attributes, canonical, problems FROM audit_logs")
     doc = orjson.loads(bytes(canonical))

@@ -30,15 +30,39 @@ def trail(db: str, spool_dir: Path) -> dict:
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("request") as span:
         trace_id = format(span.get_span_context().trace_id, "032x")
-        billing.log("login", **{"audit.action": "login", "audit.actor.id": "alice", "session.id": "s-1",
-                                "audit.resource.type": "session", "audit.resource.id": "s-1"})
+        billing.log(
+            "login",
+            **{
+                "audit.action": "login",
+                "audit.actor.id": "alice",
+                "session.id": "s-1",
+                "audit.resource.type": "session",
+                "audit.resource.id": "s-1",
+            },
+        )
         billing.log("viewed", **{"audit.actor.id": "alice", "session.id": "s-1"})
-        billing.log("export refused", **{"audit.action": "export", "audit.actor.id": "alice", "session.id": "s-1",
-                                         "audit.result": "denied", "audit.reason": "no export grant"})
+        billing.log(
+            "export refused",
+            **{
+                "audit.action": "export",
+                "audit.actor.id": "alice",
+                "session.id": "s-1",
+                "audit.result": "denied",
+                "audit.reason": "no export grant",
+            },
+        )
     for i in range(6):
         billing.log(**{"audit.actor.id": "mallory", "audit.result": "failure", "session.id": "s-2", "n": i})
-    billing.log("changed", **{"audit.action": "update", "audit.actor.id": "bob", "audit.changed_fields": ["dose"],
-                              "audit.old_values": {"dose": "5mg"}, "user_agent.original": "curl/8.5"})
+    billing.log(
+        "changed",
+        **{
+            "audit.action": "update",
+            "audit.actor.id": "bob",
+            "audit.changed_fields": ["dose"],
+            "audit.old_values": {"dose": "5mg"},
+            "user_agent.original": "curl/8.5",
+        },
+    )
     billing.log(**{"audit.actor.id": "eve", "audit.result": "maybe"})  # stored flagged: result not allowed
     assert billing.close()
     pharmacy = App(db, spool_dir / "p", service="pharmacy")
@@ -59,8 +83,10 @@ def test_a_cut_result_says_how_many_more_match(trail: dict) -> None:
     table = cli("query", "--dsn", dsn, "--limit", "5")
     assert table.returncode == 0, table.stderr
     assert "(5 rows)" in table.stdout
-    assert "(showing the newest 5 of 12 matching records: 7 more match (raise --limit or narrow the filters))" \
+    assert (
+        "(showing the newest 5 of 12 matching records: 7 more match (raise --limit or narrow the filters))"
         in table.stdout
+    )
     as_json = cli("query", "--dsn", dsn, "--limit", "5", "--format", "json")
     assert len(json.loads(as_json.stdout)) == 5  # the data stays clean: the notice goes to stderr
     assert "7 more match" in as_json.stderr
@@ -112,8 +138,10 @@ def test_filters(trail: dict) -> None:
     assert len(query_json(dsn, "--since", "1h")) == trail["total"]
     assert query_json(dsn, "--until", "2000-01-01") == []
     now = datetime.now(timezone.utc)
-    assert len(query_json(dsn, "--since", (now - timedelta(hours=1)).isoformat(), "--until", now.isoformat())) \
+    assert (
+        len(query_json(dsn, "--since", (now - timedelta(hours=1)).isoformat(), "--until", now.isoformat()))
         == trail["total"]
+    )
     # Filters may also come before the question.
     assert len(query_json(dsn, "--result", "denied", "actor", "alice")) == 1
 
@@ -167,11 +195,21 @@ def test_timeline_output_escapes_stored_values(db: str, spool_dir: Path) -> None
 @pytest.mark.parametrize(
     "args",
     [
-        ["--limit", "-1"], ["--limit", "0"], ["--limit", "many"], ["--since", "yesterday"], ["--until", "soon"],
-        ["trace", "not-hex"], ["--trace", "0af7"], ["--result", "maybe"], ["--chain", "x"],
-        ["--since", "2026-12-02", "--until", "2026-12-01"], ["--since", "99999999d"],
-        ["failures", "--threshold", "-1"], ["failures", "--window", "forever"],
-        ["failures", "--window", "1h", "--since", "2h"], ["failures", "--actor", "x"],
+        ["--limit", "-1"],
+        ["--limit", "0"],
+        ["--limit", "many"],
+        ["--since", "yesterday"],
+        ["--until", "soon"],
+        ["trace", "not-hex"],
+        ["--trace", "0af7"],
+        ["--result", "maybe"],
+        ["--chain", "x"],
+        ["--since", "2026-12-02", "--until", "2026-12-01"],
+        ["--since", "99999999d"],
+        ["failures", "--threshold", "-1"],
+        ["failures", "--window", "forever"],
+        ["failures", "--window", "1h", "--since", "2h"],
+        ["failures", "--actor", "x"],
         ["failures", "--format", "timeline"],
     ],
 )
@@ -197,7 +235,9 @@ def test_piping_into_head_ends_quietly(db: str, spool_dir: Path) -> None:
     for fmt in ("table", "csv", "json"):
         process = subprocess.Popen(
             [sys.executable, "-m", "otel_audit", "query", "--dsn", db, "--wide", "--format", fmt],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         assert process.stdout is not None and process.stderr is not None
         process.stdout.readline()  # what `head -1` does: read a line, then go away

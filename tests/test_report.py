@@ -68,8 +68,11 @@ def parse(page: str) -> tuple[set[str], set[str]]:
 
 def options(trail: dict, **kw) -> ReportOptions:
     return ReportOptions(
-        trusted_keys=load_trusted_keys([trail["keys"].public]), trusted_key_files=[str(trail["keys"].public)],
-        witnesses=[DirectoryWitness(trail["witness"], create=False)], witness_dirs=[str(trail["witness"])], **kw,
+        trusted_keys=load_trusted_keys([trail["keys"].public]),
+        trusted_key_files=[str(trail["keys"].public)],
+        witnesses=[DirectoryWitness(trail["witness"], create=False)],
+        witness_dirs=[str(trail["witness"])],
+        **kw,
     )
 
 
@@ -79,8 +82,17 @@ def report_of(dsn: str, opts: ReportOptions) -> dict:
 
 
 def verify_json(trail: dict, *extra: str) -> tuple[int, dict]:
-    result = cli("verify", "--dsn", trail["dsn"], "--trusted-key", str(trail["keys"].public), "--witness",
-                 str(trail["witness"]), "--json", *extra)
+    result = cli(
+        "verify",
+        "--dsn",
+        trail["dsn"],
+        "--trusted-key",
+        str(trail["keys"].public),
+        "--witness",
+        str(trail["witness"]),
+        "--json",
+        *extra,
+    )
     return result.returncode, json.loads(result.stdout)
 
 
@@ -93,8 +105,9 @@ def test_the_report_of_a_clean_anchored_trail(anchored: dict) -> None:
     assert v["checks"] == verified["checks"]  # every check that ran, named as verify names them
     assert v["trusted_keys"] == [anchored["keys"].key_id] and v["signatures_checked"] is True
     assert v["witnesses"] == [f"witness directory {anchored['witness']}"]
-    assert [(f["kind"], f.get("chain_id"), f.get("seq")) for f in v["findings"]] == \
-        [(f["kind"], f.get("chain_id"), f.get("seq")) for f in verified["findings"]]
+    assert [(f["kind"], f.get("chain_id"), f.get("seq")) for f in v["findings"]] == [
+        (f["kind"], f.get("chain_id"), f.get("seq")) for f in verified["findings"]
+    ]
 
     coverage = report["coverage"]
     assert coverage["chains_active"] == 2 and {s["service"] for s in coverage["services"]} == {"billing", "pharmacy"}
@@ -128,8 +141,11 @@ def test_failed_attempts_above_the_threshold_are_the_seeds_query(anchored: dict)
 
 def test_the_report_of_a_tampered_trail(anchored: dict) -> None:
     dsn = anchored["dsn"]
-    tamper(dsn, "UPDATE audit_logs SET actor_id = 'someone-else' WHERE actor_id = 'bob'",
-           "DELETE FROM audit_logs WHERE actor_id = 'alice' AND resource_id = 'patient-2'")
+    tamper(
+        dsn,
+        "UPDATE audit_logs SET actor_id = 'someone-else' WHERE actor_id = 'bob'",
+        "DELETE FROM audit_logs WHERE actor_id = 'alice' AND resource_id = 'patient-2'",
+    )
     report = report_of(dsn, options(anchored))
     code, verified = verify_json(anchored)
     v = report["verification"]
@@ -150,14 +166,27 @@ def test_the_report_of_a_tampered_trail(anchored: dict) -> None:
         seq_attr = "" if seq is None else seq
         assert f'data-kind="{kind}" data-severity="' in html and f'data-chain="{chain}" data-seq="{seq_attr}"' in html
 
-    result = cli("report", "--dsn", dsn, "--trusted-key", str(anchored["keys"].public), "--witness",
-                 str(anchored["witness"]), "--format", "json")
+    result = cli(
+        "report",
+        "--dsn",
+        dsn,
+        "--trusted-key",
+        str(anchored["keys"].public),
+        "--witness",
+        str(anchored["witness"]),
+        "--format",
+        "json",
+    )
     assert result.returncode == 1 and json.loads(result.stdout)["verification"]["verdict"] == "INTEGRITY FAILURE"
 
 
 def test_the_period_selects_activity_and_verification_covers_everything(anchored: dict) -> None:
-    past = report_of(anchored["dsn"], options(anchored, since=datetime(2020, 1, 1, tzinfo=timezone.utc),
-                                               until=datetime(2020, 1, 2, tzinfo=timezone.utc)))
+    past = report_of(
+        anchored["dsn"],
+        options(
+            anchored, since=datetime(2020, 1, 1, tzinfo=timezone.utc), until=datetime(2020, 1, 2, tzinfo=timezone.utc)
+        ),
+    )
     assert past["activity"]["records"] == 0 and past["coverage"]["chains_active"] == 0
     assert past["verification"]["records"] == anchored["records"]  # the verdict is always of the whole trail
     assert past["period"]["bucket"] == "hour" and len(past["activity"]["buckets"]) == 24
@@ -180,8 +209,13 @@ def test_without_trusted_keys_the_report_says_what_that_means(db: str, spool_dir
 def test_the_page_is_self_contained_and_escapes_stored_values(db: str, spool_dir: Path, tmp_path: Path) -> None:
     app = App(db, spool_dir, service="<script>alert(1)</script>")
     app.log(**{"audit.actor.id": FORGED, "audit.result": "denied", "session.id": "s-1"})
-    app.log(**{"audit.actor.id": '"><img src=x onerror=alert(1)>', "audit.resource.id": "http://attacker.example/x",
-               "session.id": "s-1"})
+    app.log(
+        **{
+            "audit.actor.id": '"><img src=x onerror=alert(1)>',
+            "audit.resource.id": "http://attacker.example/x",
+            "session.id": "s-1",
+        }
+    )
     assert app.close()
     out = tmp_path / "report.html"
     result = cli("report", "--dsn", db, "--out", str(out), "--session", "s-1", "--threshold", "0")
@@ -201,8 +235,14 @@ def test_the_page_is_self_contained_and_escapes_stored_values(db: str, spool_dir
 
 
 def test_report_usage_errors(db: str, empty_db: str, tmp_path: Path) -> None:
-    for args in (["--since", "nope"], ["--since", "2026-12-02", "--until", "2026-12-01"], ["--threshold", "-1"],
-                 ["--trace", "xyz"], ["--witness", str(tmp_path)], ["--format", "pdf"]):
+    for args in (
+        ["--since", "nope"],
+        ["--since", "2026-12-02", "--until", "2026-12-01"],
+        ["--threshold", "-1"],
+        ["--trace", "xyz"],
+        ["--witness", str(tmp_path)],
+        ["--format", "pdf"],
+    ):
         result = cli("report", "--dsn", db, *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
     missing = cli("report", "--dsn", empty_db)

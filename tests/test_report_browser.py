@@ -37,12 +37,33 @@ def browser() -> Iterator[Browser]:
 
 def open_report(browser: Browser, trail: dict, tmp_path: Path, name: str) -> tuple[int, dict]:
     page = tmp_path / f"{name}.html"
-    result = cli("report", "--dsn", trail["dsn"], "--trusted-key", str(trail["keys"].public), "--witness",
-                 str(trail["witness"]), "--session", "s-alice", "--threshold", "5", "--out", str(page))
+    result = cli(
+        "report",
+        "--dsn",
+        trail["dsn"],
+        "--trusted-key",
+        str(trail["keys"].public),
+        "--witness",
+        str(trail["witness"]),
+        "--session",
+        "s-alice",
+        "--threshold",
+        "5",
+        "--out",
+        str(page),
+    )
     assert result.returncode in (0, 1), result.stderr
     browser.open(page.as_uri())
-    verify = cli("verify", "--dsn", trail["dsn"], "--trusted-key", str(trail["keys"].public), "--witness",
-                 str(trail["witness"]), "--json")
+    verify = cli(
+        "verify",
+        "--dsn",
+        trail["dsn"],
+        "--trusted-key",
+        str(trail["keys"].public),
+        "--witness",
+        str(trail["witness"]),
+        "--json",
+    )
     assert result.returncode == verify.returncode  # report and verify exit alike
     return verify.returncode, json.loads(verify.stdout)
 
@@ -55,7 +76,12 @@ def check_page(browser: Browser, page: Path, shot: Path, code: int, verified: di
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
     charts = json.loads(browser.evaluate(CHARTS_JS))
     assert [c["id"] for c in charts] == [
-        "chart-records", "chart-attempts", "chart-actors", "chart-resources", "chart-actions", "chart-failures"
+        "chart-records",
+        "chart-attempts",
+        "chart-actors",
+        "chart-resources",
+        "chart-actions",
+        "chart-failures",
     ]
     assert all(c["width"] > 300 and c["height"] > 40 for c in charts), charts
     assert all(c["marks"] > 0 for c in charts[:5]), charts  # bars, points and lines drawn
@@ -63,8 +89,11 @@ def check_page(browser: Browser, page: Path, shot: Path, code: int, verified: di
     shown = json.loads(verdict)
     assert shown["ok"] == str(verified["ok"]).lower()
     assert int(shown["exitCode"]) == code
-    assert (int(shown["errors"]), int(shown["warnings"]), int(shown["records"])) == \
-        (verified["errors"], verified["warnings"], verified["records"])
+    assert (int(shown["errors"]), int(shown["warnings"]), int(shown["records"])) == (
+        verified["errors"],
+        verified["warnings"],
+        verified["records"],
+    )
     text = browser.evaluate("document.getElementById('verdict').innerText")
     assert ("INTACT" if code == 0 else "INTEGRITY FAILURE") in text
     rows = [tuple(r) for r in json.loads(browser.evaluate(FINDINGS_JS))]
@@ -83,12 +112,14 @@ def test_a_clean_trail_in_the_browser(browser: Browser, anchored: dict, tmp_path
 
 
 def test_a_tampered_trail_in_the_browser(browser: Browser, anchored: dict, tmp_path: Path) -> None:
-    tamper(anchored["dsn"], "UPDATE audit_logs SET result = 'success' WHERE actor_id = 'mallory' AND seq = 8",
-           "DELETE FROM audit_logs WHERE actor_id = 'bob'")
+    tamper(
+        anchored["dsn"],
+        "UPDATE audit_logs SET result = 'success' WHERE actor_id = 'mallory' AND seq = 8",
+        "DELETE FROM audit_logs WHERE actor_id = 'bob'",
+    )
     code, verified = open_report(browser, anchored, tmp_path, "tampered")
     assert code == 1 and verified["ok"] is False and verified["errors"] >= 2
     check_page(browser, tmp_path / "tampered.html", tmp_path / "tampered.png", code, verified)
     assert browser.evaluate("document.getElementById('verdict').dataset.verdict") == "failure"
     kinds = browser.evaluate("[...document.querySelectorAll('tr.finding.error')].map(r => r.dataset.kind)")
     assert {"modified", "missing"} <= set(kinds)
-

@@ -31,8 +31,18 @@ def unpack(pack: Path, into: Path) -> Path:
 
 
 def evidence(trail: dict, out: Path, *args: str) -> subprocess.CompletedProcess:
-    return cli("evidence", "--dsn", trail["dsn"], "--trusted-key", str(trail["keys"].public), "--witness",
-               str(trail["witness"]), "--out", str(out), *args)
+    return cli(
+        "evidence",
+        "--dsn",
+        trail["dsn"],
+        "--trusted-key",
+        str(trail["keys"].public),
+        "--witness",
+        str(trail["witness"]),
+        "--out",
+        str(out),
+        *args,
+    )
 
 
 def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, tmp_path: Path) -> None:
@@ -42,8 +52,16 @@ def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, 
     assert "INTACT: evidence pack" in result.stderr and "9 record proof(s) of 9 chosen" in result.stderr
     root = unpack(pack, tmp_path / "x")
     names = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    assert {"README.txt", "report.html", "report.json", "records.json", "MANIFEST.json", "SHA256SUMS",
-            "check_proof.py", f"keys/{anchored['keys'].key_id}.pub"} <= names
+    assert {
+        "README.txt",
+        "report.html",
+        "report.json",
+        "records.json",
+        "MANIFEST.json",
+        "SHA256SUMS",
+        "check_proof.py",
+        f"keys/{anchored['keys'].key_id}.pub",
+    } <= names
     proofs = sorted(root.glob("proofs/*.json"))
     assert len(proofs) == 9  # mallory's 7 failures and 2 denials
 
@@ -59,8 +77,12 @@ def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, 
     key = root / "keys" / f"{anchored['keys'].key_id}.pub"
     for proof in proofs:
         assert cli("verify-proof", str(proof), "--trusted-key", str(key)).returncode == 0
-        independent = subprocess.run([sys.executable, "-O", str(root / "check_proof.py"), str(proof), str(key)],
-                                     capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")})
+        independent = subprocess.run(
+            [sys.executable, "-O", str(root / "check_proof.py"), str(proof), str(key)],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ.get("PATH", "")},
+        )
         assert independent.returncode == 0 and independent.stdout.startswith("VALID"), independent.stdout
 
     # 3. The checkpoints they rest on are in the pack, as signed envelopes.
@@ -70,7 +92,6 @@ def test_a_pack_of_the_failed_and_denied_records_checks_offline(anchored: dict, 
     assert envelopes and len(envelopes) == len(covered)
     for envelope in envelopes:
         body, signature = envelope.read_bytes().split(b"\n")[:2]
-
 
         checkpoint = parse_checkpoint(body, base64.b64decode(signature))
         assert checkpoint.key_id == anchored["keys"].key_id and body.decode() in covered
@@ -91,8 +112,9 @@ def test_a_proof_changed_in_the_pack_is_refused_offline(anchored: dict, tmp_path
     proof.write_text(json.dumps(data))
     key = root / "keys" / f"{anchored['keys'].key_id}.pub"
     assert cli("verify-proof", str(proof), "--trusted-key", str(key)).returncode == 1
-    independent = subprocess.run([sys.executable, str(root / "check_proof.py"), str(proof), str(key)],
-                                 capture_output=True, text=True)
+    independent = subprocess.run(
+        [sys.executable, str(root / "check_proof.py"), str(proof), str(key)], capture_output=True, text=True
+    )
     assert independent.returncode == 1 and independent.stdout.startswith("INVALID")
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
     assert check.returncode != 0
@@ -142,9 +164,6 @@ def test_evidence_usage_errors(db: str, tmp_path: Path) -> None:
     assert cli("evidence", "--dsn", db).returncode == 2  # --out is required
 
 
-
-
-
 def test_a_pack_carries_the_manifests_of_the_archive_that_holds_its_records(db: str, tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     from otel_audit.archive import DirectoryStore, archive_database
@@ -164,8 +183,21 @@ def test_a_pack_carries_the_manifests_of_the_archive_that_holds_its_records(db: 
         assert archive_database(conn, dest, before=datetime(2025, 1, 1, tzinfo=timezone.utc), key=key).records == 6
 
     pack = tmp_path / "pack.zip"
-    result = cli("evidence", "--dsn", db, "--trusted-key", str(public), "--since", "2024-01-01", "--until",
-                 "2025-12-31", "--archive", str(dest.root), "--out", str(pack))
+    result = cli(
+        "evidence",
+        "--dsn",
+        db,
+        "--trusted-key",
+        str(public),
+        "--since",
+        "2024-01-01",
+        "--until",
+        "2025-12-31",
+        "--archive",
+        str(dest.root),
+        "--out",
+        str(pack),
+    )
     assert result.returncode == 0, result.stderr
     assert "9 record proof(s)" in result.stderr and "1 archive manifest(s)" in result.stderr
     root = unpack(pack, tmp_path / "x")

@@ -41,25 +41,38 @@ _SEAL_EXTRA = (*A.SEAL_ATTRIBUTES, A.RECORD_CANONICAL, A.CHAIN_GENESIS)
 
 
 def test_the_builder_keeps_other_resource_attributes_under_a_prefix() -> None:
-    doc = RecordBuilder().build(
-        {**AUDIT, "n": 1}, time_unix_nano=1, service_name="billing",
-        resource=resource_attributes({"service.name": "billing", "service.version": "2", "ratio": 0.5}),
-    ).doc
+    doc = (
+        RecordBuilder()
+        .build(
+            {**AUDIT, "n": 1},
+            time_unix_nano=1,
+            service_name="billing",
+            resource=resource_attributes({"service.name": "billing", "service.version": "2", "ratio": 0.5}),
+        )
+        .doc
+    )
     assert doc["service_name"] == "billing"
     assert doc["attributes"] == {"n": 1, "resource.service.version": "2", "resource.ratio": 0.5}
     assert doc["problems"] == []
 
 
 def test_a_record_attribute_of_the_same_name_wins_and_the_loss_is_noted() -> None:
-    doc = RecordBuilder().build(
-        {**AUDIT, "resource.service.version": "mine"}, time_unix_nano=1,
-        resource=resource_attributes({"service.version": "theirs"}),
-    ).doc
+    doc = (
+        RecordBuilder()
+        .build(
+            {**AUDIT, "resource.service.version": "mine"},
+            time_unix_nano=1,
+            resource=resource_attributes({"service.version": "theirs"}),
+        )
+        .doc
+    )
     assert doc["attributes"]["resource.service.version"] == "mine"
-    assert doc["problems"] == [(
-        "resource attribute 'service.version' not kept: the record has an attribute 'resource.service.version' "
-        "of its own"
-    )]
+    assert doc["problems"] == [
+        (
+            "resource attribute 'service.version' not kept: the record has an attribute 'resource.service.version' "
+            "of its own"
+        )
+    ]
 
 
 @pytest.mark.storage
@@ -67,8 +80,9 @@ def test_in_process_and_through_the_ingest_the_resource_is_kept_alike(db: str, t
     exporter = InMemoryLogRecordExporter()
     provider = LoggerProvider(resource=Resource.create(RESOURCE), shutdown_on_exit=False)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    handle = otel_audit.configure(db, logger_provider=provider, install_handler=False,
-                                  spool_dir=tmp_path / "app", metrics=False)
+    handle = otel_audit.configure(
+        db, logger_provider=provider, install_handler=False, spool_dir=tmp_path / "app", metrics=False
+    )
     log = logging.Logger("app.web", level=logging.DEBUG)
     log.addHandler(LoggingHandler(logger_provider=provider))
     log.info("viewed", extra={**VALID, "ward": "B3"})
@@ -113,14 +127,20 @@ def test_in_process_and_through_the_ingest_the_resource_is_kept_alike(db: str, t
 def test_a_collector_resource_reaches_the_record(db: str, tmp_path: Path) -> None:
     ingest = Ingest(db, tmp_path / "ingest")
     try:
-        req = request([record({**AUDIT, "test.id": "x"})], service="payments-go",
-                      resource={"service.version": "3.1.0", "deployment.environment.name": "staging"})
+        req = request(
+            [record({**AUDIT, "test.id": "x"})],
+            service="payments-go",
+            resource={"service.version": "3.1.0", "deployment.environment.name": "staging"},
+        )
         assert ingest.export(req).status == 200
         assert ingest.export(audit_request(1, service="bare")).status == 200  # no other resource attribute
     finally:
         assert ingest.close()
-    docs = {d["service_name"]: d for d in (orjson.loads(bytes(c)) for (c,) in rows(db, "SELECT canonical FROM "
-                                                                                       "audit_logs"))}
+    docs = {
+        d["service_name"]: d for d in (orjson.loads(bytes(c)) for (c,) in rows(db, "SELECT canonical FROM audit_logs"))
+    }
     assert {k: v for k, v in docs["payments-go"]["attributes"].items() if k.startswith("resource.")} == {
-        "resource.service.version": "3.1.0", "resource.deployment.environment.name": "staging"}
+        "resource.service.version": "3.1.0",
+        "resource.deployment.environment.name": "staging",
+    }
     assert not [k for k in docs["bare"]["attributes"] if k.startswith("resource.")]

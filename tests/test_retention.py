@@ -37,8 +37,9 @@ def trail(db: str, key) -> tuple[str, list[TrailChain]]:
     chains = [TrailChain(key, created="2025-01-01T00:00:00Z") for _ in range(2)]
     for i, chain in enumerate(chains):
         for month in ("01", "02", "03", "04"):
-            chain.log_many(f"2025-{month}-02T00:00:00Z", 50 + 10 * i, step_seconds=3600,
-                           **{"audit.actor.id": f"user-{month}"})
+            chain.log_many(
+                f"2025-{month}-02T00:00:00Z", 50 + 10 * i, step_seconds=3600, **{"audit.actor.id": f"user-{month}"}
+            )
             chain.checkpoint(ns(f"2025-{month}-28T00:00:00Z"))
     store(db, *chains)
     return db, chains
@@ -57,8 +58,14 @@ def _plan(dsn: str, archive: DirectoryStore, key, days: int = 500):
 
 
 def _partitions(dsn: str) -> set[str]:
-    return {r[0] for r in rows(dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                    "WHERE i.inhparent = 'audit_logs'::regclass")}
+    return {
+        r[0]
+        for r in rows(
+            dsn,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'audit_logs'::regclass",
+        )
+    }
 
 
 def test_policies_and_their_sources() -> None:
@@ -106,11 +113,43 @@ def test_a_dry_run_removes_nothing(trail, tmp_path: Path, key, capsys: pytest.Ca
     _archive(dsn, tmp_path / "archive", key, "2025-02-15T00:00:00+00:00")
     _, public = write_keypair(key, tmp_path / "k")
     parts = _partitions(dsn)
-    assert cli(["retention", "apply", "--dsn", dsn, "--policy", "9000", "--archive", str(tmp_path / "archive"),
-                "--trusted-key", str(public), "--dry-run"]) == 0  # 9000 days: nothing is old enough
+    assert (
+        cli(
+            [
+                "retention",
+                "apply",
+                "--dsn",
+                dsn,
+                "--policy",
+                "9000",
+                "--archive",
+                str(tmp_path / "archive"),
+                "--trusted-key",
+                str(public),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )  # 9000 days: nothing is old enough
     assert "nothing to remove" in capsys.readouterr().out
-    assert cli(["retention", "apply", "--dsn", dsn, "--policy", "pci-dss", "--archive", str(tmp_path / "archive"),
-                "--trusted-key", str(public), "--dry-run"]) == 0
+    assert (
+        cli(
+            [
+                "retention",
+                "apply",
+                "--dsn",
+                dsn,
+                "--policy",
+                "pci-dss",
+                "--archive",
+                str(tmp_path / "archive"),
+                "--trusted-key",
+                str(public),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"would remove {JAN}" in " ".join(out.split()) and "kept" in out
     assert _partitions(dsn) == parts and rows(dsn, "SELECT count(*) FROM audit_retention") == [(0,)]
@@ -126,8 +165,12 @@ def test_a_legal_hold_keeps_its_partition(trail, tmp_path: Path, key, hold: str)
         elif hold == "actor":
             hold_id = add_hold(conn, reason="case 17", actor_id="user-01")
         else:
-            hold_id = add_hold(conn, reason="case 17", from_ts=datetime(2025, 1, 20, tzinfo=timezone.utc),
-                               to_ts=datetime(2025, 1, 21, tzinfo=timezone.utc))
+            hold_id = add_hold(
+                conn,
+                reason="case 17",
+                from_ts=datetime(2025, 1, 20, tzinfo=timezone.utc),
+                to_ts=datetime(2025, 1, 21, tzinfo=timezone.utc),
+            )
     plan = _plan(dsn, archive, key)
     verdict = {p.name: p for p in plan.partitions}
     assert not verdict[JAN].removable and any("case 17" in why for why in verdict[JAN].blocked)
@@ -149,8 +192,25 @@ def test_an_archive_that_does_not_verify_removes_nothing(trail, tmp_path: Path, 
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     _, public = write_keypair(key, tmp_path / "k")
     parts = _partitions(dsn)
-    assert cli(["retention", "apply", "--dsn", dsn, "--policy", "500", "--archive", str(archive.root),
-                "--trusted-key", str(public), "--signing-key", str(tmp_path / "k")]) == 1
+    assert (
+        cli(
+            [
+                "retention",
+                "apply",
+                "--dsn",
+                dsn,
+                "--policy",
+                "500",
+                "--archive",
+                str(archive.root),
+                "--trusted-key",
+                str(public),
+                "--signing-key",
+                str(tmp_path / "k"),
+            ]
+        )
+        == 1
+    )
     assert _partitions(dsn) == parts
 
 
@@ -188,5 +248,6 @@ def test_the_newest_run_deleted_whole_after_retention_is_caught_with_the_databas
     assert verify_archive(archive, trusted).ok  # on its own, a consistent archive of one run
     with psycopg.connect(dsn) as conn:
         report = verify_archive(archive, trusted, conn=conn)
-    assert any(f.kind is Kind.MANIFEST_MISSING and "000002.manifest" in f.detail for f in report.errors), \
-        [str(f) for f in report.findings]
+    assert any(f.kind is Kind.MANIFEST_MISSING and "000002.manifest" in f.detail for f in report.errors), [
+        str(f) for f in report.findings
+    ]

@@ -74,14 +74,24 @@ def _errors(report) -> list[tuple[str, str | None, int | None]]:
     return [(f.kind.value, f.chain_id, f.seq) for f in report.errors]
 
 
-def _forge(dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes | None = None,
-           prev: str | None = None) -> None:
+def _forge(
+    dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes | None = None, prev: str | None = None
+) -> None:
     """Insert retention checkpoint n+1 (as anyone with INSERT on audit_retention could), signed by ``signer``."""
     n = like.n + 1
-    forged = sign_retention(signer, {
-        "n": n, "prev": prev or like.hash, "time": format_timestamp(ns("2026-12-02T01:00:00Z")), "policy": "500d",
-        "cutoff": like.doc["cutoff"], "partitions": [MAR], "archive": like.doc["archive"], "chains": claim,
-    })
+    forged = sign_retention(
+        signer,
+        {
+            "n": n,
+            "prev": prev or like.hash,
+            "time": format_timestamp(ns("2026-12-02T01:00:00Z")),
+            "policy": "500d",
+            "cutoff": like.doc["cutoff"],
+            "partitions": [MAR],
+            "archive": like.doc["archive"],
+            "chains": claim,
+        },
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO audit_retention (n, signed_at, key_id, body, signature, hash) VALUES (%s, %s, %s, %s, %s, %s)",
@@ -91,8 +101,13 @@ def _forge(dsn: str, signer, claim: dict[str, dict], *, like, signature: bytes |
 
 def _end_of(dsn: str, chain_id: str, partition: str) -> tuple[int, str]:
     """The last seq of a chain in a partition and its hash."""
-    return rows(dsn, sql.SQL("SELECT seq, hash FROM {} WHERE chain_id = %s ORDER BY seq DESC LIMIT 1").format(
-        sql.Identifier(partition)), (chain_id,))[0]
+    return rows(
+        dsn,
+        sql.SQL("SELECT seq, hash FROM {} WHERE chain_id = %s ORDER BY seq DESC LIMIT 1").format(
+            sql.Identifier(partition)
+        ),
+        (chain_id,),
+    )[0]
 
 
 def test_verify_reports_the_archived_prefix_instead_of_missing_records(retained, key, verify_mode: str) -> None:
@@ -113,15 +128,18 @@ def test_verify_reports_the_archived_prefix_instead_of_missing_records(retained,
     # The chain that lived in January only: nothing left in PostgreSQL, and that is not a truncation.
     january = report.chains[chains[2].chain_id]
     assert january.records == 0
-    assert not any(f.kind in (Kind.EMPTY_CHAIN, Kind.TRUNCATED) for f in report.findings if f.chain_id == chains[2].chain_id)
+    assert not any(
+        f.kind in (Kind.EMPTY_CHAIN, Kind.TRUNCATED) for f in report.findings if f.chain_id == chains[2].chain_id
+    )
     # Only the trail's own age shows (its chains stopped long ago, sealed before checkpoint policies): nothing
     # about the archived records.
     expected = {Kind.UNCLOSED, Kind.NO_CHECKPOINT_POLICY}
     assert not [f for f in report.warnings if f.kind not in expected], [str(f) for f in report.warnings]
 
 
-def test_the_fast_pass_starts_at_the_archived_boundary(retained, key, verify_mode: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fast_pass_starts_at_the_archived_boundary(
+    retained, key, verify_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No chain that merely lost its archived prefix falls back to the slow full walk."""
     from otel_audit.verify import database
 
@@ -176,8 +194,9 @@ def test_a_deletion_no_retention_checkpoint_covers_still_fails(retained, key, ve
             assert (Kind.MISSING.value, chain.chain_id, first) in _errors(report), _errors(report)
 
 
-def test_the_cli_exits_1_naming_a_partition_dropped_by_hand(retained, key, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_the_cli_exits_1_naming_a_partition_dropped_by_hand(
+    retained, key, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     dsn, chains, _, checkpoint = retained
     _, public = write_keypair(key, tmp_path / "k")
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -226,8 +245,9 @@ def test_a_retention_checkpoint_whose_head_the_live_chain_does_not_link_to_fails
     _forge(dsn, key, claim, like=checkpoint)  # the trusted key, but a head the chain never had
     report = _report(dsn, key)
     first = checkpoint.chains[chain.chain_id]["seq"] + 1
-    assert any(f.chain_id == chain.chain_id and f.seq == first and f.kind is Kind.BROKEN_LINK for f in report.errors), \
-        [str(f) for f in report.findings]
+    assert any(f.chain_id == chain.chain_id and f.seq == first and f.kind is Kind.BROKEN_LINK for f in report.errors), [
+        str(f) for f in report.findings
+    ]
 
 
 def test_a_retention_checkpoint_claiming_more_than_the_archive_holds(retained, key) -> None:
@@ -241,14 +261,16 @@ def test_a_retention_checkpoint_claiming_more_than_the_archive_holds(retained, k
     with_archive = _report(dsn, key, archive=archive)
     assert not with_archive.ok
     for chain in chains[:2]:
-        assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.chain_id == chain.chain_id for f in with_archive.errors), \
-            [str(f) for f in with_archive.findings]
+        assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.chain_id == chain.chain_id for f in with_archive.errors), [
+            str(f) for f in with_archive.findings
+        ]
     # verify-archive --dsn applies the same rule to the database's retention checkpoints.
     trusted = {key.key_id: key.verify_key()}
     with psycopg.connect(dsn) as conn:
         joined = verify_archive(archive, trusted, conn=conn)
-    assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.chain_id == chains[0].chain_id for f in joined.errors), \
-        [str(f) for f in joined.findings]
+    assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.chain_id == chains[0].chain_id for f in joined.errors), [
+        str(f) for f in joined.findings
+    ]
 
 
 def test_verify_archive_judges_retention_checkpoints_as_verify_does(retained, key) -> None:
@@ -258,14 +280,16 @@ def test_verify_archive_judges_retention_checkpoints_as_verify_does(retained, ke
     trusted = {key.key_id: key.verify_key()}
     with psycopg.connect(dsn) as conn:
         joined = verify_archive(archive, trusted, conn=conn)
-    assert any(f.kind is Kind.UNTRUSTED_KEY and "retention checkpoint 2" in f.detail for f in joined.errors), \
-        [str(f) for f in joined.findings]
+    assert any(f.kind is Kind.UNTRUSTED_KEY and "retention checkpoint 2" in f.detail for f in joined.errors), [
+        str(f) for f in joined.findings
+    ]
     with psycopg.connect(dsn) as conn:
         assert verify_archive(archive, trusted, conn=conn).exit_code() == _report(dsn, key).exit_code() == 1
 
 
-def test_live_records_inside_the_archived_prefix_are_checked_and_the_rest_is_archived(db: str, key, tmp_path: Path,
-                                                                                       verify_mode: str) -> None:
+def test_live_records_inside_the_archived_prefix_are_checked_and_the_rest_is_archived(
+    db: str, key, tmp_path: Path, verify_mode: str
+) -> None:
     """A record no month holds (dated 2045, in the default partition, which retention never drops) stays live
     in the middle of an archived prefix: the walk checks it, skips the archived records around it, and goes
     on from the signed head."""
@@ -296,8 +320,9 @@ def test_live_records_inside_the_archived_prefix_are_checked_and_the_rest_is_arc
     assert (Kind.MODIFIED.value, chain.chain_id, 11) in _errors(_report(db, key))
 
 
-def test_a_live_last_archived_record_must_hash_to_the_signed_head(db: str, key, tmp_path: Path,
-                                                                 verify_mode: str) -> None:
+def test_a_live_last_archived_record_must_hash_to_the_signed_head(
+    db: str, key, tmp_path: Path, verify_mode: str
+) -> None:
     """Record N stayed live (the default partition) and was then rewritten with a recomputed hash."""
     import hashlib
 
@@ -317,8 +342,9 @@ def test_a_live_last_archived_record_must_hash_to_the_signed_head(db: str, key, 
     with psycopg.connect(db, autocommit=True) as conn:
         archive = DirectoryStore(tmp_path / "archive", create=True)
         archive_database(conn, archive, before=datetime(2025, 2, 15, tzinfo=timezone.utc), key=key)
-        checkpoint = apply_retention(conn, plan_retention(conn, archive, {key.key_id: key.verify_key()},
-                                                          parse_policy("500"), now=NOW), key)
+        checkpoint = apply_retention(
+            conn, plan_retention(conn, archive, {key.key_id: key.verify_key()}, parse_policy("500"), now=NOW), key
+        )
     assert checkpoint is not None and checkpoint.chains[chain.chain_id]["seq"] == 11
     assert _report(db, key).ok
     doc = orjson.loads(rows(db, "SELECT canonical FROM audit_logs WHERE seq = 11")[0][0])
@@ -326,10 +352,14 @@ def test_a_live_last_archived_record_must_hash_to_the_signed_head(db: str, key, 
     canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
-        conn.execute("UPDATE audit_logs SET canonical = %s, hash = %s, actor_id = 'someone-else' WHERE seq = 11",
-                     (canonical, hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest()))
+        conn.execute(
+            "UPDATE audit_logs SET canonical = %s, hash = %s, actor_id = 'someone-else' WHERE seq = 11",
+            (canonical, hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest()),
+        )
     report = _report(db, key)
-    assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.seq == 11 for f in report.errors), [str(f) for f in report.findings]
+    assert any(f.kind is Kind.ARCHIVE_MISMATCH and f.seq == 11 for f in report.errors), [
+        str(f) for f in report.findings
+    ]
 
 
 def test_a_deleted_retention_checkpoint_is_a_gap(retained, key) -> None:
@@ -339,8 +369,9 @@ def test_a_deleted_retention_checkpoint_is_a_gap(retained, key) -> None:
         conn.execute("SET session_replication_role = replica")
         conn.execute("DELETE FROM audit_retention WHERE n = 1")
     report = _report(dsn, key)
-    assert any(f.kind is Kind.CHECKPOINT_MISSING and "retention checkpoint(s) 1 " in f.detail for f in report.errors), \
-        [str(f) for f in report.findings]
+    assert any(f.kind is Kind.CHECKPOINT_MISSING and "retention checkpoint(s) 1 " in f.detail for f in report.errors), [
+        str(f) for f in report.findings
+    ]
 
 
 def test_verify_with_the_archive_catches_a_run_deleted_after_retention(db: str, key, tmp_path: Path) -> None:
@@ -358,16 +389,18 @@ def test_verify_with_the_archive_catches_a_run_deleted_after_retention(db: str, 
     with psycopg.connect(db, autocommit=True) as conn:
         archive_database(conn, archive, before=datetime(2025, 1, 15, tzinfo=timezone.utc), key=key)
         archive_database(conn, archive, before=datetime(2025, 2, 15, tzinfo=timezone.utc), key=key)
-        apply_retention(conn, plan_retention(conn, archive, {key.key_id: key.verify_key()}, parse_policy("500"),
-                                             now=NOW), key)
+        apply_retention(
+            conn, plan_retention(conn, archive, {key.key_id: key.verify_key()}, parse_policy("500"), now=NOW), key
+        )
     assert _report(db, key, archive=archive).ok
     for path in ("manifests/000002.manifest", "plans/000002.json"):
         (archive.root / path).unlink()
     for kind in ("records", "checkpoints"):
         shutil.rmtree(archive.root / kind / "run=000002", ignore_errors=True)
     report = _report(db, key, archive=archive)
-    assert any(f.kind is Kind.MANIFEST_MISSING and "000002.manifest" in f.detail for f in report.errors), \
-        [str(f) for f in report.findings]
+    assert any(f.kind is Kind.MANIFEST_MISSING and "000002.manifest" in f.detail for f in report.errors), [
+        str(f) for f in report.findings
+    ]
 
 
 def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, key, tmp_path: Path) -> None:
@@ -383,16 +416,22 @@ def test_a_refused_record_inside_the_archived_prefix_is_archived_too(db: str, ke
     store(db, chain)
     with psycopg.connect(db, autocommit=True) as conn:  # as the sink does with a row PostgreSQL refuses
         conn.execute("SET session_replication_role = replica")
-        conn.execute("INSERT INTO audit_quarantine (chain_id, seq, hash, canonical, reason) "
-                     "SELECT chain_id, seq, hash, canonical, 'refused' FROM audit_logs WHERE seq = 4")
+        conn.execute(
+            "INSERT INTO audit_quarantine (chain_id, seq, hash, canonical, reason) "
+            "SELECT chain_id, seq, hash, canonical, 'refused' FROM audit_logs WHERE seq = 4"
+        )
         conn.execute("DELETE FROM audit_logs WHERE seq = 4")
     # In PostgreSQL it is a record hidden from queries on audit_logs (see verification.md); in the archive it is not.
     assert Kind.RECORD_HIDDEN in [f.kind for f in _report(db, key).findings if f.severity is not Severity.INFO]
     archive = DirectoryStore(tmp_path / "archive", create=True)
     with psycopg.connect(db, autocommit=True) as conn:
         archive_database(conn, archive, before=datetime(2025, 2, 15, tzinfo=timezone.utc), key=key)
-        assert apply_retention(conn, plan_retention(conn, archive, {key.key_id: key.verify_key()},
-                                                    parse_policy("500"), now=NOW), key) is not None
+        assert (
+            apply_retention(
+                conn, plan_retention(conn, archive, {key.key_id: key.verify_key()}, parse_policy("500"), now=NOW), key
+            )
+            is not None
+        )
     report = _report(db, key)
     assert report.ok and report.chains[chain.chain_id].extra["archived_seq"] == 10
     assert [f.kind for f in report.findings if f.severity is not Severity.INFO] == [], [str(f) for f in report.findings]
@@ -402,5 +441,6 @@ def test_a_retention_checkpoint_that_does_not_link_to_the_one_before_is_reported
     dsn, _, _, checkpoint = retained
     _forge(dsn, key, {c: dict(v) for c, v in checkpoint.chains.items()}, like=checkpoint, prev="cd" * 32)
     report = _report(dsn, key)
-    assert any(f.kind is Kind.CHECKPOINT_INCONSISTENT and "retention checkpoint 2" in f.detail for f in report.errors), \
-        [str(f) for f in report.findings]
+    assert any(
+        f.kind is Kind.CHECKPOINT_INCONSISTENT and "retention checkpoint 2" in f.detail for f in report.errors
+    ), [str(f) for f in report.findings]

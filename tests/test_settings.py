@@ -41,8 +41,9 @@ def test_the_check_command_fails_on_a_stale_page(tmp_path: Path):
     check = [sys.executable, "-m", "otel_audit.settings", "--check", str(page)]
     out = subprocess.run(check, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 1 and "--write" in out.stderr
-    subprocess.run([sys.executable, "-m", "otel_audit.settings", "--write", str(page)], check=True, cwd=ROOT,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "otel_audit.settings", "--write", str(page)], check=True, cwd=ROOT, timeout=60
+    )
     assert subprocess.run(check, cwd=ROOT, timeout=60).returncode == 0
     assert "`OTEL_AUDIT_DSN`" in page.read_text(encoding="utf-8")
 
@@ -204,8 +205,11 @@ def test_defaults_are_defined_once():
     assert every["every_seconds"].default == settings.CHECKPOINT_INTERVAL.default
     # And no module writes the record limit as a literal again.
     literal = re.compile(r"256 \* 1024\b|\b262144\b|262_144")
-    repeated = [str(p.relative_to(ROOT)) for p in _sources() if literal.search(p.read_text(encoding="utf-8"))
-                and p.name != "server.py"]  # the ingest's read chunk size happens to be 256 KiB too
+    repeated = [
+        str(p.relative_to(ROOT))
+        for p in _sources()
+        if literal.search(p.read_text(encoding="utf-8")) and p.name != "server.py"
+    ]  # the ingest's read chunk size happens to be 256 KiB too
     assert repeated == []
 
 

@@ -184,7 +184,8 @@ def test_a_record_postgresql_refuses_is_quarantined_not_lost(db: str, spool_dir:
     # there (issue 9: a superuser could hide a record the same way).
     report = verify(db)
     assert [(f.kind.value, f.severity.value, f.seq) for f in report.findings] == [
-        ("record_hidden", "error", 7), ("quarantined", "info", None)
+        ("record_hidden", "error", 7),
+        ("quarantined", "info", None),
     ], [str(f) for f in report.findings]
     assert "site_policy" in report.findings[0].detail
     assert app.audit.stats()["quarantined"] == 1

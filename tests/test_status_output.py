@@ -21,7 +21,11 @@ def test_status_without_tables_says_so_and_exits_2(empty_db: str, tmp_path: Path
     assert "no such directory" in result.stdout
     as_json = cli("status", "--dsn", empty_db, "--spool-dir", str(tmp_path), "--json")
     assert as_json.returncode == 2
-    assert json.loads(as_json.stdout)["database"]["missing_tables"] == ["audit_chains", "audit_logs", "audit_quarantine"]
+    assert json.loads(as_json.stdout)["database"]["missing_tables"] == [
+        "audit_chains",
+        "audit_logs",
+        "audit_quarantine",
+    ]
 
 
 def test_status_of_a_database_with_a_dropped_table(db: str, tmp_path: Path) -> None:
@@ -43,7 +47,7 @@ def test_status_says_in_words_what_has_not_happened_yet(db: str, spool_dir: Path
     with psycopg.connect(db, autocommit=True) as conn:  # a second emitter registered, nothing committed yet
         conn.execute(
             "INSERT INTO audit_chains (chain_id, created_at, emitter, genesis, genesis_hash) "
-            "SELECT gen_random_uuid(), now(), '{\"kind\": \"sdk\"}', genesis, genesis_hash FROM audit_chains"
+            'SELECT gen_random_uuid(), now(), \'{"kind": "sdk"}\', genesis, genesis_hash FROM audit_chains'
         )
     result = cli("status", "--dsn", db, "--spool-dir", str(spool_dir))
     assert result.returncode == 0, result.stderr

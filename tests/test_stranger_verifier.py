@@ -37,8 +37,9 @@ pytestmark = pytest.mark.storage
 TOKEN = "stranger-token-0123456789abcdef"
 THREADS, PER_THREAD = 3, 30
 
-APP = textwrap.dedent(
-    """
+APP = (
+    textwrap.dedent(
+        """
     import logging, os, sys, threading, time
     import psycopg
     import otel_audit
@@ -90,7 +91,10 @@ APP = textwrap.dedent(
                 sys.exit(4)
     sys.exit(0 if audit.shutdown(timeout=120) else 3)
     """
-).replace("@THREADS@", str(THREADS)).replace("@PER_THREAD@", str(PER_THREAD))
+    )
+    .replace("@THREADS@", str(THREADS))
+    .replace("@PER_THREAD@", str(PER_THREAD))
+)
 
 
 @dataclass
@@ -107,19 +111,37 @@ def trail(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trail]
     witness = base / "witness"
     app_private, app_public = write_keypair(generate_signing_key(), base / "keys" / "apps")
     ingest_private, ingest_public = write_keypair(generate_signing_key(), base / "keys" / "ingest")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OTEL_AUDIT_SIGNING_KEY": str(app_private),
-           "OTEL_AUDIT_WITNESS_DIR": str(witness)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OTEL_AUDIT_SIGNING_KEY": str(app_private),
+        "OTEL_AUDIT_WITNESS_DIR": str(witness),
+    }
 
     def run_app(spool: str, service: str, fork: bool, idle: bool) -> None:
-        result = subprocess.run([sys.executable, "-c", APP, dsn, str(base / spool), service, "1" if fork else "0",
-                                 "1" if idle else "0"], env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-c", APP, dsn, str(base / spool), service, "1" if fork else "0", "1" if idle else "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr
 
     run_app("spool-a", "billing", fork=True, idle=True)
     run_app("spool-a", "billing", fork=False, idle=False)  # the restart: replays what the child left
     run_app("spool-b", "pharmacy", fork=False, idle=False)
-    serve = ServeProcess(dsn, base / "ingest-spool", "--signing-key", str(ingest_private), "--witness-dir",
-                         str(witness), "--checkpoint-records", "7", env={"OTEL_AUDIT_INGEST_TOKENS": TOKEN})
+    serve = ServeProcess(
+        dsn,
+        base / "ingest-spool",
+        "--signing-key",
+        str(ingest_private),
+        "--witness-dir",
+        str(witness),
+        "--checkpoint-records",
+        "7",
+        env={"OTEL_AUDIT_INGEST_TOKENS": TOKEN},
+    )
     try:
         for batch in range(2):
             assert serve.export(audit_request(10, tag=f"go-{batch}"), token=TOKEN).status == 200
@@ -146,8 +168,9 @@ def tool(conn: psycopg.Connection, keys: list[Path], witnesses: list[Path]) -> V
 
 
 def bad_records(findings: list[tuple[str, str, str | None, int | None]]) -> set[tuple[str | None, int | None]]:
-    return {(chain, seq) for kind, severity, chain, seq in findings
-            if severity == "error" and kind in stranger.RECORD_KINDS}
+    return {
+        (chain, seq) for kind, severity, chain, seq in findings if severity == "error" and kind in stranger.RECORD_KINDS
+    }
 
 
 def both(trail: Trail, mode: str, attack: Callable[[psycopg.Connection], None] | None = None) -> tuple:
@@ -167,9 +190,7 @@ def both(trail: Trail, mode: str, attack: Callable[[psycopg.Connection], None] |
 
 def _forked_child_chain(dsn: str) -> str:
     with psycopg.connect(dsn) as conn:
-        ((chain_id,),) = conn.execute(
-            "SELECT chain_id::text FROM audit_logs GROUP BY 1 HAVING count(*) = 5"
-        ).fetchall()
+        ((chain_id,),) = conn.execute("SELECT chain_id::text FROM audit_logs GROUP BY 1 HAVING count(*) = 5").fetchall()
     return chain_id
 
 
@@ -208,7 +229,8 @@ def test_the_cli_agrees_on_the_clean_trail(trail: Trail, mode: str) -> None:
 def _chain(conn: psycopg.Connection, service: str = "billing") -> str:
     (chain_id,) = conn.execute(
         "SELECT c.chain_id::text FROM audit_chains c JOIN audit_logs l USING (chain_id) "
-        "WHERE c.emitter->>'service_name' = %s GROUP BY 1 ORDER BY count(*) DESC LIMIT 1", (service,)
+        "WHERE c.emitter->>'service_name' = %s GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+        (service,),
     ).fetchone()
     return chain_id
 
@@ -216,6 +238,7 @@ def _chain(conn: psycopg.Connection, service: str = "billing") -> str:
 def _update(column: str, value: str, seq: int = 7) -> Callable[[psycopg.Connection], None]:
     def attack(conn: psycopg.Connection) -> None:
         conn.execute(f"UPDATE audit_logs SET {column} = {value} WHERE chain_id = %s AND seq = {seq}", (_chain(conn),))
+
     return attack
 
 
@@ -224,15 +247,18 @@ def _sql(*statements: str) -> Callable[[psycopg.Connection], None]:
         chain = _chain(conn)
         for statement in statements:
             conn.execute(statement.replace("{chain}", chain))
+
     return attack
 
 
 def _rewrite_from(seq: int) -> Callable[[psycopg.Connection], None]:
     """Edit record ``seq`` and recompute every later hash and link: a plain chain still verifies."""
+
     def attack(conn: psycopg.Connection) -> None:
         chain = _chain(conn)
-        rows = conn.execute("SELECT seq, canonical, hash FROM audit_logs WHERE chain_id = %s AND seq >= %s "
-                            "ORDER BY seq", (chain, seq)).fetchall()
+        rows = conn.execute(
+            "SELECT seq, canonical, hash FROM audit_logs WHERE chain_id = %s AND seq >= %s ORDER BY seq", (chain, seq)
+        ).fetchall()
         previous = None
         for n, canonical, old_hash in rows:
             data = bytes(canonical)
@@ -242,10 +268,13 @@ def _rewrite_from(seq: int) -> Callable[[psycopg.Connection], None]:
                 data = data.replace(b'"prev_hash":"' + previous[0].encode(), b'"prev_hash":"' + previous[1].encode())
             new_hash = hashlib.sha256(b"otel-audit.record.v1\x00" + data).hexdigest()
             doc = orjson.loads(data)
-            conn.execute("UPDATE audit_logs SET canonical = %s, hash = %s, prev_hash = %s, actor_id = %s "
-                         "WHERE chain_id = %s AND seq = %s", (data, new_hash, doc["prev_hash"], doc.get("actor_id"),
-                                                               chain, n))
+            conn.execute(
+                "UPDATE audit_logs SET canonical = %s, hash = %s, prev_hash = %s, actor_id = %s "
+                "WHERE chain_id = %s AND seq = %s",
+                (data, new_hash, doc["prev_hash"], doc.get("actor_id"), chain, n),
+            )
             previous = (old_hash, new_hash)
+
     return attack
 
 
@@ -253,50 +282,96 @@ ATTACKS: dict[str, tuple[str, Callable[[psycopg.Connection], None], str]] = {
     # name: (mode that detects it per docs/threat-model.md, attack, the finding both must name)
     "jsonb true -> 1": ("plain", _update("attributes", "jsonb_set(attributes, '{flag}', '1')"), "modified"),
     "jsonb 1.5 -> 1.50000000000000001": (
-        "plain", _update("old_values", "jsonb_set(old_values, '{dose}', ((old_values->>'dose') || '000000000000000001')::jsonb)"),
-        "modified"),
+        "plain",
+        _update(
+            "old_values", "jsonb_set(old_values, '{dose}', ((old_values->>'dose') || '000000000000000001')::jsonb)"
+        ),
+        "modified",
+    ),
     "jsonb 0.1 -> exact double": (
-        "plain", _update("old_values", "jsonb_set(old_values, '{ratio}', '0.1000000000000000055511151231257827')"),
-        "modified"),
+        "plain",
+        _update("old_values", "jsonb_set(old_values, '{ratio}', '0.1000000000000000055511151231257827')"),
+        "modified",
+    ),
     "inet netmask": ("plain", _update("ip_address", "set_masklen(ip_address, 8)", seq=1), "modified"),
     "array lower bound": ("plain", _update("changed_fields", "'[0:1]={dose,unit}'"), "modified"),
     "timestamp microsecond": ("plain", _update("timestamp", "timestamp + interval '1 microsecond'"), "modified"),
-    "registry emitter": ("plain", _sql(
-        "UPDATE audit_chains SET emitter = jsonb_set(emitter, '{service_name}', '\"payroll\"') "
-        "WHERE chain_id = '{chain}'"), "registry_mismatch"),
-    "registry created_at": ("plain", _sql(
-        "UPDATE audit_chains SET created_at = created_at - interval '1 hour' WHERE chain_id = '{chain}'"),
-        "registry_mismatch"),
-    "hidden in quarantine": ("plain", _sql(
-        "INSERT INTO audit_quarantine (chain_id, seq, hash, canonical, reason) SELECT chain_id, seq, hash, "
-        "canonical, 'moved' FROM audit_logs WHERE chain_id = '{chain}' AND seq BETWEEN 10 AND 12",
-        "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq BETWEEN 10 AND 12"), "record_hidden"),
-    "deleted middle rows": ("plain", _sql(
-        "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq BETWEEN 20 AND 22"), "missing"),
-    "edited bytes": ("plain", _sql(
-        "UPDATE audit_logs SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), "
-        "'UTF8') WHERE chain_id = '{chain}' AND seq = 5"), "modified"),
-    "edited bytes and hash": ("plain", _sql(
-        "UPDATE audit_logs SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), "
-        "'UTF8') WHERE chain_id = '{chain}' AND seq = 5",
-        "UPDATE audit_logs SET hash = encode(sha256(convert_to('otel-audit.record.v1', 'UTF8') || '\\x00'::bytea "
-        "|| canonical), 'hex'), actor_id = replace(actor_id, 'user-', 'evil-') WHERE chain_id = '{chain}' "
-        "AND seq = 5"), "broken_link"),
-    "deleted newest rows": ("trusted-key", _sql(
-        "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq > (SELECT max(seq) - 3 FROM audit_logs "
-        "WHERE chain_id = '{chain}')"), "truncated"),
+    "registry emitter": (
+        "plain",
+        _sql(
+            "UPDATE audit_chains SET emitter = jsonb_set(emitter, '{service_name}', '\"payroll\"') "
+            "WHERE chain_id = '{chain}'"
+        ),
+        "registry_mismatch",
+    ),
+    "registry created_at": (
+        "plain",
+        _sql("UPDATE audit_chains SET created_at = created_at - interval '1 hour' WHERE chain_id = '{chain}'"),
+        "registry_mismatch",
+    ),
+    "hidden in quarantine": (
+        "plain",
+        _sql(
+            "INSERT INTO audit_quarantine (chain_id, seq, hash, canonical, reason) SELECT chain_id, seq, hash, "
+            "canonical, 'moved' FROM audit_logs WHERE chain_id = '{chain}' AND seq BETWEEN 10 AND 12",
+            "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq BETWEEN 10 AND 12",
+        ),
+        "record_hidden",
+    ),
+    "deleted middle rows": (
+        "plain",
+        _sql("DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq BETWEEN 20 AND 22"),
+        "missing",
+    ),
+    "edited bytes": (
+        "plain",
+        _sql(
+            "UPDATE audit_logs SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), "
+            "'UTF8') WHERE chain_id = '{chain}' AND seq = 5"
+        ),
+        "modified",
+    ),
+    "edited bytes and hash": (
+        "plain",
+        _sql(
+            "UPDATE audit_logs SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), "
+            "'UTF8') WHERE chain_id = '{chain}' AND seq = 5",
+            "UPDATE audit_logs SET hash = encode(sha256(convert_to('otel-audit.record.v1', 'UTF8') || '\\x00'::bytea "
+            "|| canonical), 'hex'), actor_id = replace(actor_id, 'user-', 'evil-') WHERE chain_id = '{chain}' "
+            "AND seq = 5",
+        ),
+        "broken_link",
+    ),
+    "deleted newest rows": (
+        "trusted-key",
+        _sql(
+            "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq > (SELECT max(seq) - 3 FROM audit_logs "
+            "WHERE chain_id = '{chain}')"
+        ),
+        "truncated",
+    ),
     "rewritten and rehashed": ("trusted-key", _rewrite_from(30), "rewritten"),
-    "a second, different row at one position": ("plain", _sql(
-        DROP_POSITION_INDEXES,
-        "CREATE TEMP TABLE forged ON COMMIT DROP AS SELECT * FROM audit_logs WHERE chain_id = '{chain}' AND seq = 40",
-        "UPDATE forged SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), 'UTF8'), "
-        "actor_id = replace(actor_id, 'user-', 'evil-'), resource_id = replace(resource_id, 'user-', 'evil-')",
-        "UPDATE forged SET hash = encode(sha256(convert_to('otel-audit.record.v1', 'UTF8') || '\\x00'::bytea "
-        "|| canonical), 'hex')",
-        "INSERT INTO audit_logs SELECT * FROM forged"), "inserted"),
-    "newest checkpoints deleted with the newest rows": ("trusted-key+witness", _sql(
-        "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq > 50",
-        "DELETE FROM audit_checkpoints WHERE chain_id = '{chain}' AND seq > 50"), "rolled_back"),
+    "a second, different row at one position": (
+        "plain",
+        _sql(
+            DROP_POSITION_INDEXES,
+            "CREATE TEMP TABLE forged ON COMMIT DROP AS SELECT * FROM audit_logs WHERE chain_id = '{chain}' AND seq = 40",
+            "UPDATE forged SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), 'user-', 'evil-'), 'UTF8'), "
+            "actor_id = replace(actor_id, 'user-', 'evil-'), resource_id = replace(resource_id, 'user-', 'evil-')",
+            "UPDATE forged SET hash = encode(sha256(convert_to('otel-audit.record.v1', 'UTF8') || '\\x00'::bytea "
+            "|| canonical), 'hex')",
+            "INSERT INTO audit_logs SELECT * FROM forged",
+        ),
+        "inserted",
+    ),
+    "newest checkpoints deleted with the newest rows": (
+        "trusted-key+witness",
+        _sql(
+            "DELETE FROM audit_logs WHERE chain_id = '{chain}' AND seq > 50",
+            "DELETE FROM audit_checkpoints WHERE chain_id = '{chain}' AND seq > 50",
+        ),
+        "rolled_back",
+    ),
 }
 
 

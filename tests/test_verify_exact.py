@@ -35,18 +35,18 @@ TRICKY = {
 def exact_trail(db: str, spool_dir: Path) -> str:
     app = App(db, spool_dir)
     for i in range(N):
-        app.log(**{
-            "audit.changed_fields": ["dosage", "unit"],
-            "audit.old_values": {"dosage": 1.5, "approved": True, "count": i, "notes": None},
-            **TRICKY,
-        })
+        app.log(
+            **{
+                "audit.changed_fields": ["dosage", "unit"],
+                "audit.old_values": {"dosage": 1.5, "approved": True, "count": i, "notes": None},
+                **TRICKY,
+            }
+        )
     app.log(**{"audit.reason": "no old values"})  # seq N + 1: old_values absent (SQL NULL)
     assert app.close()
     report = verify(db)
     assert report.ok and not report.findings, [str(f) for f in report.findings]
     return db
-
-
 
 
 @pytest.mark.storage
@@ -97,8 +97,11 @@ def test_json_null_where_the_field_is_absent_is_detected(exact_trail: str) -> No
 @pytest.mark.usefixtures("verify_mode")
 def test_the_same_numbers_written_another_way_are_not_a_finding(exact_trail: str) -> None:
     """jsonb keeps numeric values: 1.5 as 1.50 and 3 as 3.0 are the same decimal value, not an edit."""
-    tamper(exact_trail, "UPDATE audit_logs SET attributes = jsonb_set(jsonb_set(attributes, '{ratio}', '1.50'), "
-                        "'{int}', '3.0') WHERE seq = 7")
+    tamper(
+        exact_trail,
+        "UPDATE audit_logs SET attributes = jsonb_set(jsonb_set(attributes, '{ratio}', '1.50'), "
+        "'{int}', '3.0') WHERE seq = 7",
+    )
     report = verify(exact_trail)
     assert report.ok and not report.findings, [str(f) for f in report.findings]
 

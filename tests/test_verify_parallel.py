@@ -36,7 +36,7 @@ AWKWARD = {
     "audit.changed_fields": ["dosage", "näme"],
     "audit.old_values": {"dosage": 1.5, "nested": [1, {"c": None}], "big": 12345678901234567890, "e": 1e-7},
     "client.address": "2001:db8::1",
-    "user_agent.original": "Mozilla/5.0 (X11; \"quoted\")",
+    "user_agent.original": 'Mozilla/5.0 (X11; "quoted")',
 }
 
 
@@ -68,7 +68,9 @@ def test_a_clean_trail_is_accepted_by_the_fast_pass_with_the_full_walks_summary(
     assert all(r.clean for r in results), [r.why for r in results if not r.clean]
     for chain_id in chain_ids:
         clean = join_ranges([r for r in results if r.chain_id == chain_id], genesis[chain_id])
-        assert clean is not None and clean.records == 42 and clean.invalid == 5  # 4 AWKWARD (the big integer) + 1 bad result
+        assert (
+            clean is not None and clean.records == 42 and clean.invalid == 5
+        )  # 4 AWKWARD (the big integer) + 1 bad result
         assert sorted(clean.observed) == [1, 17, 42]
 
     with psycopg.connect(db) as conn:
@@ -80,8 +82,18 @@ def test_a_clean_trail_is_accepted_by_the_fast_pass_with_the_full_walks_summary(
 
 
 def _range(index: int, first: int, last: int, prev: str, head: str, *, clean: bool = True) -> RangeResult:
-    return RangeResult("c", index, clean, rows=last - first + 1, first_seq=first, first_prev=prev,
-                       first_timestamp=f"t{first}", last_seq=last, last_hash=head, last_timestamp=f"t{last}")
+    return RangeResult(
+        "c",
+        index,
+        clean,
+        rows=last - first + 1,
+        first_seq=first,
+        first_prev=prev,
+        first_timestamp=f"t{first}",
+        last_seq=last,
+        last_hash=head,
+        last_timestamp=f"t{last}",
+    )
 
 
 def test_ranges_join_only_into_one_chain_from_genesis() -> None:
@@ -199,9 +211,7 @@ def test_a_worker_that_cannot_connect_fails_the_verification_with_the_database_e
 
 
 @pytest.mark.storage
-def test_the_progress_bar_starts_no_thread(
-    db: str, spool_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_progress_bar_starts_no_thread(db: str, spool_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _trail(db, spool_dir, chains=2, records=10)
     threads = threading.active_count()
     with psycopg.connect(db) as conn:

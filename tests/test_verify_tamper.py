@@ -32,14 +32,16 @@ N = 30
 def trail(db: str, spool_dir: Path) -> str:
     app = App(db, spool_dir)
     for i in range(N):
-        app.log(**{
-            "audit.reason": f"reason {i}",
-            "audit.changed_fields": ["dosage"],
-            "audit.old_values": {"dosage": f"{i}mg"},
-            "user_agent.original": "curl/8",
-            "session.id": f"s-{i}",
-            "n": i,
-        })
+        app.log(
+            **{
+                "audit.reason": f"reason {i}",
+                "audit.changed_fields": ["dosage"],
+                "audit.old_values": {"dosage": f"{i}mg"},
+                "user_agent.original": "curl/8",
+                "session.id": f"s-{i}",
+                "n": i,
+            }
+        )
     assert app.close()
     report = verify(db)
     assert report.ok and report.records == N and not report.findings
@@ -89,8 +91,11 @@ def test_editing_any_single_column_is_detected(trail: str, column: str, value: s
 
 
 def test_editing_the_hashed_bytes_is_detected(trail: str) -> None:
-    tamper(trail, "UPDATE audit_logs SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), "
-                  "'reason 9', 'reason X'), 'UTF8') WHERE seq = 10")
+    tamper(
+        trail,
+        "UPDATE audit_logs SET canonical = convert_to(replace(convert_from(canonical, 'UTF8'), "
+        "'reason 9', 'reason X'), 'UTF8') WHERE seq = 10",
+    )
     findings = verify(trail).errors
     assert [(f.kind, f.seq) for f in findings] == [(Kind.MODIFIED, 10)]
     assert "do not match the stored hash" in findings[0].detail
@@ -100,8 +105,11 @@ def test_editing_bytes_hash_and_column_together_breaks_the_next_link(trail: str)
     ((canonical,),) = rows(trail, "SELECT canonical FROM audit_logs WHERE seq = 12")
     forged = bytes(canonical).replace(b"reason 11", b"reason X!")
     new_hash = hashlib.sha256(RECORD_DOMAIN + forged).hexdigest()
-    tamper(trail, "UPDATE audit_logs SET canonical = %s, hash = %s, reason = 'reason X!' WHERE seq = 12",
-           params=(forged, new_hash))
+    tamper(
+        trail,
+        "UPDATE audit_logs SET canonical = %s, hash = %s, reason = 'reason X!' WHERE seq = 12",
+        params=(forged, new_hash),
+    )
     assert kinds(trail) == [("broken_link", 13)]
 
 
@@ -155,10 +163,20 @@ def test_a_forged_row_with_a_duplicate_position_is_detected(trail: str, timestam
 def test_a_forged_row_appended_to_the_chain_is_detected(trail: str) -> None:
     ((chain_id,),) = rows(trail, "SELECT chain_id::text FROM audit_chains")
     doc = {
-        "v": 1, "id": "11111111-1111-8111-8111-111111111111", "chain_id": chain_id, "seq": N + 1,
-        "prev_hash": "f" * 64, "timestamp": "2026-11-28T10:00:00.000000Z", "actor_id": "intruder",
-        "actor_type": "user", "action": "read", "resource_type": "patient_record", "resource_id": "patient-1",
-        "result": "success", "attributes": {}, "problems": [],
+        "v": 1,
+        "id": "11111111-1111-8111-8111-111111111111",
+        "chain_id": chain_id,
+        "seq": N + 1,
+        "prev_hash": "f" * 64,
+        "timestamp": "2026-11-28T10:00:00.000000Z",
+        "actor_id": "intruder",
+        "actor_type": "user",
+        "action": "read",
+        "resource_type": "patient_record",
+        "resource_id": "patient-1",
+        "result": "success",
+        "attributes": {},
+        "problems": [],
     }
     canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     tamper(
@@ -167,26 +185,38 @@ def test_a_forged_row_appended_to_the_chain_is_detected(trail: str) -> None:
         "prev_hash, hash, chain_id, seq, attributes, problems, format_version, canonical) VALUES "
         "(%s, '2026-11-28T10:00:00Z', 'intruder', 'user', 'read', 'patient_record', 'patient-1', 'success', %s, %s, "
         "%s, %s, '{}', '{}', 1, %s)",
-        params=(doc["id"], doc["prev_hash"], hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest(), chain_id,
-                N + 1, canonical),
+        params=(
+            doc["id"],
+            doc["prev_hash"],
+            hashlib.sha256(RECORD_DOMAIN + canonical).hexdigest(),
+            chain_id,
+            N + 1,
+            canonical,
+        ),
     )
     assert kinds(trail) == [("inserted", N + 1)]
 
 
 def test_records_under_an_invented_chain_are_detected(trail: str) -> None:
-    tamper(trail, "INSERT INTO audit_logs SELECT gen_random_uuid(), timestamp, actor_id, actor_type, action, "
-                  "resource_type, resource_id, result, ip_address, user_agent, session_id, user_id, reason, "
-                  "changed_fields, old_values, prev_hash, hash, gen_random_uuid(), seq, trace_id, span_id, "
-                  "trace_flags, service_name, service_instance_id, host_name, scope, severity_text, "
-                  "severity_number, event_name, message, attributes, problems, format_version, canonical, now() "
-                  "FROM audit_logs WHERE seq = 1")
+    tamper(
+        trail,
+        "INSERT INTO audit_logs SELECT gen_random_uuid(), timestamp, actor_id, actor_type, action, "
+        "resource_type, resource_id, result, ip_address, user_agent, session_id, user_id, reason, "
+        "changed_fields, old_values, prev_hash, hash, gen_random_uuid(), seq, trace_id, span_id, "
+        "trace_flags, service_name, service_instance_id, host_name, scope, severity_text, "
+        "severity_number, event_name, message, attributes, problems, format_version, canonical, now() "
+        "FROM audit_logs WHERE seq = 1",
+    )
     found = {k for k, _ in kinds(trail)}
     assert "unregistered_chain" in found and "reordered" in found
 
 
 def test_deleting_or_editing_the_chain_registry_is_detected(trail: str) -> None:
-    tamper(trail, "UPDATE audit_chains SET emitter = '{\"kind\": \"sdk\", \"service_name\": \"x\"}', "
-                  "genesis = convert_to(replace(convert_from(genesis, 'UTF8'), 'billing', 'xilling'), 'UTF8')")
+    tamper(
+        trail,
+        'UPDATE audit_chains SET emitter = \'{"kind": "sdk", "service_name": "x"}\', '
+        "genesis = convert_to(replace(convert_from(genesis, 'UTF8'), 'billing', 'xilling'), 'UTF8')",
+    )
     assert kinds(trail) == [("genesis_modified", 0), ("broken_link", 1)]
     tamper(trail, "DELETE FROM audit_chains")
     assert [k for k, _ in kinds(trail)] == ["unregistered_chain"]

@@ -50,8 +50,15 @@ def fastapi_app(**options: Any) -> FastAPI:
     @app.post("/patients/{patient_id}/notes", status_code=201)
     def add_note(patient_id: str, user: User = Depends(current_user)) -> dict[str, str]:
         # A sync handler: FastAPI runs it in a worker thread with a copy of the context.
-        log.info("note added", extra={"audit.action": "note.create", "audit.resource.type": "note",
-                                      "audit.resource.id": f"{patient_id}-n", "audit.result": "success"})
+        log.info(
+            "note added",
+            extra={
+                "audit.action": "note.create",
+                "audit.resource.type": "note",
+                "audit.resource.id": f"{patient_id}-n",
+                "audit.result": "success",
+            },
+        )
         return {"ok": "yes"}
 
     @app.get("/boom")
@@ -76,8 +83,12 @@ def fastapi_app(**options: Any) -> FastAPI:
     async def export(report_id: str, user: User = Depends(current_user)) -> dict[str, str]:
         return {"report": report_id}
 
-    @app.post("/keys/{key_id}/rotate", dependencies=[Depends(audit_route(action="key.rotate", resource_type="key",
-                                                                          resource_id="key_id", fail_closed=2.0))])
+    @app.post(
+        "/keys/{key_id}/rotate",
+        dependencies=[
+            Depends(audit_route(action="key.rotate", resource_type="key", resource_id="key_id", fail_closed=2.0))
+        ],
+    )
     async def rotate(key_id: str, user: User = Depends(current_user)) -> dict[str, str]:
         return {"rotated": key_id}
 
@@ -107,8 +118,13 @@ def test_fastapi_under_uvicorn_one_record_per_request(db: str, audited_app: Audi
         traffic = web_scenario.drive(server.port)
         rid = web_scenario.disconnect(server.port)
         # The stream is cut: the server notices, the application stops, the record is sealed.
-        assert wait_for(lambda: rows(db, "SELECT 1 FROM audit_logs WHERE attributes->>'request.id' = %s", (rid,))
-                        or (audited_app.audit.flush(1) and False), timeout=20)
+        assert wait_for(
+            lambda: (
+                rows(db, "SELECT 1 FROM audit_logs WHERE attributes->>'request.id' = %s", (rid,))
+                or (audited_app.audit.flush(1) and False)
+            ),
+            timeout=20,
+        )
     finally:
         server.stop()
     assert audited_app.close()
@@ -123,11 +139,13 @@ def test_fail_closed_route_is_committed_before_the_response(db: str, audited_app
         assert status == 200
         # Committed before the response: visible from another connection right away, no flush.
         assert rows(db, "SELECT action, actor_id, resource_type, resource_id, result FROM audit_logs") == [
-            ("report.export", "user-9", "report", "r-7", "success")]
+            ("report.export", "user-9", "report", "r-7", "success")
+        ]
         status, _ = request(server.port, "POST", "/keys/k-1/rotate", {"Authorization": "Bearer admin-1"})
         assert status == 200
         assert rows(db, "SELECT action, resource_id FROM audit_logs WHERE action = 'key.rotate'") == [
-            ("key.rotate", "k-1")]
+            ("key.rotate", "k-1")
+        ]
         # Denied on a fail-closed route: committed too, and the answer stays 403.
         status, _ = request(server.port, "POST", "/exports/r-8", {"Authorization": "Bearer guest-2"})
         assert status == 403
@@ -168,9 +186,11 @@ def test_trace_correlation_with_the_fastapi_instrumentation(db: str, audited_app
     assert audited_app.close()
     server_spans = {s.name: s for s in audited_app.spans.get_finished_spans() if s.kind.name == "SERVER"}
     stored = dict(((a, (t, s)) for a, t, s in rows(db, "SELECT action, trace_id, span_id FROM audit_logs")))
-    for action, span_name in (("GET /patients/{patient_id}", "GET /patients/{patient_id}"),
-                              ("POST /patients/{patient_id}/notes", "POST /patients/{patient_id}/notes"),
-                              ("note.create", "POST /patients/{patient_id}/notes")):
+    for action, span_name in (
+        ("GET /patients/{patient_id}", "GET /patients/{patient_id}"),
+        ("POST /patients/{patient_id}/notes", "POST /patients/{patient_id}/notes"),
+        ("note.create", "POST /patients/{patient_id}/notes"),
+    ):
         ctx = server_spans[span_name].get_span_context()
         assert stored[action] == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"), action
     assert verify(db).ok
@@ -180,15 +200,21 @@ def test_without_instrumentation_the_callers_traceparent_correlates(db: str, aud
     server = Uvicorn(fastapi_app())
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     try:
-        status, _ = request(server.port, "GET", "/patients/p1", {"Authorization": "Bearer user-1",
-                                                                 "traceparent": f"00-{trace_id}-{parent}-01"})
+        status, _ = request(
+            server.port,
+            "GET",
+            "/patients/p1",
+            {"Authorization": "Bearer user-1", "traceparent": f"00-{trace_id}-{parent}-01"},
+        )
         assert status == 200
         assert request(server.port, "GET", "/patients/p2", {"Authorization": "Bearer user-1"})[0] == 200
     finally:
         server.stop()
     assert audited_app.close()
     assert sorted(rows(db, "SELECT resource_id, trace_id, span_id FROM audit_logs"), key=str) == [
-        ("p1", trace_id, parent), ("p2", None, None)]
+        ("p1", trace_id, parent),
+        ("p2", None, None),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -221,8 +247,9 @@ def test_unmatched_routes_and_routes_without_parameters(db: str, audited_app: Au
     finally:
         server.stop()
     assert audited_app.close()
-    assert sorted(rows(db, "SELECT action, resource_type, resource_id, result, "
-                           "attributes->>'url.path' FROM audit_logs")) == [
+    assert sorted(
+        rows(db, "SELECT action, resource_type, resource_id, result, attributes->>'url.path' FROM audit_logs")
+    ) == [
         ("DELETE /reports", "http.route", "/reports", "failure", "/reports"),
         ("GET (unmatched)", "http.route", "(unmatched)", "failure", "/no/such/path/123"),
         ("GET /reports", "http.route", "/reports", "success", "/reports"),
@@ -247,8 +274,10 @@ def test_plain_starlette_with_authentication_middleware_and_a_mount(db: str, aud
 
     app = Starlette(
         routes=[Mount("/api/v1", routes=[Route("/items/{item_id:int}", item)])],
-        middleware=[Middleware(AuditMiddleware, resources={"item_id": "item"}),
-                    Middleware(AuthenticationMiddleware, backend=Basic())],
+        middleware=[
+            Middleware(AuditMiddleware, resources={"item_id": "item"}),
+            Middleware(AuthenticationMiddleware, backend=Basic()),
+        ],
     )
     server = Uvicorn(app)
     try:
@@ -268,8 +297,15 @@ def test_audit_context_reaches_tasks_and_threads_started_by_the_handler(db: str,
     log = logging.getLogger("clinic")
 
     def audit(resource_id: str) -> None:
-        log.info("x", extra={"audit.action": "child", "audit.resource.type": "t", "audit.resource.id": resource_id,
-                             "audit.result": "success"})
+        log.info(
+            "x",
+            extra={
+                "audit.action": "child",
+                "audit.resource.type": "t",
+                "audit.resource.id": resource_id,
+                "audit.result": "success",
+            },
+        )
 
     @app.post("/jobs")
     async def jobs(request: Request) -> str:
@@ -317,8 +353,9 @@ def test_fail_closed_stream_cut_short_gets_a_follow_up_record(db: str, audited_a
     server = Uvicorn(app)
     try:
         disconnect_mid_stream(server.port, "/exports/r-3/download")
-        assert wait_for(lambda: len(rows(db, "SELECT 1 FROM audit_logs")) == 2 or
-                        (audited_app.audit.flush(1) and False), timeout=20)
+        assert wait_for(
+            lambda: len(rows(db, "SELECT 1 FROM audit_logs")) == 2 or (audited_app.audit.flush(1) and False), timeout=20
+        )
     finally:
         server.stop()
     assert audited_app.close()
@@ -337,8 +374,15 @@ def test_an_actor_who_signs_out_during_the_request_stays_its_actor(db: str, audi
     @app.post("/logout")
     async def logout(request: Request) -> str:
         request.state.user = User("u-7")
-        log.info("signed out", extra={"audit.action": "logout", "audit.resource.type": "session",
-                                      "audit.resource.id": "s", "audit.result": "success"})
+        log.info(
+            "signed out",
+            extra={
+                "audit.action": "logout",
+                "audit.resource.type": "session",
+                "audit.resource.id": "s",
+                "audit.result": "success",
+            },
+        )
         del request.state.user
         return "bye"
 

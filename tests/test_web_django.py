@@ -28,8 +28,12 @@ class DjangoServer:
         if trace:
             env["WEB_TRACE"] = trace
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.web_django_app"], cwd=ROOT, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "tests.web_django_app"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("PORT "):
@@ -59,7 +63,8 @@ def test_django_under_a_real_server_one_record_per_request(db: str, server: Djan
     assert status == 200
     # Fail-closed: committed before the response, visible from here without waiting.
     assert rows(db, "SELECT actor_id, resource_type, result FROM audit_logs WHERE action = 'report.export'") == [
-        ("user-9", "report", "success")]
+        ("user-9", "report", "success")
+    ]
     web_scenario.wait_stored(db, lambda found: rid in found)
     assert server.stop() == 0  # the child flushed everything at shutdown
     web_scenario.check(db, traffic, rid)

@@ -50,8 +50,15 @@ def flask_app(**options: Any) -> flask.Flask:
 
     @app.post("/patients/<patient_id>/notes")
     def add_note(patient_id: str) -> Any:
-        log.info("note added", extra={"audit.action": "note.create", "audit.resource.type": "note",
-                                      "audit.resource.id": f"{patient_id}-n", "audit.result": "success"})
+        log.info(
+            "note added",
+            extra={
+                "audit.action": "note.create",
+                "audit.resource.type": "note",
+                "audit.resource.id": f"{patient_id}-n",
+                "audit.result": "success",
+            },
+        )
         return {"ok": "yes"}, 201
 
     @app.get("/boom")
@@ -97,8 +104,13 @@ def test_flask_under_waitress_one_record_per_request(db: str, audited_app: Audit
     try:
         traffic = web_scenario.drive(server.port)
         rid = web_scenario.disconnect(server.port)
-        assert wait_for(lambda: rows(db, "SELECT 1 FROM audit_logs WHERE attributes->>'request.id' = %s", (rid,))
-                        or (audited_app.audit.flush(1) and False), timeout=20)
+        assert wait_for(
+            lambda: (
+                rows(db, "SELECT 1 FROM audit_logs WHERE attributes->>'request.id' = %s", (rid,))
+                or (audited_app.audit.flush(1) and False)
+            ),
+            timeout=20,
+        )
     finally:
         server.stop()
     assert audited_app.close()
@@ -111,7 +123,8 @@ def test_fail_closed_flask_route(db: str, audited_app: Audited) -> None:
     try:
         assert request(server.port, "POST", "/exports/r-7", {"Authorization": "Bearer user-9"})[0] == 200
         assert rows(db, "SELECT action, actor_id, resource_id, result FROM audit_logs") == [
-            ("report.export", "user-9", "r-7", "success")]
+            ("report.export", "user-9", "r-7", "success")
+        ]
     finally:
         server.stop()
     assert audited_app.close()
@@ -170,10 +183,12 @@ def plain_wsgi(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
         return iter(body)
     if path == "/fail-late":
+
         def failing() -> Any:
             start_response("200 OK", [("Content-Type", "text/plain")])
             yield b"first\n"
             raise ValueError("late")
+
         return failing()
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"no"]
@@ -222,11 +237,17 @@ def test_trace_correlation_with_the_wsgi_instrumentation(db: str, audited_app: A
     finally:
         server.stop()
     assert audited_app.close()
-    spans = {s.attributes.get("http.target") or s.attributes.get("url.path"): s.get_span_context()
-             for s in audited_app.spans.get_finished_spans() if s.kind.name == "SERVER"}
+    spans = {
+        s.attributes.get("http.target") or s.attributes.get("url.path"): s.get_span_context()
+        for s in audited_app.spans.get_finished_spans()
+        if s.kind.name == "SERVER"
+    }
     stored = {a: (t, s) for a, t, s in rows(db, "SELECT action, trace_id, span_id FROM audit_logs")}
-    for action, path in (("GET /patients/{patient_id}", "/patients/p1"), ("note.create", "/patients/p2/notes"),
-                         ("POST /patients/{patient_id}/notes", "/patients/p2/notes")):
+    for action, path in (
+        ("GET /patients/{patient_id}", "/patients/p1"),
+        ("note.create", "/patients/p2/notes"),
+        ("POST /patients/{patient_id}/notes", "/patients/p2/notes"),
+    ):
         ctx = spans[path]
         assert stored[action] == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"), (action, spans)
 
@@ -246,11 +267,14 @@ def test_trace_correlation_with_the_flask_instrumentation(db: str, audited_app: 
     finally:
         server.stop()
     assert audited_app.close()
-    server_spans = {s.name: s.get_span_context() for s in audited_app.spans.get_finished_spans()
-                    if s.kind.name == "SERVER"}
+    server_spans = {
+        s.name: s.get_span_context() for s in audited_app.spans.get_finished_spans() if s.kind.name == "SERVER"
+    }
     stored = {a: (t, s) for a, t, s in rows(db, "SELECT action, trace_id, span_id FROM audit_logs")}
-    for action, span in (("GET /patients/{patient_id}", "GET /patients/<patient_id>"),
-                         ("note.create", "POST /patients/<patient_id>/notes"),
-                         ("POST /patients/{patient_id}/notes", "POST /patients/<patient_id>/notes")):
+    for action, span in (
+        ("GET /patients/{patient_id}", "GET /patients/<patient_id>"),
+        ("note.create", "POST /patients/<patient_id>/notes"),
+        ("POST /patients/{patient_id}/notes", "POST /patients/<patient_id>/notes"),
+    ):
         ctx = server_spans[span]
         assert stored[action] == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"), (action, server_spans)

@@ -30,8 +30,13 @@ def _node_modules() -> None:
     lock = hashlib.sha256((EXAMPLE / "package-lock.json").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == lock:
         return
-    result = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=EXAMPLE,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"npm ci failed in {EXAMPLE}:\n{result.stdout}\n{result.stderr}"
     STAMP.write_text(lock)
 
@@ -59,8 +64,9 @@ class ExpressApp:
             "AUDIT_SCHEDULE_DELAY_MILLIS": "200",
             **env,
         }
-        self.process = subprocess.Popen([node, "app.js"], cwd=EXAMPLE, env=environment,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [node, "app.js"], cwd=EXAMPLE, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = self.process.stdout.readline() if self.process.stdout else ""
         if not line.startswith("PORT "):
             self.process.kill()
@@ -88,8 +94,7 @@ def test_express_app_through_serve_one_record_per_request(node: str, db: str, sp
     # Every record of a request carries the trace and span of its server span (instrumentation-http).
     stored = [r for rs in found.values() for r in rs]
     assert len(stored) == len(traffic.expected) + len(traffic.notes) + 1
-    assert all(r["trace_id"] and len(r["trace_id"]) == 32 and r["span_id"] and len(r["span_id"]) == 16
-               for r in stored)
+    assert all(r["trace_id"] and len(r["trace_id"]) == 32 and r["span_id"] and len(r["span_id"]) == 16 for r in stored)
     note_spans = {r["trace_id"] for r in stored if r["action"] == "note.create"}
     post_spans = {r["trace_id"] for r in stored if r["action"] == "POST /patients/{patient_id}/notes"}
     assert note_spans == post_spans and len(note_spans) == len(traffic.notes)

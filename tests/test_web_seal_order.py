@@ -57,8 +57,10 @@ def test_wsgi_record_sealed_before_the_server_has_the_whole_body(db: str, audite
         return iter([b"a", b"b", b"c"])
 
     seen: list[int] = []
-    body = WsgiAudit(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "REMOTE_ADDR": "10.0.0.1"},
-                          lambda status, headers, exc_info=None: None)
+    body = WsgiAudit(app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "REMOTE_ADDR": "10.0.0.1"},
+        lambda status, headers, exc_info=None: None,
+    )
     for _chunk in body:
         seen.append(audited_app.audit.stats()["accepted"])
     # The end of a streamed body (no length) is only known when the iterator stops, before the
@@ -79,6 +81,7 @@ def test_request_records_do_not_depend_on_the_otel_audit_logger(db: str, audited
     saved = own.propagate, own.level
     own.propagate, own.level = False, logging.CRITICAL
     try:
+
         async def app(scope: Any, receive: Any, send: Any) -> None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

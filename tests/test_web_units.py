@@ -133,7 +133,14 @@ def test_marks_are_found_through_wrappers_and_class_based_views() -> None:
 
 def test_results() -> None:
     assert [result_of(s, None, False, True) for s in (200, 204, 302, 401, 403, 404, 500)] == [
-        "success", "success", "success", "denied", "denied", "failure", "failure"]
+        "success",
+        "success",
+        "success",
+        "denied",
+        "denied",
+        "failure",
+        "failure",
+    ]
     assert result_of(200, RuntimeError(), False, False) == "failure"
     assert result_of(403, RuntimeError(), False, False) == "denied"
     assert result_of(200, None, True, False) == "failure"  # cut short

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.storage
 
 def _verify(dsn: str, key, witness: str):
     with psycopg.connect(dsn) as conn:
-        return verify_database(conn, VerifyOptions(trusted_keys={key.key_id: key.verify_key()},
-                                                   witnesses=[open_witness(witness, for_reading=True)]))
+        return verify_database(
+            conn,
+            VerifyOptions(
+                trusted_keys={key.key_id: key.verify_key()}, witnesses=[open_witness(witness, for_reading=True)]
+            ),
+        )
 
 
 def test_checkpoints_go_to_an_object_locked_bucket_and_catch_a_rollback(
@@ -76,16 +80,34 @@ def test_a_witness_bucket_without_object_lock_is_refused_unless_allowed(s3) -> N
     key = generate_signing_key()
     from otel_audit.core.checkpoint import sign_checkpoint
 
-    cp = sign_checkpoint(key, chain_id="6f1c0000-0000-4000-8000-000000000000", n=1, seq=0, head="0" * 64,
-                         genesis="0" * 64, prev=None, time_ns=1_700_000_000_000_000_000, interval_ms=10_000)
+    cp = sign_checkpoint(
+        key,
+        chain_id="6f1c0000-0000-4000-8000-000000000000",
+        n=1,
+        seq=0,
+        head="0" * 64,
+        genesis="0" * 64,
+        prev=None,
+        time_ns=1_700_000_000_000_000_000,
+        interval_ms=10_000,
+    )
     witness.write(cp)
     witness.write(cp)  # idempotent
     entries = list(witness.read())
     assert [e.data for e in entries] == [cp.envelope + b"previous none\n"]  # the first entry of its chain
     assert entries[0].location.endswith(f"{cp.chain_id}/000000000001-{cp.hash[:16]}.checkpoint")
     # Entries are chained as in a directory, also by a new writer that finds the newest one in the bucket.
-    cp2 = sign_checkpoint(key, chain_id=cp.chain_id, n=2, seq=0, head="0" * 64, genesis="0" * 64, prev=cp.hash,
-                          time_ns=1_700_000_000_000_000_001, interval_ms=10_000)
+    cp2 = sign_checkpoint(
+        key,
+        chain_id=cp.chain_id,
+        n=2,
+        seq=0,
+        head="0" * 64,
+        genesis="0" * 64,
+        prev=cp.hash,
+        time_ns=1_700_000_000_000_000_001,
+        interval_ms=10_000,
+    )
     S3Witness(f"s3://{name}/w", allow_unlocked=True).write(cp2)
     first, second = list(witness.read())
     link = f"previous {first.location.rsplit('/', 1)[1]} {hashlib.sha256(first.data).hexdigest()}\n"

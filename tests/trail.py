@@ -67,7 +67,9 @@ class TrailChain:
     canonical: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.chain = Chain(self.frames, emitter={"kind": "sdk", "service_name": "billing"}, clock=lambda: ns(self.created))
+        self.chain = Chain(
+            self.frames, emitter={"kind": "sdk", "service_name": "billing"}, clock=lambda: ns(self.created)
+        )
         if self.key is not None:
             self.checkpoint(ns(self.created))
 
@@ -92,9 +94,16 @@ class TrailChain:
         seq, head = self.chain.head()
         prev = self.checkpoints[-1] if self.checkpoints else None
         cp = sign_checkpoint(
-            self.key, chain_id=self.chain_id, n=len(self.checkpoints) + 1, seq=seq, head=head,
-            genesis=self.chain.genesis_hash, prev=prev.hash if prev else None, time_ns=time_ns,
-            interval_ms=self.interval_ms, closed=closed,
+            self.key,
+            chain_id=self.chain_id,
+            n=len(self.checkpoints) + 1,
+            seq=seq,
+            head=head,
+            genesis=self.chain.genesis_hash,
+            prev=prev.hash if prev else None,
+            time_ns=time_ns,
+            interval_ms=self.interval_ms,
+            closed=closed,
         )
         self.checkpoints.append(cp)
         self.frames.append(KIND_CHECKPOINT, cp.envelope, b"")

@@ -102,8 +102,15 @@ def add_note(request: Any, patient_id: str) -> Any:
     denied = require_user(request)
     if denied:
         return denied
-    log.info("note added", extra={"audit.action": "note.create", "audit.resource.type": "note",
-                                  "audit.resource.id": f"{patient_id}-n", "audit.result": "success"})
+    log.info(
+        "note added",
+        extra={
+            "audit.action": "note.create",
+            "audit.resource.type": "note",
+            "audit.resource.id": f"{patient_id}-n",
+            "audit.result": "success",
+        },
+    )
     return JsonResponse({"ok": "yes"}, status=201)
 
 

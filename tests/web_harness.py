@@ -56,8 +56,9 @@ class Uvicorn:
 
         # proxy_headers=False: uvicorn would otherwise rewrite the client address itself from
         # X-Forwarded-For for peers in its own forwarded_allow_ips (127.0.0.1 by default).
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning",
-                                proxy_headers=False, access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", proxy_headers=False, access_log=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -72,11 +72,13 @@ def drive(port: int, *, patients: int = 150, notes: int = 30) -> Traffic:
     traffic = Traffic()
     calls = []
 
-    def call(rid: str, method: str, path: str, headers: dict[str, str], expected_status: int,
-             source: str = "127.0.0.1") -> Any:
+    def call(
+        rid: str, method: str, path: str, headers: dict[str, str], expected_status: int, source: str = "127.0.0.1"
+    ) -> Any:
         def run() -> None:
             status, _ = request(port, method, path, {**headers, "X-Request-Id": rid}, source=source)
             assert status == expected_status, (method, path, headers, status)
+
         return run
 
     for i in range(patients):
@@ -92,21 +94,30 @@ def drive(port: int, *, patients: int = 150, notes: int = 30) -> Traffic:
         else:
             status, result, actor = 200, "success", user
             headers["Authorization"] = f"Bearer {user}"
-        traffic.expected[rid] = Expected("GET /patients/{patient_id}", actor, result, status, "patient_record",
-                                         f"p{i}", session=session)
+        traffic.expected[rid] = Expected(
+            "GET /patients/{patient_id}", actor, result, status, "patient_record", f"p{i}", session=session
+        )
         calls.append(call(rid, "GET", f"/patients/p{i}", headers, status))
     for i in range(notes):
         rid = uuid.uuid4().hex
         user = f"nurse-{i % 3}"
         headers = {"Authorization": f"Bearer {user}", "Cookie": f"sid=n{i}", "Content-Type": "application/json"}
-        traffic.expected[rid] = Expected("POST /patients/{patient_id}/notes", user, "success", 201,
-                                         "patient_record", f"q{i}", session=session_digest(f"n{i}"))
+        traffic.expected[rid] = Expected(
+            "POST /patients/{patient_id}/notes",
+            user,
+            "success",
+            201,
+            "patient_record",
+            f"q{i}",
+            session=session_digest(f"n{i}"),
+        )
         traffic.notes[rid] = user
         calls.append(call(rid, "POST", f"/patients/q{i}/notes", headers, 201))
     # A handler exception.
     rid = uuid.uuid4().hex
-    traffic.expected[rid] = Expected("GET /boom", "user-1", "failure", None, "http.route", "/boom",
-                                     extra={"error.type": "RuntimeError"})
+    traffic.expected[rid] = Expected(
+        "GET /boom", "user-1", "failure", None, "http.route", "/boom", extra={"error.type": "RuntimeError"}
+    )
     calls.append(call(rid, "GET", "/boom", {"Authorization": "Bearer user-1"}, 500))
     # A streamed response read to its end.
     rid = uuid.uuid4().hex
@@ -121,23 +132,47 @@ def drive(port: int, *, patients: int = 150, notes: int = 30) -> Traffic:
     calls.append(call(rid, "GET", "/patients/vetoed", {"Authorization": "Bearer user-1", "X-Audit-Veto": "1"}, 200))
     # A spoofed X-Forwarded-For from an untrusted peer is not believed; from the trusted proxy it is.
     rid = uuid.uuid4().hex
-    traffic.expected[rid] = Expected("GET /patients/{patient_id}", "user-2", "success", 200, "patient_record",
-                                     "spoof", ip="127.0.0.1",
-                                     extra={"otel_audit.web.forwarded_ignored": "x-forwarded-for: 203.0.113.9"})
-    calls.append(call(rid, "GET", "/patients/spoof", {"Authorization": "Bearer user-2",
-                                                       "X-Forwarded-For": "203.0.113.9"}, 200))
+    traffic.expected[rid] = Expected(
+        "GET /patients/{patient_id}",
+        "user-2",
+        "success",
+        200,
+        "patient_record",
+        "spoof",
+        ip="127.0.0.1",
+        extra={"otel_audit.web.forwarded_ignored": "x-forwarded-for: 203.0.113.9"},
+    )
+    calls.append(
+        call(rid, "GET", "/patients/spoof", {"Authorization": "Bearer user-2", "X-Forwarded-For": "203.0.113.9"}, 200)
+    )
     rid = uuid.uuid4().hex
-    traffic.expected[rid] = Expected("GET /patients/{patient_id}", "user-3", "success", 200, "patient_record",
-                                     "proxied", ip="198.51.100.4")
-    calls.append(call(rid, "GET", "/patients/proxied", {"Authorization": "Bearer user-3",
-                                                         "X-Forwarded-For": "6.6.6.6, 198.51.100.4"}, 200,
-                      source=TRUSTED_PROXY))
+    traffic.expected[rid] = Expected(
+        "GET /patients/{patient_id}", "user-3", "success", 200, "patient_record", "proxied", ip="198.51.100.4"
+    )
+    calls.append(
+        call(
+            rid,
+            "GET",
+            "/patients/proxied",
+            {"Authorization": "Bearer user-3", "X-Forwarded-For": "6.6.6.6, 198.51.100.4"},
+            200,
+            source=TRUSTED_PROXY,
+        )
+    )
     rid = uuid.uuid4().hex
-    traffic.expected[rid] = Expected("GET /patients/{patient_id}", "user-4", "success", 200, "patient_record",
-                                     "forwarded", ip="2001:db8::17")
-    calls.append(call(rid, "GET", "/patients/forwarded", {"Authorization": "Bearer user-4",
-                                                           "Forwarded": 'for="[2001:db8::17]:4711";proto=https'},
-                      200, source=TRUSTED_PROXY))
+    traffic.expected[rid] = Expected(
+        "GET /patients/{patient_id}", "user-4", "success", 200, "patient_record", "forwarded", ip="2001:db8::17"
+    )
+    calls.append(
+        call(
+            rid,
+            "GET",
+            "/patients/forwarded",
+            {"Authorization": "Bearer user-4", "Forwarded": 'for="[2001:db8::17]:4711";proto=https'},
+            200,
+            source=TRUSTED_PROXY,
+        )
+    )
     concurrently(calls)
     return traffic
 
@@ -182,7 +217,12 @@ def check(dsn: str, traffic: Traffic, disconnected: str | None) -> dict[str, lis
         r = records[0]
         attrs = r["attributes"]
         assert (r["actor_id"], r["result"], r["resource_type"], r["resource_id"], r["host"]) == (
-            exp.actor, exp.result, exp.resource_type, exp.resource_id, exp.ip), (exp, r)
+            exp.actor,
+            exp.result,
+            exp.resource_type,
+            exp.resource_id,
+            exp.ip,
+        ), (exp, r)
         assert r["actor_type"] == "user"
         assert attrs["http.request.method"] == exp.action.split(" ")[0]
         assert attrs.get("http.response.status_code") in ((exp.status,) if exp.status else (None, 500)), r

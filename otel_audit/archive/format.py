@@ -183,8 +183,9 @@ def _derive_slowly(canonicals: Sequence[bytes], schema: Any) -> Any:
             elif type(value) is not str:
                 value = None if value is None else orjson.dumps(value).decode()
             values.append(value)
-    return pa.table({name: pa.array(values, type=schema.field(name).type) for name, values in columns.items()},
-                    schema=schema)
+    return pa.table(
+        {name: pa.array(values, type=schema.field(name).type) for name, values in columns.items()}, schema=schema
+    )
 
 
 def _timestamp(value: Any, datetime: Any) -> Any:
@@ -259,8 +260,7 @@ def parse_manifest(data: bytes) -> Manifest:
         raise ManifestError(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("type") != "archive_manifest" or doc.get("v") != ARCHIVE_FORMAT:
         raise ManifestError("body is not an otel-audit archive manifest of format v1")
-    _require(doc, {"v", "type", "archive_id", "run", "prev", "created", "before", "key_id", "files", "chains",
-                   "state"})
+    _require(doc, {"v", "type", "archive_id", "run", "prev", "created", "before", "key_id", "files", "chains", "state"})
     if type(doc["run"]) is not int or doc["run"] < 1:
         raise ManifestError("run must be an integer >= 1")
     if (doc["run"] == 1) != (doc["prev"] is None):
@@ -275,8 +275,9 @@ def parse_manifest(data: bytes) -> Manifest:
     for entry in doc["files"]:
         _require(entry, {"path", "kind", "sha256", "bytes", "rows", "chains"})
     for entry in doc["chains"]:
-        _require(entry, {"chain_id", "first_seq", "last_seq", "first_prev", "last_hash", "records", "checkpoints",
-                         "genesis"})
+        _require(
+            entry, {"chain_id", "first_seq", "last_seq", "first_prev", "last_hash", "records", "checkpoints", "genesis"}
+        )
     state = doc["state"]
     if not isinstance(state, dict) or not isinstance(state.get("chains"), dict):
         raise ManifestError("state must be an object with a chains object")

@@ -45,7 +45,11 @@ def read_records(store: ArchiveStore, columns: Sequence[str], filters: list[Any]
 
 
 def _merge(
-    columns: list[str], archived: list[dict[str, Any]], live_result: QueryResult | None, order: str, descending: bool,
+    columns: list[str],
+    archived: list[dict[str, Any]],
+    live_result: QueryResult | None,
+    order: str,
+    descending: bool,
     limit: int,
 ) -> QueryResult:
     seen: set[tuple[str, int]] = set()
@@ -78,15 +82,31 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def actor_activity(
-    store: ArchiveStore, actor_id: str, *, since: datetime | None = None, until: datetime | None = None,
-    limit: int = 1000, conn: psycopg.Connection | None = None, aliases: Sequence[str] = (),
+    store: ArchiveStore,
+    actor_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 1000,
+    conn: psycopg.Connection | None = None,
+    aliases: Sequence[str] = (),
 ) -> QueryResult:
     """Everything an actor did between ``since`` and ``until`` (default: all time), newest first.
 
     ``aliases``: the actor's pseudonyms under each key of the ring, which match as well.
     """
-    columns = ["timestamp", "action", "resource_type", "resource_id", "result", "ip_address", "reason", "trace_id",
-               "chain_id", "seq"]
+    columns = [
+        "timestamp",
+        "action",
+        "resource_type",
+        "resource_id",
+        "result",
+        "ip_address",
+        "reason",
+        "trace_id",
+        "chain_id",
+        "seq",
+    ]
     filters: list[Any] = [("actor_id", "in", [actor_id, *aliases])] if aliases else [("actor_id", "=", actor_id)]
     if since is not None:
         filters.append(("timestamp", ">", _utc(since)))
@@ -95,17 +115,39 @@ def actor_activity(
     rows = read_records(store, columns, filters)
     live_rows = None
     if conn is not None:
-        live_rows = live.actor_activity(conn, actor_id, since=since or datetime(1, 1, 1, tzinfo=timezone.utc),
-                                        until=until, limit=limit, aliases=aliases)
+        live_rows = live.actor_activity(
+            conn,
+            actor_id,
+            since=since or datetime(1, 1, 1, tzinfo=timezone.utc),
+            until=until,
+            limit=limit,
+            aliases=aliases,
+        )
     return _merge(columns, rows, live_rows, "timestamp", True, limit)
 
 
 def resource_access(
-    store: ArchiveStore, resource_type: str, resource_id: str, *, since: datetime | None = None, limit: int = 1000,
+    store: ArchiveStore,
+    resource_type: str,
+    resource_id: str,
+    *,
+    since: datetime | None = None,
+    limit: int = 1000,
     conn: psycopg.Connection | None = None,
 ) -> QueryResult:
-    columns = ["timestamp", "actor_id", "actor_type", "action", "result", "ip_address", "reason", "session_id",
-               "trace_id", "chain_id", "seq"]
+    columns = [
+        "timestamp",
+        "actor_id",
+        "actor_type",
+        "action",
+        "result",
+        "ip_address",
+        "reason",
+        "session_id",
+        "trace_id",
+        "chain_id",
+        "seq",
+    ]
     filters: list[Any] = [("resource_type", "=", resource_type), ("resource_id", "=", resource_id)]
     if since is not None:
         filters.append(("timestamp", ">", _utc(since)))
@@ -117,8 +159,18 @@ def resource_access(
 def trace_records(
     store: ArchiveStore, trace_id: str, *, limit: int = 10_000, conn: psycopg.Connection | None = None
 ) -> QueryResult:
-    columns = ["timestamp", "service_name", "actor_id", "action", "resource_type", "resource_id", "result", "span_id",
-               "chain_id", "seq"]
+    columns = [
+        "timestamp",
+        "service_name",
+        "actor_id",
+        "action",
+        "resource_type",
+        "resource_id",
+        "result",
+        "span_id",
+        "chain_id",
+        "seq",
+    ]
     trace_id = trace_id.strip().lower().removeprefix("0x")
     rows = read_records(store, columns, [("trace_id", "=", trace_id)])
     live_rows = live.trace_records(conn, trace_id, limit=limit) if conn else None
@@ -126,7 +178,11 @@ def trace_records(
 
 
 def failed_attempts(
-    store: ArchiveStore, *, since: datetime, until: datetime | None = None, threshold: int = 5,
+    store: ArchiveStore,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    threshold: int = 5,
     conn: psycopg.Connection | None = None,
 ) -> QueryResult:
     """Actors with more than ``threshold`` failed or denied attempts between ``since`` and ``until``."""

@@ -50,12 +50,20 @@ class Policy:
 
 
 POLICIES: dict[str, Policy] = {
-    "pci-dss": Policy("pci-dss", 92, 366,
-                      "PCI DSS v4.0.1 req. 10.5.1: retain audit logs at least 12 months, the most recent three "
-                      "months immediately available for analysis"),
-    "hipaa": Policy("hipaa", 366, 6 * 366,
-                    "HIPAA §164.312(b) requires audit controls; the usual six years is the documentation retention "
-                    "of §164.316(b)(2)(i). One year in PostgreSQL is otel-audit's choice"),
+    "pci-dss": Policy(
+        "pci-dss",
+        92,
+        366,
+        "PCI DSS v4.0.1 req. 10.5.1: retain audit logs at least 12 months, the most recent three "
+        "months immediately available for analysis",
+    ),
+    "hipaa": Policy(
+        "hipaa",
+        366,
+        6 * 366,
+        "HIPAA §164.312(b) requires audit controls; the usual six years is the documentation retention "
+        "of §164.316(b)(2)(i). One year in PostgreSQL is otel-audit's choice",
+    ),
     "soc2": Policy("soc2", 366, 366, "SOC 2 sets no period; one year is common practice"),
 }
 
@@ -98,9 +106,15 @@ class RetentionPlan:
             "archive_verified": self.archive_ok,
             "archive_run": self.run,
             "partitions": [
-                {"name": p.name, "from": p.lower.isoformat() if p.lower else None,
-                 "to": p.upper.isoformat() if p.upper else None, "rows": p.rows, "bytes": p.bytes,
-                 "removable": p.removable and self.archive_ok, "blocked": p.blocked}
+                {
+                    "name": p.name,
+                    "from": p.lower.isoformat() if p.lower else None,
+                    "to": p.upper.isoformat() if p.upper else None,
+                    "rows": p.rows,
+                    "bytes": p.bytes,
+                    "removable": p.removable and self.archive_ok,
+                    "blocked": p.blocked,
+                }
                 for p in self.partitions
             ],
             "default_partition_rows_kept": self.kept_default_rows,
@@ -144,21 +158,27 @@ def apply_retention(
     if not removable:
         return None
     archived = {c: v["last_seq"] for c, v in plan.state.items()}
-    chains = {c: {"seq": v["last_seq"], "head": v["last_hash"]} for c, v in sorted(plan.state.items())
-              if v["last_seq"]}
+    chains = {c: {"seq": v["last_seq"], "head": v["last_hash"]} for c, v in sorted(plan.state.items()) if v["last_seq"]}
     time_ns = now if now is not None else time.time_ns()
 
     def make(n: int, prev: str | None) -> RetentionCheckpoint:
-        return sign_retention(key, {
-            "n": n,
-            "prev": prev,
-            "time": format_timestamp(time_ns),
-            "policy": plan.policy.name,
-            "cutoff": format_timestamp(int(plan.cutoff.timestamp() * 1_000_000) * 1000),
-            "partitions": [p.name for p in removable],
-            "archive": {"url": plan.archive_url, "archive_id": plan.archive_id, "run": plan.run,
-                        "manifest": plan.manifest},
-            "chains": chains,
-        })
+        return sign_retention(
+            key,
+            {
+                "n": n,
+                "prev": prev,
+                "time": format_timestamp(time_ns),
+                "policy": plan.policy.name,
+                "cutoff": format_timestamp(int(plan.cutoff.timestamp() * 1_000_000) * 1000),
+                "partitions": [p.name for p in removable],
+                "archive": {
+                    "url": plan.archive_url,
+                    "archive_id": plan.archive_id,
+                    "run": plan.run,
+                    "manifest": plan.manifest,
+                },
+                "chains": chains,
+            },
+        )
 
     return drop_partitions(conn, removable, archived, make)

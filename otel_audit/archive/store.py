@@ -79,7 +79,7 @@ class DirectoryStore:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -214,8 +214,13 @@ class S3Store:
                 f"s3://{self.bucket}/{key} exists with other content; an archive object is never overwritten"
             )
         # If-None-Match: * makes the create atomic: a concurrent writer's object is never replaced.
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data, "ChecksumAlgorithm": "SHA256",
-                                "IfNoneMatch": "*"}
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ChecksumAlgorithm": "SHA256",
+            "IfNoneMatch": "*",
+        }
         if self.locked and self.retain_until is not None:
             args["ObjectLockMode"] = self.mode
             args["ObjectLockRetainUntilDate"] = self.retain_until
@@ -259,10 +264,11 @@ class S3Store:
         base = f"{self.prefix}/" if self.prefix else ""
         out: list[str] = []
         try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                                Prefix=base + prefix):
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix
+            ):
                 for obj in page.get("Contents", []):
-                    out.append(obj["Key"][len(base):])
+                    out.append(obj["Key"][len(base) :])
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise StoreError(f"cannot list s3://{self.bucket}/{base}: {exc}") from exc
         return sorted(out)

@@ -96,10 +96,17 @@ def verify_archive(
     progress: Callable[[int], None] | None = None,
 ) -> VerificationReport:
     started = time.monotonic()
-    report = VerificationReport(checks=[
-        f"manifest signatures ({len(trusted_keys)} trusted key(s))", "file digests", "record hashes",
-        "columns against sealed bytes", "sequence", "links", "checkpoints",
-    ])
+    report = VerificationReport(
+        checks=[
+            f"manifest signatures ({len(trusted_keys)} trusted key(s))",
+            "file digests",
+            "record hashes",
+            "columns against sealed bytes",
+            "sequence",
+            "links",
+            "checkpoints",
+        ]
+    )
     objects = store.list()
     manifests = _check_manifests(store, objects, trusted_keys, report)
     listed = _check_listing(objects, manifests, report)
@@ -107,9 +114,16 @@ def verify_archive(
     checkpoints = _load_checkpoints(store, listed, trusted_keys, report)
     watch = {c: frozenset(cp["seq"] for cp in cps) for c, cps in checkpoints.items()}
     tasks = [
-        (store, item.entry["path"], item.entry["sha256"], item.entry["bytes"], item.entry["chains"],
-         {c: watch.get(c, frozenset()) for c, _, _ in item.entry["chains"]})
-        for item in listed if item.entry["kind"] == "records"
+        (
+            store,
+            item.entry["path"],
+            item.entry["sha256"],
+            item.entry["bytes"],
+            item.entry["chains"],
+            {c: watch.get(c, frozenset()) for c, _, _ in item.entry["chains"]},
+        )
+        for item in listed
+        if item.entry["kind"] == "records"
     ]
     total = sum(item.entry["rows"] for item in listed if item.entry["kind"] == "records")
     count = workers or (_default_workers() if total >= PARALLEL_FROM else 1)
@@ -140,8 +154,15 @@ def _check_manifests(
             continue
         run = run_of_manifest_name(path)
         if run is None:
-            report.add(Finding(Kind.BUNDLE_UNLISTED, _E, None, None,
-                               f"{path}: not a manifest name (manifests/NNNNNN.manifest): added by someone"))
+            report.add(
+                Finding(
+                    Kind.BUNDLE_UNLISTED,
+                    _E,
+                    None,
+                    None,
+                    f"{path}: not a manifest name (manifests/NNNNNN.manifest): added by someone",
+                )
+            )
             continue
         try:
             manifest = parse_manifest(store.get(path))
@@ -149,26 +170,53 @@ def _check_manifests(
             report.add(Finding(Kind.MANIFEST_INVALID, _E, None, None, f"{path} is not a valid manifest: {exc}"))
             continue
         if manifest.run != run:
-            report.add(Finding(Kind.MANIFEST_INVALID, _E, None, None,
-                               f"{path} holds the manifest of run {manifest.run}: renamed or reordered"))
+            report.add(
+                Finding(
+                    Kind.MANIFEST_INVALID,
+                    _E,
+                    None,
+                    None,
+                    f"{path} holds the manifest of run {manifest.run}: renamed or reordered",
+                )
+            )
             continue
         status = manifest.signature_valid(trusted)
         if status is None:
-            report.add(Finding(Kind.UNTRUSTED_KEY, _E, None, None,
-                               f"{path} is signed by key {manifest.key_id}, which is not among the trusted keys "
-                               "(add the archive key's public key with --trusted-key)"))
+            report.add(
+                Finding(
+                    Kind.UNTRUSTED_KEY,
+                    _E,
+                    None,
+                    None,
+                    f"{path} is signed by key {manifest.key_id}, which is not among the trusted keys "
+                    "(add the archive key's public key with --trusted-key)",
+                )
+            )
             continue
         if not status:
-            report.add(Finding(Kind.BAD_SIGNATURE, _E, None, None,
-                               f"{path}: the signature does not verify under trusted key {manifest.key_id}: the "
-                               "manifest was altered or forged"))
+            report.add(
+                Finding(
+                    Kind.BAD_SIGNATURE,
+                    _E,
+                    None,
+                    None,
+                    f"{path}: the signature does not verify under trusted key {manifest.key_id}: the "
+                    "manifest was altered or forged",
+                )
+            )
             continue
         good[run] = manifest
     if not good:
         if not any(p.startswith("manifests/") for p in objects):
-            report.add(Finding(Kind.MANIFEST_MISSING, _E, None, None,
-                               f"{store.description} holds no manifest: not an otel-audit archive, or every "
-                               "manifest was deleted"))
+            report.add(
+                Finding(
+                    Kind.MANIFEST_MISSING,
+                    _E,
+                    None,
+                    None,
+                    f"{store.description} holds no manifest: not an otel-audit archive, or every manifest was deleted",
+                )
+            )
         return []
     runs = sorted(good)
     chain: list[Manifest] = []
@@ -178,21 +226,42 @@ def _check_manifests(
         manifest = good.get(run)
         if manifest is None:
             if manifest_name(run) not in objects:
-                report.add(Finding(Kind.MANIFEST_MISSING, _E, None, None,
-                                   f"{manifest_name(run)} is missing (runs {runs[0]}..{runs[-1]} are present): "
-                                   "a manifest was deleted, and the bundles it listed are unaccounted for"))
+                report.add(
+                    Finding(
+                        Kind.MANIFEST_MISSING,
+                        _E,
+                        None,
+                        None,
+                        f"{manifest_name(run)} is missing (runs {runs[0]}..{runs[-1]} are present): "
+                        "a manifest was deleted, and the bundles it listed are unaccounted for",
+                    )
+                )
             previous = None
             continue
         if manifest.doc["archive_id"] != archive_id:
-            report.add(Finding(Kind.MANIFEST_INVALID, _E, None, None,
-                               f"{manifest_name(run)} belongs to archive {manifest.doc['archive_id']}, not "
-                               f"{archive_id}: manifests of two archives mixed"))
+            report.add(
+                Finding(
+                    Kind.MANIFEST_INVALID,
+                    _E,
+                    None,
+                    None,
+                    f"{manifest_name(run)} belongs to archive {manifest.doc['archive_id']}, not "
+                    f"{archive_id}: manifests of two archives mixed",
+                )
+            )
             continue
         if previous is not None:
             if manifest.doc["prev"] != previous.hash:
-                report.add(Finding(Kind.MANIFEST_INVALID, _E, None, None,
-                                   f"{manifest_name(run)} names {manifest.doc['prev']} as its predecessor, but "
-                                   f"{manifest_name(run - 1)} hashes to {previous.hash}: a manifest was replaced"))
+                report.add(
+                    Finding(
+                        Kind.MANIFEST_INVALID,
+                        _E,
+                        None,
+                        None,
+                        f"{manifest_name(run)} names {manifest.doc['prev']} as its predecessor, but "
+                        f"{manifest_name(run - 1)} hashes to {previous.hash}: a manifest was replaced",
+                    )
+                )
             _check_state(previous, manifest, report)
         elif run == 1:
             _check_state(None, manifest, report)
@@ -208,17 +277,31 @@ def _check_state(previous: Manifest | None, manifest: Manifest, report: Verifica
         old = state.setdefault(entry["chain_id"], {"last_hash": None, "last_n": 0, "last_seq": 0})
         if entry["records"]:
             if entry["first_seq"] != old["last_seq"] + 1:
-                report.add(Finding(Kind.MISSING, _E, entry["chain_id"], old["last_seq"] + 1,
-                                   f"{manifest_name(manifest.run)} continues chain {entry['chain_id']} at seq "
-                                   f"{entry['first_seq']}, but the archive holds it up to {old['last_seq']}"))
+                report.add(
+                    Finding(
+                        Kind.MISSING,
+                        _E,
+                        entry["chain_id"],
+                        old["last_seq"] + 1,
+                        f"{manifest_name(manifest.run)} continues chain {entry['chain_id']} at seq "
+                        f"{entry['first_seq']}, but the archive holds it up to {old['last_seq']}",
+                    )
+                )
             old["last_seq"], old["last_hash"] = entry["last_seq"], entry["last_hash"]
             records += entry["records"]
         if entry["checkpoints"] is not None:
             old["last_n"] = entry["checkpoints"][1]
     if state != manifest.doc["state"]["chains"] or records != manifest.doc["state"]["records"]:
-        report.add(Finding(Kind.MANIFEST_INVALID, _E, None, None,
-                           f"{manifest_name(manifest.run)}: its cumulative state is not the previous state plus its "
-                           "own chain ranges"))
+        report.add(
+            Finding(
+                Kind.MANIFEST_INVALID,
+                _E,
+                None,
+                None,
+                f"{manifest_name(manifest.run)}: its cumulative state is not the previous state plus its "
+                "own chain ranges",
+            )
+        )
 
 
 def _check_listing(objects: list[str], manifests: list[Manifest], report: VerificationReport) -> list[_Listed]:
@@ -229,31 +312,61 @@ def _check_listing(objects: list[str], manifests: list[Manifest], report: Verifi
         for entry in manifest.doc["files"]:
             path = entry["path"]
             if path in seen:
-                report.add(Finding(Kind.MANIFEST_INVALID, _E, None, None,
-                                   f"{path} is listed by two manifests ({manifest_name(manifest.run)} again)"))
+                report.add(
+                    Finding(
+                        Kind.MANIFEST_INVALID,
+                        _E,
+                        None,
+                        None,
+                        f"{path} is listed by two manifests ({manifest_name(manifest.run)} again)",
+                    )
+                )
                 continue
             seen.add(path)
             if path not in present:
-                report.add(Finding(Kind.BUNDLE_MISSING, _E, None, None,
-                                   f"{path} (listed in {manifest_name(manifest.run)}, {entry['rows']} rows) is "
-                                   "missing: deleted"))
+                report.add(
+                    Finding(
+                        Kind.BUNDLE_MISSING,
+                        _E,
+                        None,
+                        None,
+                        f"{path} (listed in {manifest_name(manifest.run)}, {entry['rows']} rows) is missing: deleted",
+                    )
+                )
                 continue
             listed.append(_Listed(manifest, entry))
     newest = manifests[-1].run if manifests else 0
-    interrupted = {f"run={int(p[6:12]):06d}" for p in objects
-                   if p.startswith("plans/") and p[6:12].isdigit() and int(p[6:12]) > newest}
+    interrupted = {
+        f"run={int(p[6:12]):06d}"
+        for p in objects
+        if p.startswith("plans/") and p[6:12].isdigit() and int(p[6:12]) > newest
+    }
     for path in objects:
         if path in seen or path.startswith(("manifests/", "plans/")):
             continue
         parts = path.split("/")
         if len(parts) == 3 and parts[0] in ("records", "checkpoints") and parts[1] in interrupted:
-            report.add(Finding(Kind.BUNDLE_UNLISTED, _W, None, None,
-                               f"{path} was written by an interrupted archive run that has no manifest yet: rerun "
-                               "`otel-audit archive` with the same destination to finish it (its records are not "
-                               "part of the verified archive until then)"))
+            report.add(
+                Finding(
+                    Kind.BUNDLE_UNLISTED,
+                    _W,
+                    None,
+                    None,
+                    f"{path} was written by an interrupted archive run that has no manifest yet: rerun "
+                    "`otel-audit archive` with the same destination to finish it (its records are not "
+                    "part of the verified archive until then)",
+                )
+            )
         else:
-            report.add(Finding(Kind.BUNDLE_UNLISTED, _E, None, None,
-                               f"{path} is listed in no manifest: added to the archive by someone else"))
+            report.add(
+                Finding(
+                    Kind.BUNDLE_UNLISTED,
+                    _E,
+                    None,
+                    None,
+                    f"{path} is listed in no manifest: added to the archive by someone else",
+                )
+            )
     return listed
 
 
@@ -282,8 +395,9 @@ def _load_checkpoints(
             continue
         expected_rows = {(c, n) for c, lo, hi in entry["chains"] for n in range(lo, hi + 1)}
         found_rows = set()
-        for chain_id, n, seq, body, signature in zip(*(table.column(c).to_pylist() for c in table.column_names),
-                                                     strict=True):
+        for chain_id, n, seq, body, signature in zip(
+            *(table.column(c).to_pylist() for c in table.column_names), strict=True
+        ):
             where = f"{path}: checkpoint {n} of chain {chain_id}"
             try:
                 cp = parse_checkpoint(body.encode("utf-8"), signature)
@@ -291,45 +405,103 @@ def _load_checkpoints(
                 report.add(Finding(Kind.CHECKPOINT_MALFORMED, _E, chain_id, seq, f"{where} is malformed: {exc}"))
                 continue
             if (cp.chain_id, cp.n, cp.seq) != (chain_id, n, seq):
-                report.add(Finding(Kind.CHECKPOINT_MALFORMED, _E, chain_id, seq,
-                                   f"{where}: the columns differ from the signed body (chain {cp.chain_id}, "
-                                   f"n {cp.n}, seq {cp.seq})"))
+                report.add(
+                    Finding(
+                        Kind.CHECKPOINT_MALFORMED,
+                        _E,
+                        chain_id,
+                        seq,
+                        f"{where}: the columns differ from the signed body (chain {cp.chain_id}, "
+                        f"n {cp.n}, seq {cp.seq})",
+                    )
+                )
             status = cp.signature_status(trusted)
             if status is SignatureStatus.UNTRUSTED_KEY:
-                report.add(Finding(Kind.UNTRUSTED_KEY, _E, cp.chain_id, cp.seq,
-                                   f"{where} is signed by key {cp.key_id}, not among the trusted keys (give the "
-                                   "emitters' public keys too)"))
+                report.add(
+                    Finding(
+                        Kind.UNTRUSTED_KEY,
+                        _E,
+                        cp.chain_id,
+                        cp.seq,
+                        f"{where} is signed by key {cp.key_id}, not among the trusted keys (give the "
+                        "emitters' public keys too)",
+                    )
+                )
                 continue
             if status is SignatureStatus.BAD_SIGNATURE:
-                report.add(Finding(Kind.BAD_SIGNATURE, _E, cp.chain_id, cp.seq,
-                                   f"{where}: the signature does not verify: altered or forged"))
+                report.add(
+                    Finding(
+                        Kind.BAD_SIGNATURE,
+                        _E,
+                        cp.chain_id,
+                        cp.seq,
+                        f"{where}: the signature does not verify: altered or forged",
+                    )
+                )
                 continue
             found_rows.add((cp.chain_id, cp.n))
             out.setdefault(cp.chain_id, []).append(
-                {"n": cp.n, "seq": cp.seq, "head": cp.head, "genesis": cp.genesis, "prev": cp.prev, "hash": cp.hash,
-                 "closed": cp.closed, "where": where}
+                {
+                    "n": cp.n,
+                    "seq": cp.seq,
+                    "head": cp.head,
+                    "genesis": cp.genesis,
+                    "prev": cp.prev,
+                    "hash": cp.hash,
+                    "closed": cp.closed,
+                    "where": where,
+                }
             )
         if expected_rows - found_rows:
             missing = sorted(expected_rows - found_rows)[:3]
-            report.add(Finding(Kind.BUNDLE_MODIFIED, _E, missing[0][0], None,
-                               f"{path} lacks valid checkpoints its manifest lists (e.g. {missing})"))
+            report.add(
+                Finding(
+                    Kind.BUNDLE_MODIFIED,
+                    _E,
+                    missing[0][0],
+                    None,
+                    f"{path} lacks valid checkpoints its manifest lists (e.g. {missing})",
+                )
+            )
     for chain_id, cps in out.items():
         cps.sort(key=lambda c: c["n"])
         previous: dict[str, Any] | None = None
         for entry in cps:
             if previous is None:
                 if entry["n"] != 1:
-                    report.add(Finding(Kind.CHECKPOINT_MISSING, _E, chain_id, entry["seq"],
-                                       f"the archive's checkpoints of this chain start at number {entry['n']}, "
-                                       "not 1"))
+                    report.add(
+                        Finding(
+                            Kind.CHECKPOINT_MISSING,
+                            _E,
+                            chain_id,
+                            entry["seq"],
+                            f"the archive's checkpoints of this chain start at number {entry['n']}, not 1",
+                        )
+                    )
             elif entry["n"] != previous["n"] + 1:
-                report.add(Finding(Kind.CHECKPOINT_MISSING, _E, chain_id, entry["seq"],
-                                   f"checkpoints {previous['n'] + 1}..{entry['n'] - 1} are missing from the archive"))
-            elif (entry["prev"] != previous["hash"] or entry["seq"] < previous["seq"]
-                  or entry["genesis"] != previous["genesis"]):
-                report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, entry["seq"],
-                                   f"{entry['where']} does not follow checkpoint {previous['n']} (prev link, seq or "
-                                   "genesis)"))
+                report.add(
+                    Finding(
+                        Kind.CHECKPOINT_MISSING,
+                        _E,
+                        chain_id,
+                        entry["seq"],
+                        f"checkpoints {previous['n'] + 1}..{entry['n'] - 1} are missing from the archive",
+                    )
+                )
+            elif (
+                entry["prev"] != previous["hash"]
+                or entry["seq"] < previous["seq"]
+                or entry["genesis"] != previous["genesis"]
+            ):
+                report.add(
+                    Finding(
+                        Kind.CHECKPOINT_INCONSISTENT,
+                        _E,
+                        chain_id,
+                        entry["seq"],
+                        f"{entry['where']} does not follow checkpoint {previous['n']} (prev link, seq or genesis)",
+                    )
+                )
             previous = entry
     return out
 
@@ -337,9 +509,16 @@ def _load_checkpoints(
 def _digest_ok(path: str, data: bytes, entry: dict[str, Any], report: VerificationReport) -> bool:
     digest = sha256_hex(data)
     if digest != entry["sha256"] or len(data) != entry["bytes"]:
-        report.add(Finding(Kind.BUNDLE_MODIFIED, _E, None, None,
-                           f"{path} was changed: {len(data)} bytes with SHA-256 {digest}, but its manifest signed "
-                           f"{entry['bytes']} bytes with SHA-256 {entry['sha256']}"))
+        report.add(
+            Finding(
+                Kind.BUNDLE_MODIFIED,
+                _E,
+                None,
+                None,
+                f"{path} was changed: {len(data)} bytes with SHA-256 {digest}, but its manifest signed "
+                f"{entry['bytes']} bytes with SHA-256 {entry['sha256']}",
+            )
+        )
         return False
     return True
 
@@ -376,9 +555,16 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
         return result
     digest = sha256_hex(data)
     if digest != sha or len(data) != size:
-        result.findings.append(Finding(Kind.BUNDLE_MODIFIED, _E, None, None,
-                                       f"{path} was changed: {len(data)} bytes with SHA-256 {digest}, but its manifest "
-                                       f"signed {size} bytes with SHA-256 {sha}"))
+        result.findings.append(
+            Finding(
+                Kind.BUNDLE_MODIFIED,
+                _E,
+                None,
+                None,
+                f"{path} was changed: {len(data)} bytes with SHA-256 {digest}, but its manifest "
+                f"signed {size} bytes with SHA-256 {sha}",
+            )
+        )
         return result
     try:
         table = pq.read_table(io.BytesIO(data))
@@ -401,15 +587,21 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
         count = last - first + 1
         end = row + count
         if end > len(canonicals):
-            result.findings.append(Finding(Kind.MISSING, _E, chain_id, first,
-                                           f"{path} holds fewer rows than its manifest lists for chain {chain_id} "
-                                           f"seq {first}..{last}: records were removed from the bundle"))
+            result.findings.append(
+                Finding(
+                    Kind.MISSING,
+                    _E,
+                    chain_id,
+                    first,
+                    f"{path} holds fewer rows than its manifest lists for chain {chain_id} "
+                    f"seq {first}..{last}: records were removed from the bundle",
+                )
+            )
             return result
         bad = _first_bad(owners, seqs, prevs, hashes, row, end, chain_id, first)
         if bad is not None:
             i, kind, what = bad
-            result.findings.append(Finding(kind, _E, chain_id, first + (i - row),
-                                           f"{path} row {i}: {what}"))
+            result.findings.append(Finding(kind, _E, chain_id, first + (i - row), f"{path} row {i}: {what}"))
         chain_watch = watch.get(chain_id)
         if chain_watch:
             seen = result.observed.setdefault(chain_id, {})
@@ -419,17 +611,28 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
         result.segments.append(_Segment(chain_id, first, prevs[row], last, hashes[end - 1], count))
         row = end
     if row != len(canonicals):
-        result.findings.append(Finding(Kind.INSERTED, _E, owners[row] if row < len(owners) else None, seqs[row],
-                                       f"{path} holds {len(canonicals) - row} row(s) beyond the chain ranges its "
-                                       "manifest lists: added to the bundle"))
+        result.findings.append(
+            Finding(
+                Kind.INSERTED,
+                _E,
+                owners[row] if row < len(owners) else None,
+                seqs[row],
+                f"{path} holds {len(canonicals) - row} row(s) beyond the chain ranges its "
+                "manifest lists: added to the bundle",
+            )
+        )
     return result
 
 
-def _first_bad(owners: list[Any], seqs: list[Any], prevs: list[Any], hashes: list[Any], lo: int, hi: int, chain_id: str, first: int
-               ) -> tuple[int, Kind, str] | None:
+def _first_bad(
+    owners: list[Any], seqs: list[Any], prevs: list[Any], hashes: list[Any], lo: int, hi: int, chain_id: str, first: int
+) -> tuple[int, Kind, str] | None:
     """The first row in ``[lo, hi)`` out of place: another chain, another seq, or a broken link."""
-    if owners[lo:hi] == [chain_id] * (hi - lo) and seqs[lo:hi] == list(range(first, first + hi - lo)) \
-            and prevs[lo + 1:hi] == hashes[lo:hi - 1]:
+    if (
+        owners[lo:hi] == [chain_id] * (hi - lo)
+        and seqs[lo:hi] == list(range(first, first + hi - lo))
+        and prevs[lo + 1 : hi] == hashes[lo : hi - 1]
+    ):
         return None
     for i in range(lo, hi):
         if owners[i] != chain_id:
@@ -453,9 +656,15 @@ def _compare_columns(path: str, table: Any, derived: Any, result: _BundleResult)
         for i, (a, b) in enumerate(zip(stored_values, sealed_values, strict=True)):
             if type(a) is type(b) and a == b:
                 continue
-            result.findings.append(Finding(Kind.MODIFIED, _E, chains[i], seqs[i],
-                                           f"{path} row {i}: column {name} is {_short(a)} but the record was sealed "
-                                           f"with {_short(b)}"))
+            result.findings.append(
+                Finding(
+                    Kind.MODIFIED,
+                    _E,
+                    chains[i],
+                    seqs[i],
+                    f"{path} row {i}: column {name} is {_short(a)} but the record was sealed with {_short(b)}",
+                )
+            )
             shown += 1
             if shown >= 20:
                 break
@@ -486,9 +695,16 @@ def _join_chains(
                 except orjson.JSONDecodeError:
                     doc = None
                 if not isinstance(doc, dict) or doc.get("chain_id") != entry["chain_id"]:
-                    report.add(Finding(Kind.GENESIS_MODIFIED, _E, entry["chain_id"], 0,
-                                       f"{manifest_name(manifest.run)}: the genesis document of chain "
-                                       f"{entry['chain_id']} names another chain or is not JSON"))
+                    report.add(
+                        Finding(
+                            Kind.GENESIS_MODIFIED,
+                            _E,
+                            entry["chain_id"],
+                            0,
+                            f"{manifest_name(manifest.run)}: the genesis document of chain "
+                            f"{entry['chain_id']} names another chain or is not JSON",
+                        )
+                    )
                 genesis_of[entry["chain_id"]] = computed
         by_chain: dict[str, list[_Segment]] = {}
         for item in listed:
@@ -504,32 +720,59 @@ def _join_chains(
             if not entry["records"]:
                 continue
             segs = by_chain.get(chain_id, [])
-            state = walked.setdefault(chain_id, {"last_seq": 0, "last_hash": None, "records": 0,
-                                                 "observed": {}})
+            state = walked.setdefault(chain_id, {"last_seq": 0, "last_hash": None, "records": 0, "observed": {}})
             if state["last_seq"] == 0:
                 state["last_hash"] = genesis_of.get(chain_id)
                 if state["last_hash"] is None:
-                    report.add(Finding(Kind.UNREGISTERED_CHAIN, _E, chain_id, 1,
-                                       f"the archive holds chain {chain_id} from seq 1 but no genesis document for "
-                                       "it: its first link cannot be checked"))
+                    report.add(
+                        Finding(
+                            Kind.UNREGISTERED_CHAIN,
+                            _E,
+                            chain_id,
+                            1,
+                            f"the archive holds chain {chain_id} from seq 1 but no genesis document for "
+                            "it: its first link cannot be checked",
+                        )
+                    )
             for seg in segs:
                 if seg.first_seq != state["last_seq"] + 1:
                     if seg.first_seq > state["last_seq"] + 1:
-                        report.add(Finding(Kind.MISSING, _E, chain_id, state["last_seq"] + 1,
-                                           f"records {state['last_seq'] + 1}..{seg.first_seq - 1} of the chain are in "
-                                           "no archived bundle"))
+                        report.add(
+                            Finding(
+                                Kind.MISSING,
+                                _E,
+                                chain_id,
+                                state["last_seq"] + 1,
+                                f"records {state['last_seq'] + 1}..{seg.first_seq - 1} of the chain are in "
+                                "no archived bundle",
+                            )
+                        )
                     state["last_hash"] = None
                 elif state["last_hash"] is not None and seg.first_prev != state["last_hash"]:
-                    report.add(Finding(Kind.BROKEN_LINK, _E, chain_id, seg.first_seq,
-                                       f"record {seg.first_seq} (first of its bundle) does not link to record "
-                                       f"{seg.first_seq - 1} ({manifest_name(manifest.run)})"))
+                    report.add(
+                        Finding(
+                            Kind.BROKEN_LINK,
+                            _E,
+                            chain_id,
+                            seg.first_seq,
+                            f"record {seg.first_seq} (first of its bundle) does not link to record "
+                            f"{seg.first_seq - 1} ({manifest_name(manifest.run)})",
+                        )
+                    )
                 state["last_seq"], state["last_hash"] = seg.last_seq, seg.last_hash
                 state["records"] += seg.rows
             if segs and (entry["last_seq"] != state["last_seq"] or entry["last_hash"] != state["last_hash"]):
-                report.add(Finding(Kind.MANIFEST_INVALID, _E, chain_id, entry["last_seq"],
-                                   f"{manifest_name(manifest.run)} says chain {chain_id} ends at seq "
-                                   f"{entry['last_seq']} with hash {entry['last_hash']}, but its bundles end at seq "
-                                   f"{state['last_seq']} with hash {state['last_hash']}"))
+                report.add(
+                    Finding(
+                        Kind.MANIFEST_INVALID,
+                        _E,
+                        chain_id,
+                        entry["last_seq"],
+                        f"{manifest_name(manifest.run)} says chain {chain_id} ends at seq "
+                        f"{entry['last_seq']} with hash {entry['last_hash']}, but its bundles end at seq "
+                        f"{state['last_seq']} with hash {state['last_hash']}",
+                    )
+                )
     for result in results.values():
         for chain_id, seen in result.observed.items():
             walked.setdefault(chain_id, {"last_seq": 0, "last_hash": None, "records": 0, "observed": {}})
@@ -545,34 +788,76 @@ def _join_chains(
         newest_seq = 0
         for cp in cps:
             if genesis is not None and cp["genesis"] != genesis:
-                report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, cp["seq"],
-                                   f"{cp['where']} names genesis {cp['genesis']}, not the archived one ({genesis})"))
+                report.add(
+                    Finding(
+                        Kind.CHECKPOINT_INCONSISTENT,
+                        _E,
+                        chain_id,
+                        cp["seq"],
+                        f"{cp['where']} names genesis {cp['genesis']}, not the archived one ({genesis})",
+                    )
+                )
             if cp["seq"] == 0:
                 if genesis is not None and cp["head"] != genesis:
-                    report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, 0,
-                                       f"{cp['where']}: head of seq 0 is not the genesis hash"))
+                    report.add(
+                        Finding(
+                            Kind.CHECKPOINT_INCONSISTENT,
+                            _E,
+                            chain_id,
+                            0,
+                            f"{cp['where']}: head of seq 0 is not the genesis hash",
+                        )
+                    )
                 continue
             observed = state["observed"].get(cp["seq"])
             if observed is None:
                 if cp["seq"] > state["last_seq"]:
-                    report.add(Finding(Kind.TRUNCATED, _E, chain_id, state["last_seq"] + 1,
-                                       f"{cp['where']} covers seq {cp['seq']}, but the archive holds the chain only up "
-                                       f"to seq {state['last_seq']}: archived records were removed"))
+                    report.add(
+                        Finding(
+                            Kind.TRUNCATED,
+                            _E,
+                            chain_id,
+                            state["last_seq"] + 1,
+                            f"{cp['where']} covers seq {cp['seq']}, but the archive holds the chain only up "
+                            f"to seq {state['last_seq']}: archived records were removed",
+                        )
+                    )
                 continue
             if observed != cp["head"]:
-                report.add(Finding(Kind.REWRITTEN, _E, chain_id, cp["seq"],
-                                   f"{cp['where']} signed head {cp['head']}, but the archived record {cp['seq']} "
-                                   f"hashes to {observed}: the chain was rewritten"))
+                report.add(
+                    Finding(
+                        Kind.REWRITTEN,
+                        _E,
+                        chain_id,
+                        cp["seq"],
+                        f"{cp['where']} signed head {cp['head']}, but the archived record {cp['seq']} "
+                        f"hashes to {observed}: the chain was rewritten",
+                    )
+                )
             newest_seq = max(newest_seq, cp["seq"])
         if state["records"] and not cps:
-            report.add(Finding(Kind.UNANCHORED, _E, chain_id, None,
-                               f"{state['records']} archived record(s) of this chain are covered by no trusted "
-                               "checkpoint: its emitter ran without a signing key, or the checkpoints are missing"))
+            report.add(
+                Finding(
+                    Kind.UNANCHORED,
+                    _E,
+                    chain_id,
+                    None,
+                    f"{state['records']} archived record(s) of this chain are covered by no trusted "
+                    "checkpoint: its emitter ran without a signing key, or the checkpoints are missing",
+                )
+            )
         elif state["last_seq"] > newest_seq and cps:
-            report.add(Finding(Kind.UNANCHORED, _W, chain_id, newest_seq + 1,
-                               f"archived records {newest_seq + 1}..{state['last_seq']} follow the newest archived "
-                               "checkpoint; the next archive run adds the checkpoint that covers them",
-                               count=state["last_seq"] - newest_seq))
+            report.add(
+                Finding(
+                    Kind.UNANCHORED,
+                    _W,
+                    chain_id,
+                    newest_seq + 1,
+                    f"archived records {newest_seq + 1}..{state['last_seq']} follow the newest archived "
+                    "checkpoint; the next archive run adds the checkpoint that covers them",
+                    count=state["last_seq"] - newest_seq,
+                )
+            )
 
 
 # ------------------------------------------------------------------------------------------------ live database
@@ -599,37 +884,79 @@ def _join_database(
     for chain_id, last, first_live, live_at_last, next_live, newest_cp, registered in rows:
         archived_hash = state[chain_id]["last_hash"]
         if not registered:
-            report.add(Finding(Kind.ARCHIVE_MISMATCH, _E, chain_id, None,
-                               "the archived chain is not registered in the database (audit_chains): its registry "
-                               "entry was deleted, or the archive belongs to another database"))
+            report.add(
+                Finding(
+                    Kind.ARCHIVE_MISMATCH,
+                    _E,
+                    chain_id,
+                    None,
+                    "the archived chain is not registered in the database (audit_chains): its registry "
+                    "entry was deleted, or the archive belongs to another database",
+                )
+            )
         if first_live is None:
             if newest_cp is not None and newest_cp > last:
-                report.add(Finding(Kind.MISSING, _E, chain_id, last + 1,
-                                   f"the database's checkpoints cover the chain up to seq {newest_cp}, but its records "
-                                   f"after the archived seq {last} are in neither the archive nor the database"))
+                report.add(
+                    Finding(
+                        Kind.MISSING,
+                        _E,
+                        chain_id,
+                        last + 1,
+                        f"the database's checkpoints cover the chain up to seq {newest_cp}, but its records "
+                        f"after the archived seq {last} are in neither the archive nor the database",
+                    )
+                )
             continue
         if first_live <= last:
             if live_at_last is not None and live_at_last != archived_hash:
-                report.add(Finding(Kind.ARCHIVE_MISMATCH, _E, chain_id, last,
-                                   f"record {last} hashes to {archived_hash} in the archive but the database holds "
-                                   f"{live_at_last}: one of the two was changed"))
+                report.add(
+                    Finding(
+                        Kind.ARCHIVE_MISMATCH,
+                        _E,
+                        chain_id,
+                        last,
+                        f"record {last} hashes to {archived_hash} in the archive but the database holds "
+                        f"{live_at_last}: one of the two was changed",
+                    )
+                )
             if next_live is None and newest_cp is not None and newest_cp > last:
-                report.add(Finding(Kind.MISSING, _E, chain_id, last + 1,
-                                   f"record {last + 1} is in neither the archive nor the database"))
+                report.add(
+                    Finding(
+                        Kind.MISSING,
+                        _E,
+                        chain_id,
+                        last + 1,
+                        f"record {last + 1} is in neither the archive nor the database",
+                    )
+                )
         elif first_live > last + 1:
-            report.add(Finding(Kind.MISSING, _E, chain_id, last + 1,
-                               f"records {last + 1}..{first_live - 1} are in neither the archive (which ends at "
-                               f"{last}) nor the database (which starts at {first_live})",
-                               count=first_live - 1 - last))
+            report.add(
+                Finding(
+                    Kind.MISSING,
+                    _E,
+                    chain_id,
+                    last + 1,
+                    f"records {last + 1}..{first_live - 1} are in neither the archive (which ends at "
+                    f"{last}) nor the database (which starts at {first_live})",
+                    count=first_live - 1 - last,
+                )
+            )
         if next_live is not None:
             try:
                 prev = orjson.loads(bytes(next_live)).get("prev_hash")
             except orjson.JSONDecodeError:
                 prev = None
             if prev != archived_hash:
-                report.add(Finding(Kind.ARCHIVE_MISMATCH, _E, chain_id, last + 1,
-                                   f"the database's record {last + 1} does not link to the newest archived record "
-                                   f"(prev_hash {prev}, archived hash {archived_hash})"))
+                report.add(
+                    Finding(
+                        Kind.ARCHIVE_MISMATCH,
+                        _E,
+                        chain_id,
+                        last + 1,
+                        f"the database's record {last + 1} does not link to the newest archived record "
+                        f"(prev_hash {prev}, archived hash {archived_hash})",
+                    )
+                )
 
 
 def _check_retention_references(

@@ -131,8 +131,9 @@ def archive_database(
             plan = orjson.loads(store.get(plan_path))
             result.resumed = True
         except FileNotFoundError:
-            plan = _make_plan(conn, state, before, records_per_file, run,
-                              newest.doc["archive_id"] if newest else str(uuid.uuid4()))
+            plan = _make_plan(
+                conn, state, before, records_per_file, run, newest.doc["archive_id"] if newest else str(uuid.uuid4())
+            )
             if plan is None:
                 result.seconds = time.monotonic() - started
                 return result
@@ -145,15 +146,31 @@ def archive_database(
             for entry in plan["records"]:
                 data, summary = _records_bundle(conn, entry["segments"], plan["chains"], state, chains, progress)
                 result.written += store.put(entry["path"], data)
-                files.append({"path": entry["path"], "kind": "records", "sha256": sha256_hex(data), "bytes": len(data),
-                              "rows": summary, "chains": entry["segments"]})
+                files.append(
+                    {
+                        "path": entry["path"],
+                        "kind": "records",
+                        "sha256": sha256_hex(data),
+                        "bytes": len(data),
+                        "rows": summary,
+                        "chains": entry["segments"],
+                    }
+                )
                 result.records += summary
                 result.bytes += len(data)
             for entry in plan["checkpoints"]:
                 data, rows = _checkpoints_bundle(conn, entry["segments"], chains)
                 result.written += store.put(entry["path"], data)
-                files.append({"path": entry["path"], "kind": "checkpoints", "sha256": sha256_hex(data),
-                              "bytes": len(data), "rows": rows, "chains": entry["segments"]})
+                files.append(
+                    {
+                        "path": entry["path"],
+                        "kind": "checkpoints",
+                        "sha256": sha256_hex(data),
+                        "bytes": len(data),
+                        "rows": rows,
+                        "chains": entry["segments"],
+                    }
+                )
                 result.checkpoints += rows
                 result.bytes += len(data)
         new_state = {c: dict(v) for c, v in state.items()}
@@ -230,13 +247,20 @@ def _make_plan(
             }
         # Checkpoints up to each chain's end (also for chains whose records were archived earlier).
         chain_ids = sorted(set(ends) | set(state))
-        last_n: dict[str, int | None] = dict(
-            conn.execute(
-                "SELECT x.c::text, (SELECT max(n) FROM audit_checkpoints k WHERE k.chain_id = x.c AND k.seq <= x.e) "
-                "FROM unnest(%s::uuid[], %s::bigint[]) AS x(c, e)",
-                (chain_ids, [max(ends.get(c, (0, None))[0], state.get(c, {}).get("last_seq", 0)) for c in chain_ids]),
-            ).fetchall()
-        ) if chain_ids else {}
+        last_n: dict[str, int | None] = (
+            dict(
+                conn.execute(
+                    "SELECT x.c::text, (SELECT max(n) FROM audit_checkpoints k WHERE k.chain_id = x.c AND k.seq <= x.e) "
+                    "FROM unnest(%s::uuid[], %s::bigint[]) AS x(c, e)",
+                    (
+                        chain_ids,
+                        [max(ends.get(c, (0, None))[0], state.get(c, {}).get("last_seq", 0)) for c in chain_ids],
+                    ),
+                ).fetchall()
+            )
+            if chain_ids
+            else {}
+        )
         genesis = {}
         starting = [c for c in ends if c not in state]
         if starting:
@@ -268,8 +292,10 @@ def _make_plan(
                 f"chain {chain_id} has records but no registry entry (audit_chains): its first link cannot be "
                 "checked, so it is not archived. Run `otel-audit verify`"
             )
-        chains[chain_id] = {"genesis": genesis[chain_id][0] if first == 1 else None,
-                            "genesis_hash": genesis[chain_id][1] if first == 1 else None}
+        chains[chain_id] = {
+            "genesis": genesis[chain_id][0] if first == 1 else None,
+            "genesis_hash": genesis[chain_id][1] if first == 1 else None,
+        }
         a = first
         while a <= last:
             b = min(last, a + (per_file - rows) - 1)
@@ -296,7 +322,8 @@ def _make_plan(
         "chains": chains,
         "records": records,
         "checkpoints": [{"path": f"checkpoints/run={run:06d}/part-00001.parquet", "segments": checkpoint_segments}]
-        if checkpoint_segments else [],
+        if checkpoint_segments
+        else [],
     }
 
 
@@ -321,10 +348,22 @@ def _records_bundle(
     schema = records_schema()
     sink = io.BytesIO()
     writer = pq.ParquetWriter(
-        sink, schema, compression="zstd", compression_level=9,
+        sink,
+        schema,
+        compression="zstd",
+        compression_level=9,
         use_dictionary=[c for c in RECORD_COLUMNS if c not in ("canonical", "id", "seq")],
-        write_statistics=["chain_id", "seq", "timestamp", "actor_id", "resource_type", "resource_id", "action",
-                          "result", "trace_id"],
+        write_statistics=[
+            "chain_id",
+            "seq",
+            "timestamp",
+            "actor_id",
+            "resource_type",
+            "resource_id",
+            "action",
+            "result",
+            "trace_id",
+        ],
     )
     total = 0
     pending: list[Any] = []  # tables of checked rows, written as row groups of about ROW_GROUP rows
@@ -342,8 +381,13 @@ def _records_bundle(
             archived = state.get(chain_id)
             link = archived["last_hash"] if archived and first > 1 else plan_chains[chain_id]["genesis_hash"]
             info = chains[chain_id] = {
-                "first_seq": first, "last_seq": first - 1, "first_prev": link, "last_hash": link, "records": 0,
-                "checkpoints": None, "genesis": plan_chains[chain_id]["genesis"],
+                "first_seq": first,
+                "last_seq": first - 1,
+                "first_prev": link,
+                "last_hash": link,
+                "records": 0,
+                "checkpoints": None,
+                "genesis": plan_chains[chain_id]["genesis"],
             }
         link, expected = info["last_hash"], first
         if expected != info["last_seq"] + 1:
@@ -446,10 +490,18 @@ def _checkpoints_bundle(
             expected += 1
         if expected != high + 1:
             raise ArchiveIntegrityError(f"chain {chain_id}: checkpoints {expected}..{high} are missing; not archived")
-        info = chains.setdefault(chain_id, {
-            "first_seq": None, "last_seq": None, "first_prev": None, "last_hash": None, "records": 0,
-            "checkpoints": None, "genesis": None,
-        })
+        info = chains.setdefault(
+            chain_id,
+            {
+                "first_seq": None,
+                "last_seq": None,
+                "first_prev": None,
+                "last_hash": None,
+                "records": 0,
+                "checkpoints": None,
+                "genesis": None,
+            },
+        )
         info["checkpoints"] = [low, high]
     sink = io.BytesIO()
     table = pa.table(columns, schema=checkpoints_schema())

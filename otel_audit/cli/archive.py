@@ -31,18 +31,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "2 error.",
     )
     add_dsn(parser)
-    parser.add_argument("--before", required=True, metavar="DATE",
-                        help="archive records older than this: an ISO date/time (UTC unless given) or an age "
-                        "such as 365d")
+    parser.add_argument(
+        "--before",
+        required=True,
+        metavar="DATE",
+        help="archive records older than this: an ISO date/time (UTC unless given) or an age such as 365d",
+    )
     parser.add_argument("--to", required=True, metavar="DEST", help="a directory, or s3://BUCKET/PREFIX")
-    parser.add_argument("--signing-key", metavar="PATH",
-                        help="Ed25519 key that signs the manifest (default: $OTEL_AUDIT_SIGNING_KEY)")
-    parser.add_argument("--retain-days", type=int, default=DEFAULT_RETAIN_DAYS, metavar="DAYS",
-                        help=f"S3 Object Lock retention per object (default {DEFAULT_RETAIN_DAYS} days)")
-    parser.add_argument("--lock-mode", choices=("COMPLIANCE", "GOVERNANCE"), default="COMPLIANCE",
-                        help="S3 Object Lock mode (default COMPLIANCE: nobody can delete before the date)")
-    parser.add_argument("--allow-unlocked", action="store_true",
-                        help="archive to a bucket without versioning and Object Lock (objects can then be deleted)")
+    parser.add_argument(
+        "--signing-key", metavar="PATH", help="Ed25519 key that signs the manifest (default: $OTEL_AUDIT_SIGNING_KEY)"
+    )
+    parser.add_argument(
+        "--retain-days",
+        type=int,
+        default=DEFAULT_RETAIN_DAYS,
+        metavar="DAYS",
+        help=f"S3 Object Lock retention per object (default {DEFAULT_RETAIN_DAYS} days)",
+    )
+    parser.add_argument(
+        "--lock-mode",
+        choices=("COMPLIANCE", "GOVERNANCE"),
+        default="COMPLIANCE",
+        help="S3 Object Lock mode (default COMPLIANCE: nobody can delete before the date)",
+    )
+    parser.add_argument(
+        "--allow-unlocked",
+        action="store_true",
+        help="archive to a bucket without versioning and Object Lock (objects can then be deleted)",
+    )
     parser.add_argument("--records-per-file", type=int, default=None, metavar="N", help="records per bundle")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run_archive)
@@ -55,9 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "also where the archive meets the live database. Exit 0 intact, 1 integrity failure, 2 error.",
     )
     check.add_argument("dest", metavar="DEST", help="the archive: a directory, or s3://BUCKET/PREFIX")
-    check.add_argument("--trusted-key", action="append", required=True, metavar="PATH.pub",
-                       help="public key trusted for manifests and checkpoints (repeatable: the archive key and "
-                       "the emitters' keys)")
+    check.add_argument(
+        "--trusted-key",
+        action="append",
+        required=True,
+        metavar="PATH.pub",
+        help="public key trusted for manifests and checkpoints (repeatable: the archive key and the emitters' keys)",
+    )
     check.add_argument("--dsn", default=None, help="also check the join with this live database")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--strict", action="store_true", help="also fail (exit 1) on warnings")
@@ -113,8 +133,10 @@ def run_archive(args: argparse.Namespace) -> int:
 
     key_path = args.signing_key or settings.SIGNING_KEY.get()
     if not key_path:
-        raise UsageError("the archive's manifest must be signed: pass --signing-key PATH (or set "
-                         "OTEL_AUDIT_SIGNING_KEY); create one with `otel-audit keygen --out PATH`")
+        raise UsageError(
+            "the archive's manifest must be signed: pass --signing-key PATH (or set "
+            "OTEL_AUDIT_SIGNING_KEY); create one with `otel-audit keygen --out PATH`"
+        )
     if args.retain_days < 1:
         raise UsageError("--retain-days must be at least 1")
     key = load_signing_key(key_path)
@@ -122,9 +144,14 @@ def run_archive(args: argparse.Namespace) -> int:
     store = _store(args.to, create=True, args=args)
     with connect(args) as conn, _bar(None, True, "archiving") as tick:
         try:
-            result = archive_database(conn, store, before=before, key=key,
-                                      records_per_file=args.records_per_file or DEFAULT_RECORDS_PER_FILE,
-                                      progress=tick)
+            result = archive_database(
+                conn,
+                store,
+                before=before,
+                key=key,
+                records_per_file=args.records_per_file or DEFAULT_RECORDS_PER_FILE,
+                progress=tick,
+            )
         except ArchiveIntegrityError as exc:
             print(f"otel-audit archive: INTEGRITY FAILURE: {exc}", file=sys.stderr)
             return EXIT_INTEGRITY
@@ -134,10 +161,12 @@ def run_archive(args: argparse.Namespace) -> int:
         print(f"nothing to archive before {before.isoformat()} in {store.description}")
     else:
         state = "resumed and finished" if result.resumed else "wrote"
-        print(f"{state} archive run {result.run}: {result.records:,} records of {result.chains} chain(s), "
-              f"{result.checkpoints:,} checkpoints, {len(result.files)} file(s), {result.bytes:,} bytes "
-              f"({result.written} object(s) written now) in {store.description}; manifest {result.manifest} "
-              f"(sha256 {result.manifest_hash}) in {result.seconds:.1f}s")
+        print(
+            f"{state} archive run {result.run}: {result.records:,} records of {result.chains} chain(s), "
+            f"{result.checkpoints:,} checkpoints, {len(result.files)} file(s), {result.bytes:,} bytes "
+            f"({result.written} object(s) written now) in {store.description}; manifest {result.manifest} "
+            f"(sha256 {result.manifest_hash}) in {result.seconds:.1f}s"
+        )
     return EXIT_OK
 
 

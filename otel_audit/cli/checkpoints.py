@@ -45,7 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_dsn(prove)
     prove.add_argument("--out", default=None, metavar="FILE", help="write here (default: standard output)")
     prove.add_argument(
-        "--trusted-key", action="append", default=[], metavar="PATH.pub",
+        "--trusted-key",
+        action="append",
+        default=[],
+        metavar="PATH.pub",
         help="also check the checkpoint's signature before writing (repeatable)",
     )
     prove.set_defaults(handler=run_prove)
@@ -58,7 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     check.add_argument("file", metavar="FILE", help="the proof ('-' for standard input)")
     check.add_argument(
-        "--trusted-key", action="append", default=[], metavar="PATH.pub", required=True,
+        "--trusted-key",
+        action="append",
+        default=[],
+        metavar="PATH.pub",
+        required=True,
         help="public key of the emitter (repeatable)",
     )
     check.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -152,4 +159,3 @@ def run_verify_proof(args: argparse.Namespace) -> int:
         for problem in result.problems:
             write_line(f"  - {problem}")
     return EXIT_OK if result.valid else EXIT_INTEGRITY
-

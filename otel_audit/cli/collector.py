@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="an exporter of the normal observability backend (repeatable; default: exporters whose endpoint "
         "uses ${env:OBSERVABILITY_ENDPOINT} or ${env:OTEL_GATEWAY_ENDPOINT})",
     )
-    parser.add_argument("--strict", action="store_true", help="fail on warnings too (unchecked component types, unused components)")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on warnings too (unchecked component types, unused components)"
+    )
     parser.add_argument("--json", action="store_true", help="print the problems as JSON")
     parser.set_defaults(handler=run)
 

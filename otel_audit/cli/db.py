@@ -30,8 +30,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "month is plausible, and list every partition. Run it daily from cron. Idempotent.",
     )
     add_dsn(maintain)
-    maintain.add_argument("--ahead", type=int, default=Deferred("otel_audit.sink.partitions", "DEFAULT_AHEAD_MONTHS"),
-                          metavar="MONTHS", help="months to create ahead of the current one (default %(default)s)")
+    maintain.add_argument(
+        "--ahead",
+        type=int,
+        default=Deferred("otel_audit.sink.partitions", "DEFAULT_AHEAD_MONTHS"),
+        metavar="MONTHS",
+        help="months to create ahead of the current one (default %(default)s)",
+    )
     maintain.add_argument("--json", action="store_true", help="print the partitions as JSON")
     maintain.set_defaults(handler=run_maintain)
     version = dbsub.add_parser("version", help="print the schema version of the database")
@@ -103,8 +108,12 @@ def run_maintain(args: argparse.Namespace) -> int:
     for name in made:
         print(f"created partition {name}")
     for p in parts:
-        span = "default (no partition for their month)" if p.default else (
-            f"{p.lower.isoformat() if p.lower else 'all time'} .. {p.upper.isoformat() if p.upper else 'all time'}"
+        span = (
+            "default (no partition for their month)"
+            if p.default
+            else (
+                f"{p.lower.isoformat() if p.lower else 'all time'} .. {p.upper.isoformat() if p.upper else 'all time'}"
+            )
         )
         print(f"{p.name:28} {span:60} ~{p.rows:,} rows  {p.bytes / 1048576:,.1f} MiB")
     return EXIT_OK

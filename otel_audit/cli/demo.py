@@ -45,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     print("Next, try:")
     for line in next_steps(result):
         print(f"  {line}")
-    print("  and the seed's SQL, e.g.: SELECT actor_id, COUNT(*) FROM audit_logs WHERE result IN "
-          "('failure','denied') GROUP BY actor_id;")
+    print(
+        "  and the seed's SQL, e.g.: SELECT actor_id, COUNT(*) FROM audit_logs WHERE result IN "
+        "('failure','denied') GROUP BY actor_id;"
+    )
     if result.embedded_data_dir is not None:
         print("  otel-audit demo --stop        # stop the embedded PostgreSQL when done")
     return EXIT_OK if result.report.ok else EXIT_INTEGRITY

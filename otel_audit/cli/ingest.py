@@ -22,7 +22,6 @@ TOKENS_ENV = settings.INGEST_TOKENS.name
 _log = logging.getLogger("otel_audit.ingest")
 
 
-
 def _default(name: str) -> Deferred:
     """The ingest's own default for the option (IngestConfig), looked up when needed."""
     return Deferred("otel_audit.ingest.service", "IngestConfig", name)
@@ -43,7 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
     parser.add_argument("--port", type=int, default=4318, help="port (default: 4318, the OTLP/HTTP convention)")
     parser.add_argument(
-        "--token-file", type=Path, metavar="FILE",
+        "--token-file",
+        type=Path,
+        metavar="FILE",
         help="accepted bearer tokens, one per line: TOKEN [name=NAME] [services=PATTERN[,PATTERN...]]",
     )
     parser.add_argument(
@@ -55,53 +56,106 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--spool-dir", type=Path, help=f"local spool directory (default: {settings.SPOOL_DIR.cli_help()})"
     )
     parser.add_argument(
-        "--audit-logger", action="append", metavar="SCOPE", default=None,
+        "--audit-logger",
+        action="append",
+        metavar="SCOPE",
+        default=None,
         help="instrumentation scope (logger) whose records are audit records, with its children; repeatable "
         "(default: $OTEL_AUDIT_LOGGERS, comma-separated)",
     )
     parser.add_argument(
-        "--event-prefix", metavar="PREFIX", default=None,
+        "--event-prefix",
+        metavar="PREFIX",
+        default=None,
         help="records whose event name starts with PREFIX are audit records (default: $OTEL_AUDIT_EVENT_PREFIX)",
     )
     anchoring = parser.add_argument_group(
         "checkpoints (as otel_audit.configure(): sign the ingest's own chain so `verify --trusted-key` anchors it)"
     )
     anchoring.add_argument(
-        "--signing-key", type=Path, metavar="PEM", default=None,
+        "--signing-key",
+        type=Path,
+        metavar="PEM",
+        default=None,
         help="Ed25519 private key written by `otel-audit keygen` (default: $OTEL_AUDIT_SIGNING_KEY); without one "
         "the ingest's chain has no signed checkpoints and `verify --trusted-key` fails it as unanchored",
     )
     anchoring.add_argument(
-        "--witness-dir", type=Path, metavar="DIR", default=None,
+        "--witness-dir",
+        type=Path,
+        metavar="DIR",
+        default=None,
         help="copy every committed checkpoint to this directory, outside PostgreSQL (default: $OTEL_AUDIT_WITNESS_DIR)",
     )
     anchoring.add_argument(
-        "--checkpoint-records", type=int, metavar="N", default=None,
+        "--checkpoint-records",
+        type=int,
+        metavar="N",
+        default=None,
         help=f"sign a checkpoint every N records (default: {settings.CHECKPOINT_RECORDS.cli_help()})",
     )
     anchoring.add_argument(
-        "--checkpoint-interval", type=float, metavar="SECONDS", default=None,
+        "--checkpoint-interval",
+        type=float,
+        metavar="SECONDS",
+        default=None,
         help=f"and every SECONDS, idle or not (default: {settings.CHECKPOINT_INTERVAL.cli_help()})",
     )
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-body-bytes", type=int, default=_default("max_body_bytes"),
-                        help="largest request body, compressed and decompressed (default: %(default)s)")
-    limits.add_argument("--max-records", type=int, default=_default("max_records"),
-                        help="most log records in one request (default: %(default)s)")
-    limits.add_argument("--max-attributes", type=int, default=_default("max_attributes"),
-                        help="most top-level attributes kept per record (default: %(default)s)")
-    limits.add_argument("--max-record-bytes", type=int, default=None,
-                        help=f"largest sealed record (default: {settings.MAX_RECORD_BYTES.cli_help()})")
-    limits.add_argument("--max-connections", type=int, default=_default("max_connections"),
-                        help="concurrent connections (default: %(default)s)")
-    limits.add_argument("--max-inflight-bytes", type=int, default=_default("max_inflight_bytes"),
-                        help="request bytes held at once before answering 429 (default: %(default)s)")
-    limits.add_argument("--commit-timeout", type=float, default=_default("commit_timeout"),
-                        help="seconds to wait for PostgreSQL before answering 503 (default: %(default)s)")
-    limits.add_argument("--max-backlog-bytes", type=int, default=_default("max_backlog_bytes"),
-                        help="uncommitted bytes before answering 429 (default: %(default)s)")
-    limits.add_argument("--dedup-capacity", type=int, default=_default("dedup_capacity"),
-                        help="records remembered for retries of requests not yet answered 200 (default: %(default)s)")
+    limits.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=_default("max_body_bytes"),
+        help="largest request body, compressed and decompressed (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-records",
+        type=int,
+        default=_default("max_records"),
+        help="most log records in one request (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-attributes",
+        type=int,
+        default=_default("max_attributes"),
+        help="most top-level attributes kept per record (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-record-bytes",
+        type=int,
+        default=None,
+        help=f"largest sealed record (default: {settings.MAX_RECORD_BYTES.cli_help()})",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=_default("max_connections"),
+        help="concurrent connections (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=_default("max_inflight_bytes"),
+        help="request bytes held at once before answering 429 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--commit-timeout",
+        type=float,
+        default=_default("commit_timeout"),
+        help="seconds to wait for PostgreSQL before answering 503 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-backlog-bytes",
+        type=int,
+        default=_default("max_backlog_bytes"),
+        help="uncommitted bytes before answering 429 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--dedup-capacity",
+        type=int,
+        default=_default("dedup_capacity"),
+        help="records remembered for retries of requests not yet answered 200 (default: %(default)s)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -152,15 +206,25 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.001)
     spool = SpoolConfig(directory=args.spool_dir or settings.SPOOL_DIR.get(), block_timeout=1.0)
     pipeline = AuditPipeline(
-        PipelineConfig(dsn=dsn, spool=spool, max_record_bytes=max_record_bytes, application_name="otel-audit-ingest",
-                       privacy=privacy_described, **checkpoints),
-        emitter={"service_name": "otel-audit-ingest", "host_name": socket.gethostname(),
-                 "listen": f"{args.host}:{args.port}"},
+        PipelineConfig(
+            dsn=dsn,
+            spool=spool,
+            max_record_bytes=max_record_bytes,
+            application_name="otel-audit-ingest",
+            privacy=privacy_described,
+            **checkpoints,
+        ),
+        emitter={
+            "service_name": "otel-audit-ingest",
+            "host_name": socket.gethostname(),
+            "listen": f"{args.host}:{args.port}",
+        },
         emitter_kind="ingest",
     )
     try:
-        server = IngestServer(IngestService(pipeline, config), tokens, host=args.host, port=args.port,
-                              ssl_context=ssl_context)
+        server = IngestServer(
+            IngestService(pipeline, config), tokens, host=args.host, port=args.port, ssl_context=ssl_context
+        )
     except OSError as exc:
         pipeline.close(5.0)
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}; choose another --port or --host") from exc
@@ -169,9 +233,13 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    signing = "no signing key" if key is None else (
-        f"checkpoints signed by key {key.key_id} every {checkpoints['checkpoint_records']} records and "
-        f"{checkpoints['checkpoint_interval']:g}s"
+    signing = (
+        "no signing key"
+        if key is None
+        else (
+            f"checkpoints signed by key {key.key_id} every {checkpoints['checkpoint_records']} records and "
+            f"{checkpoints['checkpoint_interval']:g}s"
+        )
     )
     witnessed = "".join(f"; witness {w.description}" for w in checkpoints["witnesses"])
     print(
@@ -240,7 +308,8 @@ def _check_schema(dsn: str) -> None:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _log.warning(
             "otel-audit serve: PostgreSQL is not reachable (%s); starting anyway, audit records are refused "
-            "with 503 until it is", text,
+            "with 503 until it is",
+            text,
         )
         return
     if version < SCHEMA_VERSION:

@@ -62,7 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what otel-audit does to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = (
-        db, verify, query, report, demo, status, replay, checkpoints, ingest, collector, archive, retention, privacy,
+        db,
+        verify,
+        query,
+        report,
+        demo,
+        status,
+        replay,
+        checkpoints,
+        ingest,
+        collector,
+        archive,
+        retention,
+        privacy,
     )
     for module in modules:
         module.register(sub)

@@ -41,7 +41,16 @@ from typing import Any, TextIO
 
 import orjson
 
-__all__ = ["csv_cell", "display_width", "escape_text", "json_text", "print_json", "render", "render_timeline", "write_line"]
+__all__ = [
+    "csv_cell",
+    "display_width",
+    "escape_text",
+    "json_text",
+    "print_json",
+    "render",
+    "render_timeline",
+    "write_line",
+]
 
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -174,10 +183,18 @@ def render_timeline(result: Any, title: str, out: TextIO | None = None) -> None:
         result_word = r.get("result")
         shown = _e(result_word) if result_word == "success" else _e(result_word).upper() if result_word else "NO RESULT"
         where = _e(r.get("service_name")) + (f"@{_e(r.get('host_name'))}" if r.get("host_name") else "")
-        lines.append([
-            _stamp(ts) if isinstance(ts, datetime) else _e(ts), offset, f"[{where}]", actor, _e(r.get("action")),
-            f"{_e(r.get('resource_type'))}/{_e(r.get('resource_id'))}", shown, r,
-        ])
+        lines.append(
+            [
+                _stamp(ts) if isinstance(ts, datetime) else _e(ts),
+                offset,
+                f"[{where}]",
+                actor,
+                _e(r.get("action")),
+                f"{_e(r.get('resource_type'))}/{_e(r.get('resource_id'))}",
+                shown,
+                r,
+            ]
+        )
     widths = [max(display_width(line[i]) for line in lines) for i in range(7)]
     for line in lines:
         r = line[7]

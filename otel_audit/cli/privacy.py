@@ -65,8 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     erase.add_argument("--reason", default="erasure request (GDPR Art. 17)", help="recorded with the erasure")
     erase.add_argument("--keystore-dsn", default=None, help="default: $OTEL_AUDIT_KEYSTORE_DSN")
     erase.add_argument("--master-key", default=None, metavar="FILE", help="default: $OTEL_AUDIT_MASTER_KEY_FILE")
-    erase.add_argument("--spool-dir", type=Path, default=None, help="spool for the erasure record (default: a "
-                       "temporary directory)")
+    erase.add_argument(
+        "--spool-dir", type=Path, default=None, help="spool for the erasure record (default: a temporary directory)"
+    )
     add_dsn(erase)
     erase.set_defaults(handler=run_erase)
 
@@ -135,8 +136,12 @@ def run_erase(args: argparse.Namespace) -> int:
     with psycopg.connect(store.dsn) as ks:  # one transaction: committed only once the erasure is recorded
         refs = store.erase(args.subject, conn=ks)
         pipeline = AuditPipeline(
-            PipelineConfig(dsn=audit_dsn, spool=SpoolConfig(directory=spool_dir, block_timeout=5.0),
-                           application_name="otel-audit-erase", **checkpoint_options()),
+            PipelineConfig(
+                dsn=audit_dsn,
+                spool=SpoolConfig(directory=spool_dir, block_timeout=5.0),
+                application_name="otel-audit-erase",
+                **checkpoint_options(),
+            ),
             emitter={"service_name": "otel-audit-erase", "host_name": socket.gethostname()},
             emitter_kind="cli",
         )
@@ -161,15 +166,20 @@ def run_erase(args: argparse.Namespace) -> int:
             )
             sealed = pipeline.seal(draft)
             if not pipeline.wait_committed(sealed, 30.0):
-                raise DatabaseUnavailable("the erasure record was not committed to PostgreSQL within 30 s; nothing was "
-                                          "erased (the key store change is rolled back). Check the database and retry.")
+                raise DatabaseUnavailable(
+                    "the erasure record was not committed to PostgreSQL within 30 s; nothing was "
+                    "erased (the key store change is rolled back). Check the database and retry."
+                )
         finally:
             pipeline.close(30.0)
         ks.commit()
     store.vacuum()
     if not refs:
-        print(f"otel-audit erase: no live key for this subject; nothing to destroy (request recorded as "
-              f"{sealed.record_id})", file=sys.stderr)
+        print(
+            f"otel-audit erase: no live key for this subject; nothing to destroy (request recorded as "
+            f"{sealed.record_id})",
+            file=sys.stderr,
+        )
         return EXIT_INTEGRITY
     print(f"otel-audit erase: {len(refs)} key(s) destroyed: {', '.join(refs)}; recorded as {sealed.record_id}")
     return EXIT_OK

@@ -65,8 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     session.add_argument("session_id")
     failures = qsub.add_parser("failures", help=QUESTIONS["failures"])
     failures.add_argument("--window", default=_S, help="how far back from now (default 24h); or --since/--until")
-    failures.add_argument("--threshold", type=_not_negative, default=_S,
-                          help="list actors above this many failed or denied attempts (default 5)")
+    failures.add_argument(
+        "--threshold",
+        type=_not_negative,
+        default=_S,
+        help="list actors above this many failed or denied attempts (default 5)",
+    )
     for p in (records, actor, resource, trace, session, failures):
         _options(p)
         p.set_defaults(handler=run)
@@ -78,7 +82,9 @@ def _positive(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value} (there is no unlimited: pass a large number)")
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1, not {value} (there is no unlimited: pass a large number)"
+        )
     return value
 
 
@@ -95,27 +101,49 @@ def _not_negative(text: str) -> int:
 def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsn", default=_S, help=f"PostgreSQL connection string (default: {settings.DSN.cli_help()})")
     out = p.add_argument_group("output")
-    out.add_argument("--format", choices=("table", "json", "csv", "timeline"), default=_S,
-                     help="table (default), json (exact values), csv (spreadsheet-safe) or timeline (a story, in "
-                     "time order)")
-    out.add_argument("--limit", type=_positive, default=_S,
-                     help="at most this many rows (default 1000; 10000 for trace and session); the output says how "
-                     "many more match")
-    out.add_argument("--archive", default=_S, metavar="DEST",
-                     help="also search this archive (directory or s3://BUCKET/PREFIX); the live database too when a "
-                     "DSN is given (questions actor, resource, trace and failures)")
-    out.add_argument("--pseudonym-keys", default=_S, metavar="FILE",
-                     help="the pseudonym key ring (default: $OTEL_AUDIT_PSEUDONYM_KEYS_FILE or "
-                     "$OTEL_AUDIT_PSEUDONYM_KEYS): an actor or session given in plain text also finds the records "
-                     "that store it pseudonymized, under every key of the ring")
-    out.add_argument("--keystore-dsn", default=_S, metavar="DSN",
-                     help="the subject key store (default: $OTEL_AUDIT_KEYSTORE_DSN), with --master-key (default: "
-                     "$OTEL_AUDIT_MASTER_KEY_FILE): encrypted fields are shown decrypted, or as [erased] when their "
-                     "subject was erased; without it they show as [encrypted]")
+    out.add_argument(
+        "--format",
+        choices=("table", "json", "csv", "timeline"),
+        default=_S,
+        help="table (default), json (exact values), csv (spreadsheet-safe) or timeline (a story, in time order)",
+    )
+    out.add_argument(
+        "--limit",
+        type=_positive,
+        default=_S,
+        help="at most this many rows (default 1000; 10000 for trace and session); the output says how many more match",
+    )
+    out.add_argument(
+        "--archive",
+        default=_S,
+        metavar="DEST",
+        help="also search this archive (directory or s3://BUCKET/PREFIX); the live database too when a "
+        "DSN is given (questions actor, resource, trace and failures)",
+    )
+    out.add_argument(
+        "--pseudonym-keys",
+        default=_S,
+        metavar="FILE",
+        help="the pseudonym key ring (default: $OTEL_AUDIT_PSEUDONYM_KEYS_FILE or "
+        "$OTEL_AUDIT_PSEUDONYM_KEYS): an actor or session given in plain text also finds the records "
+        "that store it pseudonymized, under every key of the ring",
+    )
+    out.add_argument(
+        "--keystore-dsn",
+        default=_S,
+        metavar="DSN",
+        help="the subject key store (default: $OTEL_AUDIT_KEYSTORE_DSN), with --master-key (default: "
+        "$OTEL_AUDIT_MASTER_KEY_FILE): encrypted fields are shown decrypted, or as [erased] when their "
+        "subject was erased; without it they show as [encrypted]",
+    )
     out.add_argument("--master-key", default=_S, metavar="FILE", help="the key store's master key ring")
-    out.add_argument("--wide", action="store_true", default=_S,
-                     help="also actor type, session, user, trace and span ids, host, user agent, message, changed "
-                     "fields and old values")
+    out.add_argument(
+        "--wide",
+        action="store_true",
+        default=_S,
+        help="also actor type, session, user, trace and span ids, host, user agent, message, changed "
+        "fields and old values",
+    )
     f = p.add_argument_group("filters (all must hold; repeated ones: any of their values)")
     f.add_argument("--actor", dest="f_actor", default=_S, metavar="ID")
     f.add_argument("--resource-type", dest="f_rtype", default=_S, metavar="TYPE")
@@ -128,16 +156,21 @@ def _options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--chain", dest="f_chain", default=_S, metavar="CHAIN_ID")
     f.add_argument("--since", default=_S, help="from: 30d, 24h, ... back from now, an ISO date or time")
     f.add_argument("--until", default=_S, help="to (excluded): an ISO time, or a date meaning the end of that day")
-    f.add_argument("--problems", action="store_true", default=_S,
-                   help="only records stored with validation problems or quarantined")
+    f.add_argument(
+        "--problems",
+        action="store_true",
+        default=_S,
+        help="only records stored with validation problems or quarantined",
+    )
 
 
 def _get(args: argparse.Namespace, name: str, default: Any = None) -> Any:
     return getattr(args, name, default)
 
 
-def _time(args: argparse.Namespace, name: str, default: str | None, *, end: bool = False,
-          now: datetime | None = None) -> datetime | None:
+def _time(
+    args: argparse.Namespace, name: str, default: str | None, *, end: bool = False, now: datetime | None = None
+) -> datetime | None:
     text = _get(args, name, default)
     if text is None:
         return None
@@ -241,7 +274,11 @@ def run(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         try:
             result = q.find_records(
-                conn, where, limit=limit, wide=bool(_get(args, "wide", False)), ascending=story,
+                conn,
+                where,
+                limit=limit,
+                wide=bool(_get(args, "wide", False)),
+                ascending=story,
                 columns=q.TIMELINE_COLUMNS if fmt == "timeline" else None,
             )
         except q.MissingTablesError:
@@ -265,10 +302,21 @@ _ARCHIVE_FILTERS = {
     "failures": {"since", "until", "threshold", "window"},
 }
 _FILTER_FLAGS = {
-    "f_actor": "--actor", "f_rtype": "--resource-type", "f_rid": "--resource-id", "f_actions": "--action",
-    "f_session": "--session", "f_trace": "--trace", "f_results": "--result", "f_services": "--service",
-    "f_chain": "--chain", "problems": "--problems", "wide": "--wide", "since": "--since", "until": "--until",
-    "threshold": "--threshold", "window": "--window",
+    "f_actor": "--actor",
+    "f_rtype": "--resource-type",
+    "f_rid": "--resource-id",
+    "f_actions": "--action",
+    "f_session": "--session",
+    "f_trace": "--trace",
+    "f_results": "--result",
+    "f_services": "--service",
+    "f_chain": "--chain",
+    "problems": "--problems",
+    "wide": "--wide",
+    "since": "--since",
+    "until": "--until",
+    "threshold": "--threshold",
+    "window": "--window",
 }
 
 
@@ -284,8 +332,10 @@ def _run_archive(args: argparse.Namespace) -> int:
     extra = given - _ARCHIVE_FILTERS[question]
     if extra:
         flags = ", ".join(sorted(_FILTER_FLAGS[name] for name in extra))
-        raise UsageError(f"query {question} --archive does not apply {flags}; leave them out, or query the live "
-                         "database without --archive")
+        raise UsageError(
+            f"query {question} --archive does not apply {flags}; leave them out, or query the live "
+            "database without --archive"
+        )
     from otel_audit.archive import query as aq
     from otel_audit.archive.store import open_store
 
@@ -297,18 +347,31 @@ def _run_archive(args: argparse.Namespace) -> int:
     live = connect(args) if (_get(args, "dsn") or settings.DSN.get()) else None
     try:
         if question == "actor":
-            result = aq.actor_activity(store, args.actor_id, since=since, until=until, limit=limit, conn=live,
-                                       aliases=_aliases(args, args.actor_id))
+            result = aq.actor_activity(
+                store,
+                args.actor_id,
+                since=since,
+                until=until,
+                limit=limit,
+                conn=live,
+                aliases=_aliases(args, args.actor_id),
+            )
         elif question == "resource":
-            result = aq.resource_access(store, args.resource_type, args.resource_id, since=since, limit=limit,
-                                        conn=live)
+            result = aq.resource_access(
+                store, args.resource_type, args.resource_id, since=since, limit=limit, conn=live
+            )
         elif question == "trace":
             q.RecordFilter(trace_id=args.trace_id).validate()
             result = aq.trace_records(store, args.trace_id, limit=limit, conn=live)
         else:
             window = q.parse_duration(_get(args, "window", "24h"))
-            result = aq.failed_attempts(store, since=since or datetime.now(timezone.utc) - window, until=until,
-                                        threshold=_get(args, "threshold", 5), conn=live)
+            result = aq.failed_attempts(
+                store,
+                since=since or datetime.now(timezone.utc) - window,
+                until=until,
+                threshold=_get(args, "threshold", 5),
+                conn=live,
+            )
             result.rows = result.rows[:limit]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -348,8 +411,9 @@ def _notice(result: q.QueryResult, fmt: str, which: str, what: str) -> None:
             "match (raise --limit or narrow the filters)"
         )
     if problems:
-        lines.append(f"{problems:,} of the rows shown are problem records (see the problems column; --problems "
-                     "lists only those)")
+        lines.append(
+            f"{problems:,} of the rows shown are problem records (see the problems column; --problems lists only those)"
+        )
     stream = sys.stdout if fmt in ("table", "timeline") else sys.stderr
     for line in lines:
         stream.write(f"({line})\n" if stream is sys.stdout else f"otel-audit query: {line}\n")
@@ -358,8 +422,10 @@ def _notice(result: q.QueryResult, fmt: str, which: str, what: str) -> None:
 def _run_failures(args: argparse.Namespace) -> int:
     fmt = _get(args, "format", "table")
     if fmt == "timeline":
-        raise UsageError("failures counts attempts per actor: --format timeline is for records "
-                         "(try `otel-audit query --actor ID --result denied --format timeline`)")
+        raise UsageError(
+            "failures counts attempts per actor: --format timeline is for records "
+            "(try `otel-audit query --actor ID --result denied --format timeline`)"
+        )
     window_text = _get(args, "window", "24h")
     try:
         window = q.parse_duration(window_text)
@@ -371,16 +437,30 @@ def _run_failures(args: argparse.Namespace) -> int:
     since = _time(args, "since", None, now=until)
     for unsupported in ("f_actor", "f_rtype", "f_rid", "f_session", "f_trace", "f_results", "f_chain", "problems"):
         if _get(args, unsupported) not in (None, [], False):
-            flag = {"f_actor": "--actor", "f_rtype": "--resource-type", "f_rid": "--resource-id",
-                    "f_session": "--session", "f_trace": "--trace", "f_results": "--result", "f_chain": "--chain",
-                    "problems": "--problems"}[unsupported]
-            raise UsageError(f"failures does not take {flag} (it counts failed and denied attempts per actor; it "
-                             "takes --since/--until or --window, --service, --action, --threshold)")
+            flag = {
+                "f_actor": "--actor",
+                "f_rtype": "--resource-type",
+                "f_rid": "--resource-id",
+                "f_session": "--session",
+                "f_trace": "--trace",
+                "f_results": "--result",
+                "f_chain": "--chain",
+                "problems": "--problems",
+            }[unsupported]
+            raise UsageError(
+                f"failures does not take {flag} (it counts failed and denied attempts per actor; it "
+                "takes --since/--until or --window, --service, --action, --threshold)"
+            )
     with connect(args) as conn:
         try:
             result = q.failed_attempts(
-                conn, window=window, threshold=_get(args, "threshold", 5), since=since, until=until,
-                services=_get(args, "f_services", []), actions=_get(args, "f_actions", []),
+                conn,
+                window=window,
+                threshold=_get(args, "threshold", 5),
+                since=since,
+                until=until,
+                services=_get(args, "f_services", []),
+                actions=_get(args, "f_actions", []),
                 limit=_get(args, "limit", 1000),
             )
         except q.MissingTablesError:
@@ -390,4 +470,3 @@ def _run_failures(args: argparse.Namespace) -> int:
     render(result.columns, result.rows, fmt)
     _notice(result, fmt, "first", "actors")
     return EXIT_OK
-

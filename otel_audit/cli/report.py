@@ -35,8 +35,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(report)
     report.add_argument("--out", default=None, metavar="FILE", help="write here (default: standard output)")
-    report.add_argument("--format", choices=("html", "json"), default=None,
-                        help="html or json (default: from --out's suffix, else html)")
+    report.add_argument(
+        "--format",
+        choices=("html", "json"),
+        default=None,
+        help="html or json (default: from --out's suffix, else html)",
+    )
     report.set_defaults(handler=run_report)
 
     evidence = sub.add_parser(
@@ -63,8 +67,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group.add_argument("--service", action="append", default=[], metavar="NAME", help="repeatable")
     group.add_argument("--all-results", action="store_true", help="prove records of every result, not only failures")
     group.add_argument("--limit", type=_positive, default=100, help="prove at most this many records (default 100)")
-    evidence.add_argument("--archive", default=None, metavar="DIR|s3://BUCKET/PREFIX",
-                          help="an archive whose signed manifests to include")
+    evidence.add_argument(
+        "--archive", default=None, metavar="DIR|s3://BUCKET/PREFIX", help="an archive whose signed manifests to include"
+    )
     evidence.set_defaults(handler=run_evidence)
 
 
@@ -90,29 +95,59 @@ def _not_negative(text: str) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     add_dsn(parser)
-    parser.add_argument("--since", default="30d",
-                        help="start of the period: 30d, 24h, ... back from now, an ISO date or time (default 30d)")
-    parser.add_argument("--until", default=None,
-                        help="end of the period (excluded): an ISO time, or a date meaning the end of that day "
-                        "(default: now)")
-    parser.add_argument("--threshold", type=_not_negative, default=5,
-                        help="list actors with more failed or denied attempts than this (default 5, the seed's)")
+    parser.add_argument(
+        "--since",
+        default="30d",
+        help="start of the period: 30d, 24h, ... back from now, an ISO date or time (default 30d)",
+    )
+    parser.add_argument(
+        "--until",
+        default=None,
+        help="end of the period (excluded): an ISO time, or a date meaning the end of that day (default: now)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_not_negative,
+        default=5,
+        help="list actors with more failed or denied attempts than this (default 5, the seed's)",
+    )
     parser.add_argument("--top", type=_positive, default=10, help="actors, resources, actions charted (default 10)")
-    parser.add_argument("--trace", action="append", default=[], metavar="TRACE_ID",
-                        help="add the timeline of this trace (repeatable)")
-    parser.add_argument("--session", dest="sessions", action="append", default=[], metavar="SESSION_ID",
-                        help="add the timeline of this session (repeatable)")
+    parser.add_argument(
+        "--trace", action="append", default=[], metavar="TRACE_ID", help="add the timeline of this trace (repeatable)"
+    )
+    parser.add_argument(
+        "--session",
+        dest="sessions",
+        action="append",
+        default=[],
+        metavar="SESSION_ID",
+        help="add the timeline of this session (repeatable)",
+    )
     parser.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), as verify --strict")
     parser.add_argument("--workers", type=_positive, default=None, metavar="N", help="as verify --workers")
     group = parser.add_argument_group(
         "signed checkpoints", "as for verify: trust only these public keys and witnesses, never the database's"
     )
-    group.add_argument("--trusted-key", action="append", default=[], metavar="PATH.pub",
-                       help="public key whose checkpoints are trusted (repeatable)")
-    group.add_argument("--witness", action="append", default=[], metavar="DIR",
-                       help="witness directory to compare the database with (repeatable; needs --trusted-key)")
-    group.add_argument("--max-unanchored-age", default=None, metavar="DURATION",
-                       help="fail when records after a chain's newest checkpoint are older than this")
+    group.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        metavar="PATH.pub",
+        help="public key whose checkpoints are trusted (repeatable)",
+    )
+    group.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="witness directory to compare the database with (repeatable; needs --trusted-key)",
+    )
+    group.add_argument(
+        "--max-unanchored-age",
+        default=None,
+        metavar="DURATION",
+        help="fail when records after a chain's newest checkpoint are older than this",
+    )
 
 
 def _report_options(args: argparse.Namespace) -> ReportOptions:
@@ -132,8 +167,9 @@ def _report_options(args: argparse.Namespace) -> ReportOptions:
     if since is not None and until is not None and since >= until:
         raise UsageError(f"the period is empty: --since {since.isoformat()} is not before --until {until.isoformat()}")
     if args.witness and not args.trusted_key:
-        raise UsageError("--witness needs --trusted-key: without trusted keys nothing read from the witness can be "
-                         "authenticated")
+        raise UsageError(
+            "--witness needs --trusted-key: without trusted keys nothing read from the witness can be authenticated"
+        )
     age = None
     if args.max_unanchored_age is not None:
         try:
@@ -197,8 +233,12 @@ def run_evidence(args: argparse.Namespace) -> int:
     stories = [("trace", t) for t in options.traces] + [("session", s) for s in options.sessions]
     results = list(args.result) or ([] if args.all_results or stories else ["failure", "denied"])
     common = dict(
-        actor_id=args.actor, resource_type=args.resource_type, resource_id=args.resource_id, actions=args.action,
-        results=results, services=args.service,
+        actor_id=args.actor,
+        resource_type=args.resource_type,
+        resource_id=args.resource_id,
+        actions=args.action,
+        results=results,
+        services=args.service,
     )
     if stories:  # the records of each trace and session, whenever they were written
         selections = [
@@ -214,9 +254,15 @@ def run_evidence(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     with connect(args) as conn:
         summary = write_evidence_pack(
-            conn, args.out,
-            EvidenceOptions(report=options, selections=selections, limit=args.limit,
-                            trusted_key_files=list(args.trusted_key), archive=args.archive),
+            conn,
+            args.out,
+            EvidenceOptions(
+                report=options,
+                selections=selections,
+                limit=args.limit,
+                trusted_key_files=list(args.trusted_key),
+                archive=args.archive,
+            ),
         )
     write_line(
         f"{summary.verdict}: evidence pack {summary.path} ({summary.files} files, sha256 {summary.sha256}): "
@@ -234,4 +280,3 @@ def run_evidence(args: argparse.Namespace) -> int:
     if summary.archive_note:
         write_line(f"  archive: {summary.archive_note}", sys.stderr)
     return summary.exit_code or EXIT_OK
-

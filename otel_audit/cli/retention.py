@@ -30,13 +30,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "not verify (nothing removed), 2 error.",
     )
     add_dsn(apply)
-    apply.add_argument("--policy", required=True, metavar="POLICY",
-                       help="pci-dss (3 months in PostgreSQL), hipaa (1 year), soc2 (1 year), or a number of days")
+    apply.add_argument(
+        "--policy",
+        required=True,
+        metavar="POLICY",
+        help="pci-dss (3 months in PostgreSQL), hipaa (1 year), soc2 (1 year), or a number of days",
+    )
     apply.add_argument("--archive", required=True, metavar="DEST", help="the archive (directory or s3://BUCKET/PREFIX)")
-    apply.add_argument("--trusted-key", action="append", required=True, metavar="PATH.pub",
-                       help="keys trusted for the archive's manifests and the checkpoints (repeatable)")
-    apply.add_argument("--signing-key", metavar="PATH",
-                       help="signs the retention checkpoint (default: $OTEL_AUDIT_SIGNING_KEY)")
+    apply.add_argument(
+        "--trusted-key",
+        action="append",
+        required=True,
+        metavar="PATH.pub",
+        help="keys trusted for the archive's manifests and the checkpoints (repeatable)",
+    )
+    apply.add_argument(
+        "--signing-key", metavar="PATH", help="signs the retention checkpoint (default: $OTEL_AUDIT_SIGNING_KEY)"
+    )
     apply.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     apply.add_argument("--json", action="store_true", help="print the plan as JSON")
     apply.set_defaults(handler=run_apply)
@@ -77,8 +87,10 @@ def run_apply(args: argparse.Namespace) -> int:
     if not args.dry_run:
         key_path = args.signing_key or settings.SIGNING_KEY.get()
         if not key_path:
-            raise UsageError("the retention checkpoint must be signed: pass --signing-key PATH (or set "
-                             "OTEL_AUDIT_SIGNING_KEY), or use --dry-run")
+            raise UsageError(
+                "the retention checkpoint must be signed: pass --signing-key PATH (or set "
+                "OTEL_AUDIT_SIGNING_KEY), or use --dry-run"
+            )
         key = load_signing_key(key_path)
     keys = load_trusted_keys(args.trusted_key)
     store = open_store(args.archive, require_lock=False)
@@ -101,11 +113,17 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def _print_plan(plan: RetentionPlan, dry_run: bool, checkpoint: RetentionCheckpoint | None) -> None:
     out = sys.stdout
-    print(f"policy {plan.policy.name}: partitions that ended before {plan.cutoff:%Y-%m-%d %H:%M} UTC may leave "
-          f"PostgreSQL ({plan.policy.source})", file=out)
+    print(
+        f"policy {plan.policy.name}: partitions that ended before {plan.cutoff:%Y-%m-%d %H:%M} UTC may leave "
+        f"PostgreSQL ({plan.policy.source})",
+        file=out,
+    )
     if plan.archive is not None and not plan.archive.ok:
-        print(f"the archive {plan.archive_url} does NOT verify ({len(plan.archive.errors)} error(s)); nothing is "
-              "removed:", file=out)
+        print(
+            f"the archive {plan.archive_url} does NOT verify ({len(plan.archive.errors)} error(s)); nothing is "
+            "removed:",
+            file=out,
+        )
         for finding in plan.archive.errors[:20]:
             print(f"  {finding}", file=out)
         return
@@ -114,18 +132,29 @@ def _print_plan(plan: RetentionPlan, dry_run: bool, checkpoint: RetentionCheckpo
     verb = "would remove" if dry_run else "removed"
     for part in plan.partitions:
         if part.removable:
-            print(f"  {verb:12} {part.name}: {part.rows:,} records, {part.bytes / 1048576:,.1f} MiB "
-                  f"(archived in run {plan.run} or earlier)", file=out)
+            print(
+                f"  {verb:12} {part.name}: {part.rows:,} records, {part.bytes / 1048576:,.1f} MiB "
+                f"(archived in run {plan.run} or earlier)",
+                file=out,
+            )
         else:
-            print(f"  {'kept':12} {part.name}: " + "; ".join(part.blocked[:5])
-                  + (f" (+{len(part.blocked) - 5} more)" if len(part.blocked) > 5 else ""), file=out)
+            print(
+                f"  {'kept':12} {part.name}: "
+                + "; ".join(part.blocked[:5])
+                + (f" (+{len(part.blocked) - 5} more)" if len(part.blocked) > 5 else ""),
+                file=out,
+            )
     if plan.kept_default_rows:
-        print(f"  {'kept':12} audit_logs_default: {plan.kept_default_rows:,} records older than the cutoff have "
-              "no partition of their own (run `otel-audit db maintain`); the default partition is never removed",
-              file=out)
+        print(
+            f"  {'kept':12} audit_logs_default: {plan.kept_default_rows:,} records older than the cutoff have "
+            "no partition of their own (run `otel-audit db maintain`); the default partition is never removed",
+            file=out,
+        )
     if checkpoint is not None:
-        print(f"retention checkpoint {checkpoint.n} signed by key {checkpoint.key_id} (sha256 {checkpoint.hash})",
-              file=out)
+        print(
+            f"retention checkpoint {checkpoint.n} signed by key {checkpoint.key_id} (sha256 {checkpoint.hash})",
+            file=out,
+        )
 
 
 def _time(text: str | None) -> datetime | None:
@@ -140,8 +169,14 @@ def run_hold(args: argparse.Namespace) -> int:
     if (args.from_ is None) != (args.to is None):
         raise UsageError("a time-range hold needs both --from and --to")
     with connect(args) as conn:
-        hold_id = add_hold(conn, reason=args.reason, chain_id=args.chain, actor_id=args.actor,
-                           from_ts=_time(args.from_), to_ts=_time(args.to))
+        hold_id = add_hold(
+            conn,
+            reason=args.reason,
+            chain_id=args.chain,
+            actor_id=args.actor,
+            from_ts=_time(args.from_),
+            to_ts=_time(args.to),
+        )
     print(f"legal hold {hold_id} placed; `otel-audit retention release {hold_id} --reason ...` lifts it")
     return EXIT_OK
 
@@ -160,7 +195,9 @@ def run_holds(args: argparse.Namespace) -> int:
 
     with connect(args) as conn:
         found = holds(conn, active_only=not args.all)
-    render(["id", "chain_id", "actor_id", "from", "to", "reason", "created_at", "created_by"],
-           [(h.id, h.chain_id, h.actor_id, h.from_ts, h.to_ts, h.reason, h.created_at, h.created_by) for h in found],
-           args.format)
+    render(
+        ["id", "chain_id", "actor_id", "from", "to", "reason", "created_at", "created_by"],
+        [(h.id, h.chain_id, h.actor_id, h.from_ts, h.to_ts, h.reason, h.created_at, h.created_by) for h in found],
+        args.format,
+    )
     return EXIT_OK

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(result)
     misconfigured = [
-        chain for chain in result["spool"]["chains"]
+        chain
+        for chain in result["spool"]["chains"]
         if chain["owner_alive"] and (chain.get("process") or {}).get("configuration_error")
     ]
     for chain in misconfigured:
@@ -80,8 +81,10 @@ def _print(result: dict[str, Any]) -> None:
     if not spool["exists"]:
         write_line(f"spool {spool['spool_dir']}: no such directory (no process on this host has spooled there)")
     else:
-        write_line(f"spool {spool['spool_dir']}: {len(spool['chains'])} chain dir(s), {spool['total_bytes']:,} bytes, "
-                   f"{spool['orphaned_chains']} waiting for replay, {spool['quarantine_files']} quarantine file(s)")
+        write_line(
+            f"spool {spool['spool_dir']}: {len(spool['chains'])} chain dir(s), {spool['total_bytes']:,} bytes, "
+            f"{spool['orphaned_chains']} waiting for replay, {spool['quarantine_files']} quarantine file(s)"
+        )
     for chain in spool["chains"]:
         state = "live" if chain["owner_alive"] else "ORPHANED"
         kind = "  relay (sealed elsewhere, via the OTLP ingest)" if chain.get("relay") else ""
@@ -118,8 +121,10 @@ def _print(result: dict[str, Any]) -> None:
             write_line(f"database: {db['note']}")
             return
         last = f"last commit {db['last_commit']}" if db["last_commit"] else "no record committed yet"
-        write_line(f"database: schema v{db['schema_version']}, {db['chains_registered']} chain(s), {last}, "
-                   f"{db['quarantined_records']} quarantined record(s)")
+        write_line(
+            f"database: schema v{db['schema_version']}, {db['chains_registered']} chain(s), {last}, "
+            f"{db['quarantined_records']} quarantined record(s)"
+        )
         for chain in db["recent_chains"][:10]:
             who = f"{chain['service'] or 'unknown service'}@{chain['host'] or 'unknown host'}"
             if chain["pid"] is not None:

@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--strict", action="store_true", help="also fail (exit 1) on warnings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     workers = parser.add_argument(
-        "--workers", type=int, default=None, metavar="N",
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
         help="processes that check chains in parallel (default: one per CPU, up to 8, from %(parallel_from)s "
         "records; 1: this process only)",
     )
@@ -37,7 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "otel_audit.verify.database", "PARALLEL_FROM", spec=","
     )
     parser.add_argument(
-        "--archive", metavar="DEST",
+        "--archive",
+        metavar="DEST",
         help="the archive `retention apply` moved records to (directory or s3://BUCKET/PREFIX): hold each "
         "retention checkpoint's claims to its signed manifests, and name the bundle where each chain's live "
         "records begin (the bundles themselves are checked by verify-archive)",
@@ -52,17 +56,24 @@ def _add_anchoring_arguments(parser: argparse.ArgumentParser) -> None:
         "Trust only these public keys and witnesses, never keys or verdicts stored in the database.",
     )
     group.add_argument(
-        "--trusted-key", action="append", default=[], metavar="PATH.pub",
+        "--trusted-key",
+        action="append",
+        default=[],
+        metavar="PATH.pub",
         help="public key whose checkpoints are trusted (repeatable, for rotated keys). With it, every chain "
         "must be anchored by a checkpoint one of these keys signed",
     )
     group.add_argument(
-        "--witness", action="append", default=[], metavar="DIR",
-        help="witness directory or s3://BUCKET/PREFIX to compare the database with (repeatable; needs "
-        "--trusted-key)",
+        "--witness",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="witness directory or s3://BUCKET/PREFIX to compare the database with (repeatable; needs --trusted-key)",
     )
     group.add_argument(
-        "--max-unanchored-age", default=None, metavar="DURATION",
+        "--max-unanchored-age",
+        default=None,
+        metavar="DURATION",
         help="fail when records after a chain's newest checkpoint are older than this (e.g. 60s, 5m); "
         "default: report them without failing",
     )

@@ -194,7 +194,6 @@ class Chain:
                 self.invalid += 1
         return _new_sealed(SealedRecord, (record_id, self.chain_id, seq, prev, hex_digest, canonical, position))
 
-
     def _await_room(self, seq: int) -> None:
         """``seq`` is past the limit (lock held): closed, exhausted, or too far past the newest checkpoint."""
         if self._closed:

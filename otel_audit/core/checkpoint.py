@@ -163,8 +163,20 @@ def sign_checkpoint(
     body = canonical_json(doc, has_float=False, ascii_keys=adopted_by is None)
     signature = key.sign(CHECKPOINT_DOMAIN + body)
     return Checkpoint(
-        chain_id, n, seq, head, genesis, prev, doc["time"], interval_ms, closed, key.key_id, body, signature,
-        checkpoint_hash(body), doc.get(_ADOPTED_BY),
+        chain_id,
+        n,
+        seq,
+        head,
+        genesis,
+        prev,
+        doc["time"],
+        interval_ms,
+        closed,
+        key.key_id,
+        body,
+        signature,
+        checkpoint_hash(body),
+        doc.get(_ADOPTED_BY),
     )
 
 
@@ -229,8 +241,19 @@ def parse_checkpoint(body: bytes, signature: bytes) -> Checkpoint:
     if canonical_json(doc) != body:
         raise CheckpointFormatError("body is not in canonical JSON form")
     return Checkpoint(
-        doc["chain_id"], doc["n"], doc["seq"], doc["head"], doc["genesis"], doc["prev"], doc["time"],
-        doc["interval_ms"], doc["closed"], doc["key_id"], bytes(body), bytes(signature), checkpoint_hash(body),
+        doc["chain_id"],
+        doc["n"],
+        doc["seq"],
+        doc["head"],
+        doc["genesis"],
+        doc["prev"],
+        doc["time"],
+        doc["interval_ms"],
+        doc["closed"],
+        doc["key_id"],
+        bytes(body),
+        bytes(signature),
+        checkpoint_hash(body),
         adopted_by,
     )
 

@@ -184,7 +184,13 @@ def plain_key(key: Any, path: str, notes: list[str], taken: AbstractSet[str] | d
 
 
 def to_plain(
-    value: Any, path: str, notes: list[str], depth: int = 1, *, empty_keys: str | None = None, _active: set[int] | None = None
+    value: Any,
+    path: str,
+    notes: list[str],
+    depth: int = 1,
+    *,
+    empty_keys: str | None = None,
+    _active: set[int] | None = None,
 ) -> Any:
     """``value`` as plain data (see the module docstring), every conversion noted in ``notes``.
 

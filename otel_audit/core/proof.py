@@ -82,9 +82,16 @@ class ProofResult:
             "valid": self.valid,
             "problems": self.problems,
             "record": self.record,
-            "checkpoint": None if cp is None else {
-                "chain_id": cp.chain_id, "n": cp.n, "seq": cp.seq, "head": cp.head, "time": cp.time,
-                "key_id": cp.key_id, "closed": cp.closed,
+            "checkpoint": None
+            if cp is None
+            else {
+                "chain_id": cp.chain_id,
+                "n": cp.n,
+                "seq": cp.seq,
+                "head": cp.head,
+                "time": cp.time,
+                "key_id": cp.key_id,
+                "closed": cp.closed,
             },
             "signature": None if self.signature is None else self.signature.value,
         }
@@ -143,7 +150,9 @@ def verify_proof(proof: Any, trusted_keys: Mapping[str, VerifyKey] | None) -> Pr
             return result
         digest = hashlib.sha256(RECORD_DOMAIN + data).hexdigest()
         if doc.get("chain_id") != checkpoint.chain_id:
-            problems.append(f"record {expected_seq} belongs to chain {doc.get('chain_id')!r}, not {checkpoint.chain_id}")
+            problems.append(
+                f"record {expected_seq} belongs to chain {doc.get('chain_id')!r}, not {checkpoint.chain_id}"
+            )
         if doc.get("seq") != expected_seq:
             problems.append(f"entry {i} of records has seq {doc.get('seq')!r}, expected {expected_seq}")
         if i == 0:

@@ -267,7 +267,7 @@ class RecordBuilder:
             for key, value in resource.items():
                 if key in rest:
                     problem_list.append(
-                        f"resource attribute {key[len(RESOURCE_PREFIX):]!r} not kept: the record has an attribute "
+                        f"resource attribute {key[len(RESOURCE_PREFIX) :]!r} not kept: the record has an attribute "
                         f"{key!r} of its own"
                     )
                     continue
@@ -362,10 +362,16 @@ class RecordBuilder:
         # indexed values too long for a B-tree, a severity that is not an int.
         if (
             {
-                user_id.__class__, session_id.__class__, service_name.__class__,
-                service_instance_id.__class__, host_name.__class__, scope.__class__,
-                severity_text.__class__, event_name.__class__,
-            } - _TEXT_OR_NONE
+                user_id.__class__,
+                session_id.__class__,
+                service_name.__class__,
+                service_instance_id.__class__,
+                host_name.__class__,
+                scope.__class__,
+                severity_text.__class__,
+                event_name.__class__,
+            }
+            - _TEXT_OR_NONE
             or severity_number.__class__ not in _INT_OR_NONE
             or len(action or "") > MAX_INDEXED_CHARS
             or len(actor_id or "") > MAX_INDEXED_CHARS

@@ -44,7 +44,9 @@ from otel_audit.errors import RetentionFormatError
 __all__ = ["RETENTION_DOMAIN", "RetentionCheckpoint", "RetentionFormatError", "parse_retention", "sign_retention"]
 
 RETENTION_DOMAIN = b"otel-audit.retention.v1\x00"
-_MEMBERS = frozenset({"v", "type", "n", "prev", "time", "policy", "cutoff", "partitions", "archive", "chains", "key_id"})
+_MEMBERS = frozenset(
+    {"v", "type", "n", "prev", "time", "policy", "cutoff", "partitions", "archive", "chains", "key_id"}
+)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{%d}" % KEY_ID_HEX_CHARS)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -120,9 +122,14 @@ def parse_retention(body: bytes, signature: bytes) -> RetentionCheckpoint:
     if not isinstance(chains, dict):
         raise RetentionFormatError("chains must be an object")
     for chain_id, entry in chains.items():
-        if not _UUID.fullmatch(chain_id) or not isinstance(entry, dict) or set(entry) != {"seq", "head"} \
-                or type(entry["seq"]) is not int or entry["seq"] < 1 \
-                or not (isinstance(entry["head"], str) and _HEX64.fullmatch(entry["head"])):
+        if (
+            not _UUID.fullmatch(chain_id)
+            or not isinstance(entry, dict)
+            or set(entry) != {"seq", "head"}
+            or type(entry["seq"]) is not int
+            or entry["seq"] < 1
+            or not (isinstance(entry["head"], str) and _HEX64.fullmatch(entry["head"]))
+        ):
             raise RetentionFormatError(f"chain entry {chain_id!r} is malformed")
     if canonical_json(doc) != body:
         raise RetentionFormatError("body is not in canonical JSON form")

@@ -138,7 +138,9 @@ def _inflate(body: bytes, limit: int, *, wbits: int, members: bool, name: str) -
                 raise RequestError(400, f"unexpected bytes after the end of the {name} stream")
             data = rest
     except zlib.error as exc:
-        raise RequestError(400, f"the body is not valid {name} data ({exc}); check the Content-Encoding header") from None
+        raise RequestError(
+            400, f"the body is not valid {name} data ({exc}); check the Content-Encoding header"
+        ) from None
 
 
 def _too_large(limit: int, *, decompressed: bool = False) -> RequestError:

@@ -50,9 +50,23 @@ __all__ = ["LinkTracker", "SealRejected", "SealedInput", "has_seal", "read_seal"
 _REQUIRED = ("v", "id", "chain_id", "seq", "prev_hash", "timestamp", "actor_type", "attributes", "problems")
 _FIELD_SET = frozenset(RECORD_FIELDS)
 _TEXT_FIELDS = (
-    "actor_id", "actor_type", "action", "resource_type", "resource_id", "result", "user_agent", "session_id",
-    "user_id", "reason", "service_name", "service_instance_id", "host_name", "scope", "severity_text",
-    "event_name", "message",
+    "actor_id",
+    "actor_type",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "user_agent",
+    "session_id",
+    "user_id",
+    "reason",
+    "service_name",
+    "service_instance_id",
+    "host_name",
+    "scope",
+    "severity_text",
+    "event_name",
+    "message",
 )
 _INDEXED = ("action", "actor_id", "resource_type", "resource_id")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -117,8 +131,14 @@ def read_seal(attrs: Mapping[str, Any], *, max_record_bytes: int) -> SealedInput
     record_id = attrs[A.RECORD_ID]
     claimed = attrs[A.INTEGRITY_VALUE]
     where = f"sealed record {_short(chain_id)}/{_short(seq)}"
-    if not (type(text) is str and type(chain_id) is str and type(seq) is int and type(prev_hash) is str
-            and type(record_id) is str and type(claimed) is str):
+    if not (
+        type(text) is str
+        and type(chain_id) is str
+        and type(seq) is int
+        and type(prev_hash) is str
+        and type(record_id) is str
+        and type(claimed) is str
+    ):
         raise SealRejected(f"{where}: seal attributes have the wrong types (texts, and an integer sequence number)")
     algorithm = attrs[A.INTEGRITY_ALGORITHM]
     if algorithm != HASH_ALGORITHM:
@@ -162,8 +182,19 @@ def read_seal(attrs: Mapping[str, Any], *, max_record_bytes: int) -> SealedInput
     raw_genesis = attrs.get(A.CHAIN_GENESIS)
     if raw_genesis is not None:
         genesis, genesis_problem, genesis_service = _check_genesis(raw_genesis, chain_id, seq, prev_hash)
-    return SealedInput(record_id, chain_id, seq, prev_hash, hex_digest, digest, canonical, genesis, genesis_problem,
-                       doc.get("service_name"), genesis_service)
+    return SealedInput(
+        record_id,
+        chain_id,
+        seq,
+        prev_hash,
+        hex_digest,
+        digest,
+        canonical,
+        genesis,
+        genesis_problem,
+        doc.get("service_name"),
+        genesis_service,
+    )
 
 
 def document_problem(doc: Any) -> str | None:
@@ -216,8 +247,12 @@ def document_problem(doc: Any) -> str | None:
     if type(problems) is not list or any(type(p) is not str for p in problems):
         return "problems is not a list of texts"
     if not problems and (
-        not doc.get("actor_id") or not doc.get("action") or not doc.get("resource_type")
-        or not doc.get("resource_id") or doc["actor_type"] not in A.ACTOR_TYPES or doc.get("result") not in A.RESULTS
+        not doc.get("actor_id")
+        or not doc.get("action")
+        or not doc.get("resource_type")
+        or not doc.get("resource_id")
+        or doc["actor_type"] not in A.ACTOR_TYPES
+        or doc.get("result") not in A.RESULTS
     ):
         return "a record without problems must have actor, action, resource and a valid actor_type and result"
     return None
@@ -232,10 +267,14 @@ def _check_genesis(raw: Any, chain_id: str, seq: int, prev_hash: str) -> tuple[b
     genesis = raw.encode("utf-8", "replace")
     computed = genesis_hash(genesis)
     if computed != prev_hash:
-        return None, (
-            f"record 1 links to prev_hash {prev_hash}, but the attached {A.CHAIN_GENESIS} hashes to {computed}; "
-            "the chain was not registered from it"
-        ), None
+        return (
+            None,
+            (
+                f"record 1 links to prev_hash {prev_hash}, but the attached {A.CHAIN_GENESIS} hashes to {computed}; "
+                "the chain was not registered from it"
+            ),
+            None,
+        )
     try:
         doc = orjson.loads(genesis)
         ok = (

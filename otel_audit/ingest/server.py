@@ -149,8 +149,10 @@ class IngestServer:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if tokens is None:
-            _log.warning("otel-audit serve: authentication is OFF (--insecure-no-auth): anyone who can reach "
-                         "this port can write audit records")
+            _log.warning(
+                "otel-audit serve: authentication is OFF (--insecure-no-auth): anyone who can reach "
+                "this port can write audit records"
+            )
         elif not len(tokens):
             raise InvalidInput("no ingest tokens: pass a TokenSet with at least one token, or None to disable auth")
         self.service = service
@@ -226,8 +228,9 @@ class IngestServer:
         Closing at once while the request is still arriving would make the kernel
         reset the connection, and the client might never read the answer.
         """
-        body = orjson.dumps({"code": code_pb2.RESOURCE_EXHAUSTED,
-                             "message": "too many connections to otel-audit serve; retry later"})
+        body = orjson.dumps(
+            {"code": code_pb2.RESOURCE_EXHAUSTED, "message": "too many connections to otel-audit serve; retry later"}
+        )
         head = (
             "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
             f"Retry-After: {self.config.retry_after_busy}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -325,8 +328,11 @@ class _Handler(BaseHTTPRequestHandler):
             if path != LOGS_PATH:
                 raise RequestError(404, f"no such endpoint {path[:200]!r}: send OTLP logs to POST {LOGS_PATH}")
             if self.command != "POST":
-                raise RequestError(405, f"{self.command} is not allowed on {LOGS_PATH}: send OTLP logs with POST",
-                                   headers={"Allow": "POST"})
+                raise RequestError(
+                    405,
+                    f"{self.command} is not allowed on {LOGS_PATH}: send OTLP logs with POST",
+                    headers={"Allow": "POST"},
+                )
             self._authenticate()
             encoding_of(self.headers.get("Content-Type"))
             self._declared_length()
@@ -449,7 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
         if transfer is not None:
             if transfer.strip().lower() != "chunked" or length is not None:
                 raise RequestError(
-                    400, f"unsupported Transfer-Encoding {transfer!r} (only chunked, and not with Content-Length)",
+                    400,
+                    f"unsupported Transfer-Encoding {transfer!r} (only chunked, and not with Content-Length)",
                     close=True,
                 )
             return None
@@ -541,8 +548,10 @@ class _Handler(BaseHTTPRequestHandler):
         remaining = size
         while remaining:
             self._check_deadline(deadline)
-            chunk = self.rfile.read1(min(remaining, _READ_CHUNK)) if hasattr(self.rfile, "read1") else (
-                self.rfile.read(min(remaining, _READ_CHUNK))
+            chunk = (
+                self.rfile.read1(min(remaining, _READ_CHUNK))
+                if hasattr(self.rfile, "read1")
+                else (self.rfile.read(min(remaining, _READ_CHUNK)))
             )
             if not chunk:
                 return False
@@ -554,8 +563,10 @@ class _Handler(BaseHTTPRequestHandler):
         remaining = size
         while remaining:
             self._check_deadline(deadline)
-            chunk = self.rfile.read1(min(remaining, _READ_CHUNK)) if hasattr(self.rfile, "read1") else (
-                self.rfile.read(min(remaining, _READ_CHUNK))
+            chunk = (
+                self.rfile.read1(min(remaining, _READ_CHUNK))
+                if hasattr(self.rfile, "read1")
+                else (self.rfile.read(min(remaining, _READ_CHUNK)))
             )
             if not chunk:
                 raise RequestError(400, f"the body ended after {size - remaining} of {size} bytes", close=True)
@@ -627,8 +638,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = orjson.dumps({"code": code, "message": error.message})
         return self._send(status, encoding, body, close=error.close, headers=error.headers)
 
-    def _send(self, status: int, content_type: str, body: bytes, *, close: bool,
-              headers: dict[str, str] | None = None) -> bool:
+    def _send(
+        self, status: int, content_type: str, body: bytes, *, close: bool, headers: dict[str, str] | None = None
+    ) -> bool:
         """Write one response; False if the connection broke while writing it."""
         if close:
             self.close_connection = True
@@ -651,15 +663,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_found(self, path: str) -> None:
         self._reply_error(
-            RequestError(404, f"no such endpoint {path[:200]!r}: otel-audit serve receives OTLP logs at "
-                              f"POST {LOGS_PATH} (traces and metrics are not audit records)", close=True),
+            RequestError(
+                404,
+                f"no such endpoint {path[:200]!r}: otel-audit serve receives OTLP logs at "
+                f"POST {LOGS_PATH} (traces and metrics are not audit records)",
+                close=True,
+            ),
             JSON,
         )
 
     def _method_not_allowed(self) -> None:
         self._reply_error(
-            RequestError(405, f"{self.command} is not allowed on {LOGS_PATH}: send OTLP logs with POST",
-                         close=True, headers={"Allow": "POST"}),
+            RequestError(
+                405,
+                f"{self.command} is not allowed on {LOGS_PATH}: send OTLP logs with POST",
+                close=True,
+                headers={"Allow": "POST"},
+            ),
             JSON,
         )
 

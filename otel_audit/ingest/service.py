@@ -303,8 +303,11 @@ class IngestService:
         """Refuse before sealing anything when the records could not be committed soon."""
         config = self.config
         if self._closing:
-            return ExportResult(503, "otel-audit serve is shutting down; retry against another instance or later",
-                                retry_after=config.retry_after_unavailable)
+            return ExportResult(
+                503,
+                "otel-audit serve is shutting down; retry against another instance or later",
+                retry_after=config.retry_after_unavailable,
+            )
         stats = self.pipeline.stats
         if stats.database_up is False:
             if count:
@@ -351,9 +354,10 @@ class IngestService:
             ).digest()
             for scope_logs in resource_logs.scope_logs:
                 scope_name = scope_logs.scope.name or None
-                scope_key = resource_key + hashlib.blake2b(
-                    scope_logs.scope.SerializeToString(deterministic=True), digest_size=16
-                ).digest()
+                scope_key = (
+                    resource_key
+                    + hashlib.blake2b(scope_logs.scope.SerializeToString(deterministic=True), digest_size=16).digest()
+                )
                 for record in scope_logs.log_records:
                     plan.records += 1
                     # One pass converts the attributes; the audit path (nearly all of
@@ -534,7 +538,9 @@ class IngestService:
                     if problem is not None:
                         breaks.setdefault(item.chain_id, []).append((item.seq, problem))
                     relay_position = pipeline.relay(
-                        item.canonical, item.digest, genesis=item.genesis,
+                        item.canonical,
+                        item.digest,
+                        genesis=item.genesis,
                         delivered_by=token.name if item.genesis is not None else None,
                     )
                 for draft in self._event_drafts(plan, breaks, peer, token):
@@ -550,28 +556,54 @@ class IngestService:
         n_breaks = sum(len(v) for v in breaks.values())
         n_refused = sum(plan.refused.values())
         n_flagged = sum(plan.flagged.values())
-        self._count(sealed=len(plan.own) - reused, retried=reused, relayed=len(plan.relay),
-                    rejected=len(plan.rejected), link_breaks=n_breaks, refused_service=n_refused,
-                    flagged_service=n_flagged, flagged_reserved=plan.reserved)
-        self._count_token(token, records=plan.records, sealed=len(plan.own) - reused, relayed=len(plan.relay),
-                          rejected=len(plan.rejected), refused_service=n_refused, flagged_service=n_flagged)
+        self._count(
+            sealed=len(plan.own) - reused,
+            retried=reused,
+            relayed=len(plan.relay),
+            rejected=len(plan.rejected),
+            link_breaks=n_breaks,
+            refused_service=n_refused,
+            flagged_service=n_flagged,
+            flagged_reserved=plan.reserved,
+        )
+        self._count_token(
+            token,
+            records=plan.records,
+            sealed=len(plan.own) - reused,
+            relayed=len(plan.relay),
+            rejected=len(plan.rejected),
+            refused_service=n_refused,
+            flagged_service=n_flagged,
+        )
         for (service, chain_id), n in list(plan.refused.items())[:_MAX_EXAMPLES]:
             _log.warning(
                 "otel-audit serve: ingest token %r may not deliver records of service %r: refused %d pre-sealed "
                 "record(s) of chain %s from %s (the token may deliver for: %s)",
-                token.name, service, n, chain_id, peer or "?", ", ".join(token.services or ()),
+                token.name,
+                service,
+                n,
+                chain_id,
+                peer or "?",
+                ", ".join(token.services or ()),
             )
         for service, n in list(plan.flagged.items())[:_MAX_EXAMPLES]:
             _log.warning(
                 "otel-audit serve: ingest token %r may not deliver records of service %r: sealed %d record(s) with a "
                 "problem note (from %s; the token may deliver for: %s)",
-                token.name, service, n, peer or "?", ", ".join(token.services or ()),
+                token.name,
+                service,
+                n,
+                peer or "?",
+                ", ".join(token.services or ()),
             )
         if plan.reserved:
             _log.warning(
                 "otel-audit serve: %d record(s) from %s (token %r) use an action reserved for otel-audit's own "
                 "records (%s*); sealed with a problem note",
-                plan.reserved, peer or "?", token.name, A.RESERVED_ACTION_PREFIX,
+                plan.reserved,
+                peer or "?",
+                token.name,
+                A.RESERVED_ACTION_PREFIX,
             )
         for chain_id, items in breaks.items():
             for seq, problem in items[:_MAX_EXAMPLES]:
@@ -579,7 +611,10 @@ class IngestService:
         if plan.bad_seals:
             _log.warning(
                 "otel-audit serve: rejected %d pre-sealed record(s) from %s (token %r): %s",
-                len(plan.bad_seals), peer or "?", token.name, "; ".join(plan.bad_seals[:3]),
+                len(plan.bad_seals),
+                peer or "?",
+                token.name,
+                "; ".join(plan.bad_seals[:3]),
             )
 
         if not self._wait(own_position, relay_position):
@@ -595,7 +630,8 @@ class IngestService:
         message = ""
         if plan.rejected:
             message = (
-                f"{len(plan.rejected)} pre-sealed record(s) rejected: " + "; ".join(plan.rejected[:3])
+                f"{len(plan.rejected)} pre-sealed record(s) rejected: "
+                + "; ".join(plan.rejected[:3])
                 + ("; ..." if len(plan.rejected) > 3 else "")
             )
         return ExportResult(200, message, rejected=len(plan.rejected), keys=keys)
@@ -619,7 +655,10 @@ class IngestService:
         return True
 
     def _event_drafts(
-        self, plan: _Plan, breaks: dict[str, list[tuple[int, str]]], peer: str | None,
+        self,
+        plan: _Plan,
+        breaks: dict[str, list[tuple[int, str]]],
+        peer: str | None,
         token: TokenIdentity = ANONYMOUS,
     ) -> list[Draft]:
         """Records in the ingest's own chain about what arrived: link breaks, rejected seals."""
@@ -635,36 +674,40 @@ class IngestService:
         if peer:
             common[A.CLIENT_ADDRESS] = peer
         for chain_id, items in breaks.items():
-            drafts.append(self._builder.build(
-                {
-                    **common,
-                    A.AUDIT_ACTION: EVENT_LINK_BREAK,
-                    A.AUDIT_RESOURCE_ID: chain_id,
-                    A.AUDIT_REASON: "; ".join(p for _, p in items[:_MAX_EXAMPLES]),
-                    "otel_audit.ingest.breaks.count": len(items),
-                    "otel_audit.ingest.breaks.seq": [seq for seq, _ in items[:_MAX_EXAMPLES]],
-                },
-                time_unix_nano=now,
-                body=f"{len(items)} link problem(s) in chain {chain_id} seen on arrival at the OTLP ingest",
-                severity_text="WARN",
-                severity_number=13,
-                scope="otel_audit.ingest",
-            ))
+            drafts.append(
+                self._builder.build(
+                    {
+                        **common,
+                        A.AUDIT_ACTION: EVENT_LINK_BREAK,
+                        A.AUDIT_RESOURCE_ID: chain_id,
+                        A.AUDIT_REASON: "; ".join(p for _, p in items[:_MAX_EXAMPLES]),
+                        "otel_audit.ingest.breaks.count": len(items),
+                        "otel_audit.ingest.breaks.seq": [seq for seq, _ in items[:_MAX_EXAMPLES]],
+                    },
+                    time_unix_nano=now,
+                    body=f"{len(items)} link problem(s) in chain {chain_id} seen on arrival at the OTLP ingest",
+                    severity_text="WARN",
+                    severity_number=13,
+                    scope="otel_audit.ingest",
+                )
+            )
         if plan.rejected:
-            drafts.append(self._builder.build(
-                {
-                    **common,
-                    A.AUDIT_ACTION: EVENT_REJECTED,
-                    A.AUDIT_RESOURCE_ID: "otlp-request",
-                    A.AUDIT_REASON: "; ".join(plan.rejected[:_MAX_EXAMPLES]),
-                    "otel_audit.ingest.rejected.count": len(plan.rejected),
-                },
-                time_unix_nano=now,
-                body=f"{len(plan.rejected)} pre-sealed record(s) rejected by the OTLP ingest",
-                severity_text="WARN",
-                severity_number=13,
-                scope="otel_audit.ingest",
-            ))
+            drafts.append(
+                self._builder.build(
+                    {
+                        **common,
+                        A.AUDIT_ACTION: EVENT_REJECTED,
+                        A.AUDIT_RESOURCE_ID: "otlp-request",
+                        A.AUDIT_REASON: "; ".join(plan.rejected[:_MAX_EXAMPLES]),
+                        "otel_audit.ingest.rejected.count": len(plan.rejected),
+                    },
+                    time_unix_nano=now,
+                    body=f"{len(plan.rejected)} pre-sealed record(s) rejected by the OTLP ingest",
+                    severity_text="WARN",
+                    severity_number=13,
+                    scope="otel_audit.ingest",
+                )
+            )
         return drafts
 
     def _count(self, **increments: int) -> None:
@@ -678,7 +721,12 @@ class IngestService:
             counts = self._by_token.get(token.name)
             if counts is None:
                 counts = self._by_token[token.name] = {
-                    "requests": 0, "records": 0, "sealed": 0, "relayed": 0, "rejected": 0, "refused_service": 0,
+                    "requests": 0,
+                    "records": 0,
+                    "sealed": 0,
+                    "relayed": 0,
+                    "rejected": 0,
+                    "refused_service": 0,
                     "flagged_service": 0,
                 }
             for name, value in increments.items():

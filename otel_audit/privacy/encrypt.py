@@ -71,15 +71,23 @@ def _aad(key_ref: str, field: str) -> bytes:
 class Encryptor:
     """Encrypts the configured fields of a record document under its subject's key."""
 
-    def __init__(self, store: KeyStore, fields: Iterable[str] = DEFAULT_ENCRYPTED,
-                 subject_fields: Iterable[str] = DEFAULT_SUBJECT_FIELDS) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        fields: Iterable[str] = DEFAULT_ENCRYPTED,
+        subject_fields: Iterable[str] = DEFAULT_SUBJECT_FIELDS,
+    ) -> None:
         self.store = store
         self.fields = tuple(dict.fromkeys(fields))
         self.subject_fields = tuple(dict.fromkeys(subject_fields))
 
     def describe(self) -> dict[str, Any]:
-        return {"algorithm": "aes-256-gcm", "fields": list(self.fields), "subject": list(self.subject_fields),
-                "key_store": self.store.describe()}
+        return {
+            "algorithm": "aes-256-gcm",
+            "fields": list(self.fields),
+            "subject": list(self.subject_fields),
+            "key_store": self.store.describe(),
+        }
 
     def subject_of(self, doc: dict[str, Any]) -> str | None:
         attributes = doc["attributes"]
@@ -123,6 +131,7 @@ class Encryptor:
                 nonce = secrets.token_bytes(12)
                 ciphertext = aead.encrypt(nonce, canonical_json(value), _aad(key_ref, name))
                 return f"{PREFIX}{key_ref}:{base64.urlsafe_b64encode(nonce + ciphertext).decode()}"
+
             return transform
 
         for name in self.fields:
@@ -190,8 +199,8 @@ def _field_names(field: str | None) -> list[str]:
     if field in _ATTRIBUTE_OF:
         names.append(_ATTRIBUTE_OF[field])
     if field.startswith("attributes."):
-        names.append(field[len("attributes."):])
+        names.append(field[len("attributes.") :])
     if field.startswith("old_values."):
-        names.append(A.AUDIT_OLD_VALUES + field[len("old_values"):])
+        names.append(A.AUDIT_OLD_VALUES + field[len("old_values") :])
     names.append(field)
     return names

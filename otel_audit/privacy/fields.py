@@ -21,8 +21,7 @@ __all__ = ["CLIENT_ADDRESS", "FIELD_OF", "replace_field"]
 FIELD_OF: dict[str, str] = {
     name: field
     for name, field in A.INPUT_FIELDS.items()
-    if field in ("actor_id", "user_id", "session_id", "ip_address", "user_agent", "reason", "resource_id",
-                 "old_values")
+    if field in ("actor_id", "user_id", "session_id", "ip_address", "user_agent", "reason", "resource_id", "old_values")
 }
 CLIENT_ADDRESS = A.CLIENT_ADDRESS
 _OLD_VALUES_PREFIX = A.AUDIT_OLD_VALUES + "."
@@ -55,7 +54,7 @@ def replace_field(doc: dict[str, Any], name: str, transform: Callable[[Any], Any
         return True, new
     if name.startswith(_OLD_VALUES_PREFIX):
         old = doc.get("old_values")
-        key = name[len(_OLD_VALUES_PREFIX):]
+        key = name[len(_OLD_VALUES_PREFIX) :]
         if isinstance(old, dict) and old.get(key) is not None:
             new = old[key] = transform(old[key])
             return True, new

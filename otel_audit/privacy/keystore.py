@@ -46,8 +46,15 @@ from otel_audit import settings
 from otel_audit.errors import AuditConfigurationError, KeyErased, KeyStoreUnavailable
 from otel_audit.privacy.pseudonym import PseudonymKey, load_key_ring, parse_key_ring
 
-__all__ = ["KEYSTORE_TABLE", "KeyErased", "KeyStore", "KeyStoreUnavailable", "MasterKey", "init_keystore",
-           "master_keys"]
+__all__ = [
+    "KEYSTORE_TABLE",
+    "KeyErased",
+    "KeyStore",
+    "KeyStoreUnavailable",
+    "MasterKey",
+    "init_keystore",
+    "master_keys",
+]
 
 _log = logging.getLogger("otel_audit")
 
@@ -132,8 +139,9 @@ class KeyStore:
     the erased key, i.e. unreadable from the start (never readable).
     """
 
-    def __init__(self, dsn: str, masters: Sequence[MasterKey], *, cache_seconds: float = 60.0,
-                 cache_size: int = 10_000) -> None:
+    def __init__(
+        self, dsn: str, masters: Sequence[MasterKey], *, cache_seconds: float = 60.0, cache_size: int = 10_000
+    ) -> None:
         if not masters:
             raise AuditConfigurationError(
                 "the key store needs a master key: set OTEL_AUDIT_MASTER_KEY_FILE (a file with one line "
@@ -163,8 +171,9 @@ class KeyStore:
             self._conn, self._pid = None, os.getpid()
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
-            conn = self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3,
-                                                application_name="otel-audit-keystore")
+            conn = self._conn = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=3, application_name="otel-audit-keystore"
+            )
         return conn
 
     def close(self) -> None:
@@ -189,8 +198,9 @@ class KeyStore:
                 return hit[1], hit[2]
             if now < self._down_until:
                 # Do not stall every logging call on a connect timeout while the store is down.
-                raise KeyStoreUnavailable("the subject key store is unavailable (retried every "
-                                          f"{self.retry_seconds:g} s)")
+                raise KeyStoreUnavailable(
+                    f"the subject key store is unavailable (retried every {self.retry_seconds:g} s)"
+                )
             try:
                 key_ref, aead = self._lookup_or_create(subject)
             except psycopg.Error as exc:
@@ -200,8 +210,11 @@ class KeyStore:
                 self._down_until = time.monotonic() + self.retry_seconds
                 if not self._down_logged:
                     self._down_logged = True
-                    _log.error("otel-audit: the subject key store is unavailable (%s); encrypted fields are withheld "
-                               "from the records sealed until it is back", type(exc).__name__)
+                    _log.error(
+                        "otel-audit: the subject key store is unavailable (%s); encrypted fields are withheld "
+                        "from the records sealed until it is back",
+                        type(exc).__name__,
+                    )
                 raise KeyStoreUnavailable(f"the subject key store is unavailable ({type(exc).__name__})") from None
             self._down_logged = False
             self._subjects[subject] = (now, key_ref, aead)
@@ -250,10 +263,14 @@ class KeyStore:
             if key_ref in self._refs:
                 aead = self._refs[key_ref]
             else:
-                row = self._connection().execute(
-                    f"SELECT wrapped_key, master_key_id FROM {KEYSTORE_TABLE} WHERE key_ref = %s",
-                    (key_ref,),
-                ).fetchone()
+                row = (
+                    self._connection()
+                    .execute(
+                        f"SELECT wrapped_key, master_key_id FROM {KEYSTORE_TABLE} WHERE key_ref = %s",
+                        (key_ref,),
+                    )
+                    .fetchone()
+                )
                 aead = None if row is None or row[0] is None else AESGCM(self._unwrap(key_ref, bytes(row[0]), row[1]))
                 self._refs[key_ref] = aead
                 while len(self._refs) > self._cache_size:
@@ -265,10 +282,14 @@ class KeyStore:
     def refs_of_subject(self, subject: str) -> list[str]:
         """The live key refs of a subject (what records of theirs name)."""
         with self._lock:
-            rows = self._connection().execute(
-                f"SELECT key_ref FROM {KEYSTORE_TABLE} WHERE subject_tag = ANY(%s) AND erased_at IS NULL",
-                (self._tags(subject),),
-            ).fetchall()
+            rows = (
+                self._connection()
+                .execute(
+                    f"SELECT key_ref FROM {KEYSTORE_TABLE} WHERE subject_tag = ANY(%s) AND erased_at IS NULL",
+                    (self._tags(subject),),
+                )
+                .fetchall()
+            )
         return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ erasure

@@ -226,8 +226,11 @@ def privacy_policy(
     encryptor = None
     if key_store is not None:
         subjects = list(subject_fields) if subject_fields is not None else _listed(settings.SUBJECT_FIELDS.get(env))
-        encryptor = Encryptor(key_store, DEFAULT_ENCRYPTED if encrypted is None else encrypted,
-                              DEFAULT_SUBJECT_FIELDS if subjects is None else subjects)
+        encryptor = Encryptor(
+            key_store,
+            DEFAULT_ENCRYPTED if encrypted is None else encrypted,
+            DEFAULT_SUBJECT_FIELDS if subjects is None else subjects,
+        )
     elif encrypted:
         raise AuditConfigurationError(
             "fields to encrypt are configured but no key store: set OTEL_AUDIT_KEYSTORE_DSN and "

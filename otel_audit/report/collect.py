@@ -79,7 +79,9 @@ def build_report(conn: psycopg.Connection, options: ReportOptions | None = None)
     until = options.until or now
     since = options.since or until - timedelta(days=30)
     if since >= until:
-        raise InvalidInput(f"the period is empty: --since {since.isoformat()} is not before --until {until.isoformat()}")
+        raise InvalidInput(
+            f"the period is empty: --since {since.isoformat()} is not before --until {until.isoformat()}"
+        )
     require_tables(conn, ("audit_logs", "audit_chains", "audit_quarantine"))
     with _one_snapshot(conn):  # verify_database runs inside it as it is
         started = datetime.now(timezone.utc)
@@ -279,24 +281,42 @@ def _scan_period(conn: psycopg.Connection, since: datetime, until: datetime, buc
 
 
 def _scan_tops(conn: psycopg.Connection, since: datetime, until: datetime, options: ReportOptions) -> dict[str, Any]:
-    params = {"since": since, "until": until, "top": options.top, "threshold": options.threshold,
-              "max_failing": _MAX_FAILING}
+    params = {
+        "since": since,
+        "until": until,
+        "top": options.top,
+        "threshold": options.threshold,
+        "max_failing": _MAX_FAILING,
+    }
     out: dict[str, Any] = {"top_actors": [], "failing": [], "failing_total": 0, "distinct_actors": 0}
     for kind, actor, records, failure, denied, last, first_failed, last_failed, n in conn.execute(_ACTORS_SQL, params):
         if kind == "top":
             out["distinct_actors"] = n
-            out["top_actors"].append({"actor_id": actor, "records": records, "failure": failure, "denied": denied,
-                                      "last": _iso(last)})
+            out["top_actors"].append(
+                {"actor_id": actor, "records": records, "failure": failure, "denied": denied, "last": _iso(last)}
+            )
         else:
             out["failing_total"] = n
-            out["failing"].append({"actor_id": actor, "failed_attempts": failure + denied, "denied": denied,
-                                   "first_attempt": _iso(first_failed), "last_attempt": _iso(last_failed)})
+            out["failing"].append(
+                {
+                    "actor_id": actor,
+                    "failed_attempts": failure + denied,
+                    "denied": denied,
+                    "first_attempt": _iso(first_failed),
+                    "last_attempt": _iso(last_failed),
+                }
+            )
     for name, key in (("resources", "resource_type, resource_id"), ("actions", "action")):
         names = key.split(", ")
         rows = conn.execute(_TOP_SQL.format(key=key, period=_PERIOD), params).fetchall()
         out[f"top_{name}"] = [
-            {**dict(zip(names, r[: len(names)], strict=True)), "records": r[len(names)],
-             "failure": r[len(names) + 1], "denied": r[len(names) + 2], "last": _iso(r[len(names) + 3])}
+            {
+                **dict(zip(names, r[: len(names)], strict=True)),
+                "records": r[len(names)],
+                "failure": r[len(names) + 1],
+                "denied": r[len(names) + 2],
+                "last": _iso(r[len(names) + 3]),
+            }
             for r in rows
         ]
         out[f"distinct_{name}"] = rows[0][-1] if rows else 0
@@ -304,13 +324,15 @@ def _scan_tops(conn: psycopg.Connection, since: datetime, until: datetime, optio
 
 
 def _coverage(
-    conn: psycopg.Connection, since: datetime, until: datetime, verification: VerificationReport,
+    conn: psycopg.Connection,
+    since: datetime,
+    until: datetime,
+    verification: VerificationReport,
     scan: Mapping[str, Any],
 ) -> dict[str, Any]:
     in_period = scan["chains"]
     registry = {
-        r[0]: (r[1], r[2])
-        for r in conn.execute("SELECT chain_id::text, emitter, created_at FROM audit_chains")
+        r[0]: (r[1], r[2]) for r in conn.execute("SELECT chain_id::text, emitter, created_at FROM audit_chains")
     }
     quarantined = [q for q in quarantined_records(conn) if _in(q.get("timestamp"), since, until)]
     q_per_chain: dict[str, int] = {}
@@ -371,8 +393,16 @@ def _coverage(
         name = chain["service"] or "(no service name)"
         entry = services.setdefault(
             name,
-            {"service": name, "chains": 0, "hosts": set(), "records": 0, "first": None, "last": None, "open_chains": 0,
-             "chains_with_errors": 0},
+            {
+                "service": name,
+                "chains": 0,
+                "hosts": set(),
+                "records": 0,
+                "first": None,
+                "last": None,
+                "open_chains": 0,
+                "chains_with_errors": 0,
+            },
         )
         entry["chains"] += 1
         if chain["host"]:
@@ -394,7 +424,8 @@ def _coverage(
         service_list.append(entry)
 
     gaps = [
-        f.to_dict() for f in verification.findings
+        f.to_dict()
+        for f in verification.findings
         if f.kind.value in ("missing", "truncated", "chain_deleted", "checkpoint_missing")
     ]
     unanchored = [f.to_dict() for f in verification.findings if f.kind.value in ("unanchored", "unclosed")]
@@ -406,8 +437,20 @@ def _coverage(
         "services": service_list,
         "quarantined_in_period": len(quarantined),
         "quarantined": [
-            {k: q.get(k) for k in ("timestamp", "chain_id", "seq", "actor_id", "action", "resource_type", "resource_id",
-                                   "result", "problems")}
+            {
+                k: q.get(k)
+                for k in (
+                    "timestamp",
+                    "chain_id",
+                    "seq",
+                    "actor_id",
+                    "action",
+                    "resource_type",
+                    "resource_id",
+                    "result",
+                    "problems",
+                )
+            }
             for q in quarantined[:100]
         ],
         "gaps": gaps,
@@ -440,12 +483,20 @@ def _activity(since: datetime, until: datetime, scan: Mapping[str, Any], tops: M
     counted = dict(scan["buckets"])
     empty = {"success": 0, "failure": 0, "denied": 0, "other": 0, "problems": 0}
     buckets = []
-    for start in [*_bucket_starts(since, until, bucket), *sorted(set(counted) - set(_bucket_starts(since, until, bucket)))]:
+    for start in [
+        *_bucket_starts(since, until, bucket),
+        *sorted(set(counted) - set(_bucket_starts(since, until, bucket))),
+    ]:
         values = counted.get(start, empty)
         buckets.append({"start": _iso(start.replace(tzinfo=timezone.utc)), **values})
     total = scan["total"]
-    fields = dict(zip(("actor_id", "action", "resource_id", "ip_address", "session_id", "trace_id", "reason"),
-                      total[6:13], strict=True))
+    fields = dict(
+        zip(
+            ("actor_id", "action", "resource_id", "ip_address", "session_id", "trace_id", "reason"),
+            total[6:13],
+            strict=True,
+        )
+    )
     fields["result"] = total[0] - sum(b["other"] for b in buckets)  # records with a valid result
     fields["service_name"] = total[13]
     by_result = {name: sum(b[name] for b in buckets) for name in (*RESULTS, "other")}
@@ -505,8 +556,12 @@ def _problems(conn: psycopg.Connection, since: datetime, until: datetime, flagge
     if not flagged and not quarantined:
         return {"records": 0, "flagged": 0, "quarantined": 0, "sample": []}
     result = find_records(conn, RecordFilter(since=since, until=until, problems=True), limit=50)
-    return {"records": flagged + quarantined, "flagged": flagged, "quarantined": quarantined,
-            "sample": [_jsonable(r) for r in result.as_dicts()]}
+    return {
+        "records": flagged + quarantined,
+        "flagged": flagged,
+        "quarantined": quarantined,
+        "sample": [_jsonable(r) for r in result.as_dicts()],
+    }
 
 
 def _checkpoints(conn: psycopg.Connection, options: ReportOptions) -> dict[str, Any]:
@@ -514,8 +569,14 @@ def _checkpoints(conn: psycopg.Connection, options: ReportOptions) -> dict[str, 
     if not row or row[0] is None:
         return {"table": False, "signers": []}
     signers = [
-        {"key_id": key_id, "checkpoints": n, "chains": chains, "first": _iso(first), "last": _iso(last),
-         "trusted": None if options.trusted_keys is None else key_id in options.trusted_keys}
+        {
+            "key_id": key_id,
+            "checkpoints": n,
+            "chains": chains,
+            "first": _iso(first),
+            "last": _iso(last),
+            "trusted": None if options.trusted_keys is None else key_id in options.trusted_keys,
+        }
         for key_id, n, chains, first, last in conn.execute(
             "SELECT key_id, count(*), count(DISTINCT chain_id), min(signed_at), max(signed_at) FROM audit_checkpoints "
             "GROUP BY key_id ORDER BY key_id"
@@ -560,37 +621,48 @@ def commands(report: Mapping[str, Any], options: ReportOptions) -> list[dict[str
     dsn = options.dsn_shown
     keys = "".join(f" --trusted-key {_quote(k)}" for k in options.trusted_key_files)
     witnesses = "".join(f" --witness {_quote(w)}" for w in options.witness_dirs)
-    age = (
-        f" --max-unanchored-age {options.max_unanchored_age:g}s" if options.max_unanchored_age is not None else ""
-    )
+    age = f" --max-unanchored-age {options.max_unanchored_age:g}s" if options.max_unanchored_age is not None else ""
     strict = " --strict" if options.strict else ""
     since, until = report["period"]["since"], report["period"]["until"]
     period = f" --since {since} --until {until}"
     out = [
-        {"purpose": "the verification verdict (exit 0 intact, 1 integrity failure, 2 error)",
-         "command": f"otel-audit verify --dsn {dsn}{keys}{witnesses}{age}{strict} --json"},
-        {"purpose": "this report again, for the same period",
-         "command": f"otel-audit report --dsn {dsn}{keys}{witnesses}{age}{strict}{period} "
-                    f"--threshold {options.threshold} --out report.html"},
-        {"purpose": "actors with more failed or denied attempts than the threshold in the period",
-         "command": f"otel-audit query failures --dsn {dsn}{period} --threshold {options.threshold}"},
-        {"purpose": "the records stored with problems or quarantined in the period",
-         "command": f"otel-audit query records --dsn {dsn}{period} --problems --wide"},
-        {"purpose": "the state of the spool and of each chain",
-         "command": f"otel-audit status --dsn {dsn}"},
-        {"purpose": "the seed's failed-attempts SQL for the period, with psql (no otel-audit code involved)",
-         "command": f"psql {dsn} -c {_quote(report['failed_attempts']['sql'])}"},
+        {
+            "purpose": "the verification verdict (exit 0 intact, 1 integrity failure, 2 error)",
+            "command": f"otel-audit verify --dsn {dsn}{keys}{witnesses}{age}{strict} --json",
+        },
+        {
+            "purpose": "this report again, for the same period",
+            "command": f"otel-audit report --dsn {dsn}{keys}{witnesses}{age}{strict}{period} "
+            f"--threshold {options.threshold} --out report.html",
+        },
+        {
+            "purpose": "actors with more failed or denied attempts than the threshold in the period",
+            "command": f"otel-audit query failures --dsn {dsn}{period} --threshold {options.threshold}",
+        },
+        {
+            "purpose": "the records stored with problems or quarantined in the period",
+            "command": f"otel-audit query records --dsn {dsn}{period} --problems --wide",
+        },
+        {"purpose": "the state of the spool and of each chain", "command": f"otel-audit status --dsn {dsn}"},
+        {
+            "purpose": "the seed's failed-attempts SQL for the period, with psql (no otel-audit code involved)",
+            "command": f"psql {dsn} -c {_quote(report['failed_attempts']['sql'])}",
+        },
     ]
     for timeline in report.get("timelines", []):
-        out.append({
-            "purpose": f"the timeline of {timeline['kind']} {timeline['id']}",
-            "command": f"otel-audit query {timeline['kind']} {_quote(timeline['id'])} --dsn {dsn} --format timeline",
-        })
+        out.append(
+            {
+                "purpose": f"the timeline of {timeline['kind']} {timeline['id']}",
+                "command": f"otel-audit query {timeline['kind']} {_quote(timeline['id'])} --dsn {dsn} --format timeline",
+            }
+        )
     if not options.trusted_key_files:
-        out.append({
-            "purpose": "with the emitters' public keys: also check every signed checkpoint (recommended)",
-            "command": f"otel-audit verify --dsn {dsn} --trusted-key signing.pub --witness /path/to/witness --json",
-        })
+        out.append(
+            {
+                "purpose": "with the emitters' public keys: also check every signed checkpoint (recommended)",
+                "command": f"otel-audit verify --dsn {dsn} --trusted-key signing.pub --witness /path/to/witness --json",
+            }
+        )
     return out
 
 

@@ -41,8 +41,8 @@ def control_mapping(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     period = f"{report['period']['since']} to {report['period']['until']}"
     signed = (
         f"checkpoint signatures checked against {len(v['trusted_keys'])} trusted key(s)"
-        if v["signatures_checked"] else
-        "checkpoint signatures NOT checked (no trusted key given): a database superuser could rewrite and re-hash "
+        if v["signatures_checked"]
+        else "checkpoint signatures NOT checked (no trusted key given): a database superuser could rewrite and re-hash "
         "the trail undetected"
     )
     witnessed = f"compared with {len(v['witnesses'])} witness(es)" if v["witnesses"] else "no witness compared"

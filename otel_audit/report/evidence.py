@@ -92,7 +92,8 @@ def write_evidence_pack(conn: psycopg.Connection, out: Path, options: EvidenceOp
     files["report.json"] = orjson.dumps(report, option=orjson.OPT_INDENT_2)
     files["records.json"] = orjson.dumps(
         {"selection": selection, "matching": matching, "included": len(chosen), "records": chosen},
-        option=orjson.OPT_INDENT_2, default=str,
+        option=orjson.OPT_INDENT_2,
+        default=str,
     )
     proofs, unproven, checkpoints = _proofs(conn, chosen, options.report.trusted_keys)
     for record_id, proof in proofs.items():
@@ -121,8 +122,12 @@ def write_evidence_pack(conn: psycopg.Connection, out: Path, options: EvidenceOp
         "records_included": len(chosen),
         "proofs": sorted(proofs),
         "unproven": unproven,
-        "archive": {"location": options.archive, "manifests": sorted(manifests), "note": archive_note,
-                    "records_archived": archived},
+        "archive": {
+            "location": options.archive,
+            "manifests": sorted(manifests),
+            "note": archive_note,
+            "records_archived": archived,
+        },
     }
     files["README.txt"] = _readme(meta, report, proofs, unproven, keys).encode("utf-8")
     sums = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
@@ -142,9 +147,20 @@ def write_evidence_pack(conn: psycopg.Connection, out: Path, options: EvidenceOp
     tmp.replace(out)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     return EvidenceSummary(
-        path=out, records=len(chosen), matching=matching, selection=selection, proofs=len(proofs), unproven=unproven,
-        checkpoints=len(checkpoints), keys=len(keys), archive_manifests=len(manifests), archive_note=archive_note,
-        verdict=verification["verdict"], exit_code=verification["exit_code"], sha256=digest, files=len(files),
+        path=out,
+        records=len(chosen),
+        matching=matching,
+        selection=selection,
+        proofs=len(proofs),
+        unproven=unproven,
+        checkpoints=len(checkpoints),
+        keys=len(keys),
+        archive_manifests=len(manifests),
+        archive_note=archive_note,
+        verdict=verification["verdict"],
+        exit_code=verification["exit_code"],
+        sha256=digest,
+        files=len(files),
     )
 
 
@@ -180,8 +196,12 @@ def _proofs(
     for record in records:
         record_id = record.get("id")
         if not record_id:
-            unproven.append({"record": f"chain {record.get('chain_id')} seq {record.get('seq')}",
-                             "reason": "the record has no id (a quarantined document without one)"})
+            unproven.append(
+                {
+                    "record": f"chain {record.get('chain_id')} seq {record.get('seq')}",
+                    "reason": "the record has no id (a quarantined document without one)",
+                }
+            )
             continue
         try:
             proof, result = prove_record(conn, str(record_id), trusted_keys=trusted)
@@ -221,13 +241,23 @@ def archive_manifests(
     manifests do not chain says so in its note).
     """
     if location is None:
-        return {}, "no archive was given (--archive): records archived out of PostgreSQL are not covered by this pack", {}
+        return (
+            {},
+            "no archive was given (--archive): records archived out of PostgreSQL are not covered by this pack",
+            {},
+        )
     try:
         archive: Any = importlib.import_module("otel_audit.archive")
         importlib.import_module("pyarrow")
     except ImportError:
-        return {}, (f"an archive was given ({location}) but this otel-audit has no archive support installed "
-                    "(pip install 'otel-audit[archive]'): its manifests are not in this pack"), {}
+        return (
+            {},
+            (
+                f"an archive was given ({location}) but this otel-audit has no archive support installed "
+                "(pip install 'otel-audit[archive]'): its manifests are not in this pack"
+            ),
+            {},
+        )
     try:
         store = archive.open_store(location, require_lock=False)
         names = store.list("manifests/")
@@ -240,23 +270,34 @@ def archive_manifests(
     try:
         manifests = archive.load_manifests(store)
     except Exception as exc:
-        note = (f"{len(out)} manifest(s) of the archive at {location}, which do NOT chain ({exc}); run "
-                "`otel-audit verify-archive` on the archive")
+        note = (
+            f"{len(out)} manifest(s) of the archive at {location}, which do NOT chain ({exc}); run "
+            "`otel-audit verify-archive` on the archive"
+        )
         return out, note, held
     for manifest in manifests:
         name = next((n for n, data in out.items() if data.startswith(manifest.body)), None)
         for entry in manifest.doc["chains"]:
             for record in records:
-                if str(record.get("chain_id")) == entry["chain_id"] and \
-                        entry["first_seq"] <= int(record["seq"]) <= entry["last_seq"] and name and record.get("id"):
+                if (
+                    str(record.get("chain_id")) == entry["chain_id"]
+                    and entry["first_seq"] <= int(record["seq"]) <= entry["last_seq"]
+                    and name
+                    and record.get("id")
+                ):
                     held[str(record["id"])] = name
-    note = (f"{len(out)} signed manifest(s) of the archive at {location}; {len(held)} of the chosen records are "
-            f"in its runs. Check the archive with `otel-audit verify-archive {location} --trusted-key ...`")
+    note = (
+        f"{len(out)} signed manifest(s) of the archive at {location}; {len(held)} of the chosen records are "
+        f"in its runs. Check the archive with `otel-audit verify-archive {location} --trusted-key ...`"
+    )
     return out, note, held
 
 
 def _readme(
-    meta: Mapping[str, Any], report: Mapping[str, Any], proofs: Mapping[str, Any], unproven: Sequence[Mapping[str, str]],
+    meta: Mapping[str, Any],
+    report: Mapping[str, Any],
+    proofs: Mapping[str, Any],
+    unproven: Sequence[Mapping[str, str]],
     keys: Mapping[str, tuple[str, bytes]],
 ) -> str:
     v = report["verification"]
@@ -272,10 +313,13 @@ def _readme(
         f"Verification verdict (whole database): {v['verdict']} - {v['records']:,} records, {v['errors']} error(s), "
         f"{v['warnings']} warning(s); `otel-audit verify` exit code {v['exit_code']}.",
         "Checkpoint signatures were "
-        + (f"checked against the trusted key(s) {', '.join(v['trusted_keys']) or '(none)'}." if v["signatures_checked"]
-           else "NOT checked: no trusted key was given when this pack was written."),
+        + (
+            f"checked against the trusted key(s) {', '.join(v['trusted_keys']) or '(none)'}."
+            if v["signatures_checked"]
+            else "NOT checked: no trusted key was given when this pack was written."
+        ),
         f"Records chosen: {meta['selection']} - {meta['records_matching']:,} matched, {meta['records_included']:,} "
-        f"included, {len(proofs):,} proven, {len(unproven):,} without a proof (see MANIFEST.json, \"unproven\").",
+        f'included, {len(proofs):,} proven, {len(unproven):,} without a proof (see MANIFEST.json, "unproven").',
         f"Archive: {meta['archive']['note']}",
         "",
         "What is in it",
@@ -306,15 +350,15 @@ def _readme(
         "3. Each record proof shows that the record is part of a chain signed by a trusted key:",
         f"       otel-audit verify-proof proofs/RECORD_ID.json {key_args}",
         "   all of them:",
-        f"       for p in proofs/*.json; do otel-audit verify-proof \"$p\" {key_args} >/dev/null || echo \"INVALID $p\"; done",
+        f'       for p in proofs/*.json; do otel-audit verify-proof "$p" {key_args} >/dev/null || echo "INVALID $p"; done',
         "   or without otel-audit (only Python and the `cryptography` package):",
         "       python3 check_proof.py proofs/RECORD_ID.json keys/KEY_ID.pub",
         "   The checker implements the proof rules of the otel-audit specification (docs/specification.md,",
-        "   \"The record proof\"); a proof is valid when the checkpoint's signature verifies under a key you",
+        '   "The record proof"); a proof is valid when the checkpoint\'s signature verifies under a key you',
         "   trust and the records' hashes link from the proven record to the checkpoint's head.",
         "",
         "4. The verdict of the report is the one `otel-audit verify` gives on the database; to see it",
-        "   yourself you need read access to the database (report.html, \"Re-run every check yourself\").",
+        '   yourself you need read access to the database (report.html, "Re-run every check yourself").',
         "",
         "What a proof does not show: that no record is missing elsewhere in the trail (the verification",
         "does), or anything about records after the checkpoint it rests on. A proof also discloses the",
@@ -391,4 +435,3 @@ if __name__ == "__main__":
         record["id"], cp["chain_id"], record["seq"], cp["n"], cp["key_id"]))
     print(json.dumps(record, ensure_ascii=True, sort_keys=True))
 '''
-

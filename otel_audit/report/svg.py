@@ -92,7 +92,9 @@ def _svg(height: int, title: str, body: list[str], chart_id: str) -> str:
     )
 
 
-def stacked_bars(chart_id: str, title: str, labels: Sequence[str], series: Sequence[Series], *, height: int = 260) -> str:
+def stacked_bars(
+    chart_id: str, title: str, labels: Sequence[str], series: Sequence[Series], *, height: int = 260
+) -> str:
     """One bar per label (a day, an hour, a week), stacked by series."""
     left, right, top_pad, bottom = 64, 36, 28, 40
     plot_h = height - top_pad - bottom
@@ -113,13 +115,17 @@ def stacked_bars(chart_id: str, title: str, labels: Sequence[str], series: Seque
                 continue
             h = plot_h * value / top
             y -= h
-            body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{max(h, 0.5):.1f}" fill="{s.color}"/>')
+            body.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{max(h, 0.5):.1f}" fill="{s.color}"/>'
+            )
         body.append("</g>")
     body += _x_labels(labels, lambda i: left + i * slot + slot / 2, height - bottom + 16)
     body += _legend(series, left, 16)
     if not any(totals):
-        body.append(f'<text x="{WIDTH / 2}" y="{top_pad + plot_h / 2}" class="empty" text-anchor="middle">'
-                    "no records in this period</text>")
+        body.append(
+            f'<text x="{WIDTH / 2}" y="{top_pad + plot_h / 2}" class="empty" text-anchor="middle">'
+            "no records in this period</text>"
+        )
     return _svg(height, title, body, chart_id)
 
 
@@ -149,14 +155,20 @@ def line_chart(chart_id: str, title: str, labels: Sequence[str], series: Sequenc
     body += _x_labels(labels, x_of, height - bottom + 16)
     body += _legend(series, left, 16)
     if not any(any(s.values) for s in series):
-        body.append(f'<text x="{WIDTH / 2}" y="{top_pad + plot_h / 2}" class="empty" text-anchor="middle">'
-                    "none in this period</text>")
+        body.append(
+            f'<text x="{WIDTH / 2}" y="{top_pad + plot_h / 2}" class="empty" text-anchor="middle">'
+            "none in this period</text>"
+        )
     return _svg(height, title, body, chart_id)
 
 
 def bar_list(
-    chart_id: str, title: str, rows: Sequence[tuple[str, Sequence[int]]], series: Sequence[tuple[str, str]],
-    *, threshold: int | None = None,
+    chart_id: str,
+    title: str,
+    rows: Sequence[tuple[str, Sequence[int]]],
+    series: Sequence[tuple[str, str]],
+    *,
+    threshold: int | None = None,
 ) -> str:
     """Horizontal bars, one row per label (an actor, a resource), segments per series.
 
@@ -173,15 +185,19 @@ def bar_list(
         y = top_pad + i * row_h
         shown = escape_text(label, backslash=False)
         short = shown if len(shown) <= 40 else shown[:39] + "…"
-        body.append(f"<g><title>{text(label)}: " + ", ".join(
-            f"{text(name)} {v:,}" for (name, _), v in zip(series, values, strict=True)) + "</title>")
+        body.append(
+            f"<g><title>{text(label)}: "
+            + ", ".join(f"{text(name)} {v:,}" for (name, _), v in zip(series, values, strict=True))
+            + "</title>"
+        )
         body.append(f'<text x="{label_w - 8}" y="{y + 15}" class="label" text-anchor="end">{html.escape(short)}</text>')
         x = float(label_w)
         for (_, color), value in zip(series, values, strict=True):
             w = value * scale
             if w > 0:
-                body.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{max(w, 0.5):.1f}" height="{row_h - 6}" '
-                            f'fill="{color}"/>')
+                body.append(
+                    f'<rect x="{x:.1f}" y="{y + 3}" width="{max(w, 0.5):.1f}" height="{row_h - 6}" fill="{color}"/>'
+                )
             x += w
         body.append(f'<text x="{x + 6:.1f}" y="{y + 15}" class="value">{sum(values):,}</text></g>')
     if threshold is not None and scale and rows:

@@ -43,8 +43,15 @@ class Hold:
         return f"hold {self.id} on {subject} ({self.reason}; {self.created_by}, {self.created_at:%Y-%m-%d})"
 
 
-def add_hold(conn: psycopg.Connection, *, reason: str, chain_id: str | None = None, actor_id: str | None = None,
-             from_ts: datetime | None = None, to_ts: datetime | None = None) -> int:
+def add_hold(
+    conn: psycopg.Connection,
+    *,
+    reason: str,
+    chain_id: str | None = None,
+    actor_id: str | None = None,
+    from_ts: datetime | None = None,
+    to_ts: datetime | None = None,
+) -> int:
     row = conn.execute(
         "INSERT INTO audit_legal_holds (chain_id, actor_id, from_ts, to_ts, reason) VALUES (%s, %s, %s, %s, %s) "
         "RETURNING id",
@@ -157,8 +164,14 @@ def drop_partitions(
         conn.execute(
             "INSERT INTO audit_retention (n, signed_at, key_id, body, signature, hash) "
             "VALUES (%s, %s::timestamptz, %s, %s, %s, %s)",
-            (checkpoint.n, checkpoint.doc["time"], checkpoint.key_id, checkpoint.body, checkpoint.signature,
-             checkpoint.hash),
+            (
+                checkpoint.n,
+                checkpoint.doc["time"],
+                checkpoint.key_id,
+                checkpoint.body,
+                checkpoint.signature,
+                checkpoint.hash,
+            ),
         )
         for part in partitions:
             conn.execute(sql.SQL("ALTER TABLE audit_logs DETACH PARTITION {}").format(sql.Identifier(part.name)))

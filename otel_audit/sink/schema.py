@@ -21,7 +21,16 @@ from psycopg import sql
 
 from otel_audit.errors import DatabaseNotReady
 
-__all__ = ["AUDIT_TABLES", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "current_version", "grant_reader", "grant_writer", "migrate"]
+__all__ = [
+    "AUDIT_TABLES",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "current_version",
+    "grant_reader",
+    "grant_writer",
+    "migrate",
+]
 
 # A fixed key for pg_advisory_xact_lock: concurrent `db init` runs apply each
 # migration exactly once.
@@ -236,7 +245,9 @@ END
 $fn$;
 """
 
-_V3 = _ENSURE_PARTITION + r"""
+_V3 = (
+    _ENSURE_PARTITION
+    + r"""
 DO $mig$
 DECLARE
     upper_bound timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
@@ -314,6 +325,7 @@ BEGIN
 END
 $mig$;
 """
+)
 
 _V4 = """
 CREATE TABLE audit_retention (
@@ -480,9 +492,9 @@ def grant_writer(conn: psycopg.Connection, role: str) -> None:
         if _has_function(conn, "otel_audit_ensure_partitions"):
             # The sink creates the coming months' partitions at start and hourly (owner's rights, no DDL grant).
             conn.execute(
-                sql.SQL("GRANT EXECUTE ON FUNCTION otel_audit_ensure_partitions(timestamptz, timestamptz) TO {}").format(
-                    ident
-                )
+                sql.SQL(
+                    "GRANT EXECUTE ON FUNCTION otel_audit_ensure_partitions(timestamptz, timestamptz) TO {}"
+                ).format(ident)
             )
         conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(tables, ident))
 

@@ -104,6 +104,8 @@ def stage_copy_data(records: list[tuple[bytes, bytes]]) -> bytes:
         append(canonical)
     append(_COPY_TRAILER)
     return b"".join(parts)
+
+
 # What is already stored in a range of one chain. Exact (seq, hash) pairs, not
 # max(seq): rows of a chain can also arrive through the OTLP ingest, out of
 # order, so "everything below the highest stored seq is there" does not hold.
@@ -340,7 +342,11 @@ class PostgresSink:
         if self._relay is not None:
             return self._relay.spool
         spool = ChainSpool.create(
-            self.spool_config, new_chain_id(), self.target, relay=True, database=self.identity,
+            self.spool_config,
+            new_chain_id(),
+            self.target,
+            relay=True,
+            database=self.identity,
             dsn=redacted_dsn(self.dsn),
         )
         self._relay = _Source(spool, spool.start(), in_sync=True, relay=True)
@@ -711,7 +717,9 @@ class PostgresSink:
         except psycopg.Error as exc:
             if not _is_record_level(exc):
                 raise _failure(exc) from exc
-            self._quarantine_file(chain_id, seq, canonical, hash_hex, f"{reason}; quarantine table refused it too: {exc}")
+            self._quarantine_file(
+                chain_id, seq, canonical, hash_hex, f"{reason}; quarantine table refused it too: {exc}"
+            )
             return
         self.stats.quarantined += 1
         _log.error(
@@ -846,8 +854,11 @@ class PostgresSink:
             config = SpoolConfig(directory=path.parent, segment_bytes=size, max_bytes=max(2 * size, config.max_bytes))
         spool = ChainSpool.adopt(path, config, lambda _meta: True)
         if spool is None:
-            return {**result, "status": "in use", "reason": f"its process (pid {meta.get('pid')}) is alive and "
-                    "writes its records itself"}
+            return {
+                **result,
+                "status": "in use",
+                "reason": f"its process (pid {meta.get('pid')}) is alive and writes its records itself",
+            }
         source = _Source(spool, spool.start(), in_sync=False, relay=bool(meta.get("relay")), extra={"adopted": True})
         self._sources.append(source)
         try:

@@ -96,8 +96,18 @@ class _Cp:
 def _slim(cp: Checkpoint, origin: str, strings: dict[str, str]) -> _Cp:
     intern = strings.setdefault
     return _Cp(
-        cp.n, cp.seq, cp.head, intern(cp.genesis, cp.genesis), cp.prev, cp.time, cp.interval_ms, cp.closed,
-        intern(cp.key_id, cp.key_id), cp.hash, origin, cp.adopted_by,
+        cp.n,
+        cp.seq,
+        cp.head,
+        intern(cp.genesis, cp.genesis),
+        cp.prev,
+        cp.time,
+        cp.interval_ms,
+        cp.closed,
+        intern(cp.key_id, cp.key_id),
+        cp.hash,
+        origin,
+        cp.adopted_by,
     )
 
 
@@ -151,17 +161,35 @@ class Anchoring:
             chain.db_numbers.add(cp.n)
             if (chain_col, n_col) != (cp.chain_id, cp.n):
                 self._add(
-                    Kind.CHECKPOINT_MALFORMED, _E, cp.chain_id, cp.seq,
+                    Kind.CHECKPOINT_MALFORMED,
+                    _E,
+                    cp.chain_id,
+                    cp.seq,
                     f"{where} holds checkpoint {cp.n} of chain {cp.chain_id}: moved between rows",
                 )
-            stored = {"seq": seq_col, "head": head_col, "signed_at": time_col, "key_id": key_col,
-                      "closed": closed_col, "hash": hash_col}
-            signed = {"seq": cp.seq, "head": cp.head, "signed_at": cp.time, "key_id": cp.key_id,
-                      "closed": cp.closed, "hash": cp.hash}
+            stored = {
+                "seq": seq_col,
+                "head": head_col,
+                "signed_at": time_col,
+                "key_id": key_col,
+                "closed": closed_col,
+                "hash": hash_col,
+            }
+            signed = {
+                "seq": cp.seq,
+                "head": cp.head,
+                "signed_at": cp.time,
+                "key_id": cp.key_id,
+                "closed": cp.closed,
+                "hash": cp.hash,
+            }
             for column, value in stored.items():
                 if value != signed[column]:
                     self._add(
-                        Kind.CHECKPOINT_MALFORMED, _E, cp.chain_id, cp.seq,
+                        Kind.CHECKPOINT_MALFORMED,
+                        _E,
+                        cp.chain_id,
+                        cp.seq,
                         f"checkpoint {cp.n}: column {column} was changed (stored {value!r}, signed {signed[column]!r})",
                     )
             if self._trusted(cp, "database", "the database"):
@@ -185,8 +213,9 @@ class Anchoring:
         for entry in witness.read(chain_ids):
             self.witness_entries += 1
             if entry.data is None:
-                self._add(Kind.CHECKPOINT_MALFORMED, _W, None, None,
-                          f"{witness.description}: {entry.location}: {entry.error}")
+                self._add(
+                    Kind.CHECKPOINT_MALFORMED, _W, None, None, f"{witness.description}: {entry.location}: {entry.error}"
+                )
                 continue
             chain_dir, name = entry_place(entry.location)
             files.setdefault(chain_dir, {})[name] = entry.data
@@ -195,15 +224,21 @@ class Anchoring:
                 cp = parse_envelope(envelope)
             except (ValueError, CheckpointFormatError) as exc:
                 self._add(
-                    Kind.CHECKPOINT_MALFORMED, _W, None, None,
-                    f"{entry.location} is not a witness entry ({exc}): a write cut short by a crash (\"torn\"; "
+                    Kind.CHECKPOINT_MALFORMED,
+                    _W,
+                    None,
+                    None,
+                    f'{entry.location} is not a witness entry ({exc}): a write cut short by a crash ("torn"; '
                     "the next attempt is written beside it with .2, .3, ... before the suffix), or a file someone "
                     "added; it is ignored unless another entry names it",
                 )
                 continue
             if cp.chain_id != chain_dir or not name_matches(name, cp):
                 self._add(
-                    Kind.WITNESS_NAME_MISMATCH, _E, cp.chain_id, cp.seq,
+                    Kind.WITNESS_NAME_MISMATCH,
+                    _E,
+                    cp.chain_id,
+                    cp.seq,
                     f"{entry.location} holds {cp.describe()} of chain {cp.chain_id}, but a witness names it "
                     f"{cp.chain_id}/{entry_name(cp)} (or .2 ... .9 before the suffix): the file was renamed, copied "
                     "into place or edited",
@@ -225,20 +260,29 @@ class Anchoring:
             target = files.get(chain_dir, {}).get(link.name)
             if target is None:
                 self._add(
-                    Kind.WITNESS_GAP, _E, cp.chain_id, cp.seq,
+                    Kind.WITNESS_GAP,
+                    _E,
+                    cp.chain_id,
+                    cp.seq,
                     f"{location} ({cp.describe()}) names the previous witness entry {link.name}, which is not in "
                     f"{witness.description}: an entry was deleted from the witness",
                 )
             elif hashlib.sha256(target).hexdigest() != link.sha256:
                 self._add(
-                    Kind.WITNESS_GAP, _E, cp.chain_id, cp.seq,
+                    Kind.WITNESS_GAP,
+                    _E,
+                    cp.chain_id,
+                    cp.seq,
                     f"{location} ({cp.describe()}) names the previous witness entry {link.name} with SHA-256 "
                     f"{link.sha256}, but that file's bytes hash to {hashlib.sha256(target).hexdigest()}: the entry "
                     "was edited or replaced",
                 )
         for chain_id, count in sorted(unchained.items()):
             self._add(
-                Kind.WITNESS_UNCHAINED, _W, chain_id, None,
+                Kind.WITNESS_UNCHAINED,
+                _W,
+                chain_id,
+                None,
                 f"{count} entr{'y' if count == 1 else 'ies'} of this chain in {witness.description} name no previous "
                 "entry (written by an otel-audit before entries were chained): a deleted one among them shows only "
                 "as a gap in the checkpoint numbers",
@@ -258,7 +302,10 @@ class Anchoring:
         else:
             key = self.trusted[cp.key_id]
             self._add(
-                Kind.BAD_SIGNATURE, _E, cp.chain_id, cp.seq,
+                Kind.BAD_SIGNATURE,
+                _E,
+                cp.chain_id,
+                cp.seq,
                 f"{cp.describe()} in {origin}: the signature does not verify under trusted key {cp.key_id} "
                 f"({key.source or 'given key'}): the checkpoint was altered or forged",
             )
@@ -269,7 +316,10 @@ class Anchoring:
         """Merge database and witness evidence per chain; report what needs no records to see."""
         if self.trusted is None and self.database_rows:
             self._add(
-                Kind.CHECKPOINTS_UNCHECKED, _W, None, None,
+                Kind.CHECKPOINTS_UNCHECKED,
+                _W,
+                None,
+                None,
                 f"{self.database_rows} checkpoint(s) are stored, but their signatures were not checked and no "
                 "witness was compared: pass --trusted-key PATH.pub (and --witness DIR). Without them, deleting the "
                 "newest records together with their checkpoints, or rewriting a chain and its checkpoints, goes "
@@ -279,7 +329,10 @@ class Anchoring:
             found.sort()
             numbers = ", ".join(str(n) for n, _ in found[:5]) + (", ..." if len(found) > 5 else "")
             self._add(
-                Kind.UNTRUSTED_KEY, _E, chain_id, found[0][1],
+                Kind.UNTRUSTED_KEY,
+                _E,
+                chain_id,
+                found[0][1],
                 f"{len(found)} checkpoint(s) of this chain in {source} (numbers {numbers}) are signed by key "
                 f"{key_id}, which is not among the trusted keys: forged checkpoints, or an emitter whose public key "
                 "was not given (add it with --trusted-key)",
@@ -302,7 +355,10 @@ class Anchoring:
         for n, hashes in chain.witness_hashes.items():
             if len(hashes) > 1:
                 self._add(
-                    Kind.CHECKPOINT_MISMATCH, _E, chain_id, chain.witness[n].seq,
+                    Kind.CHECKPOINT_MISMATCH,
+                    _E,
+                    chain_id,
+                    chain.witness[n].seq,
                     f"the witness holds {len(hashes)} different checkpoints numbered {n}, each validly signed: the "
                     "signing key signed two histories (key compromise, or two processes sharing one chain id)",
                 )
@@ -311,7 +367,10 @@ class Anchoring:
             mine = chain.db.get(n)
             if mine is not None and mine.hash != cp.hash:
                 self._add(
-                    Kind.CHECKPOINT_MISMATCH, _E, chain_id, cp.seq,
+                    Kind.CHECKPOINT_MISMATCH,
+                    _E,
+                    chain_id,
+                    cp.seq,
                     f"checkpoint {n} in the database (seq {mine.seq}, head {mine.head}) differs from the witnessed "
                     f"one ({cp.describe()}): the database copy was replaced",
                 )
@@ -329,7 +388,10 @@ class Anchoring:
             for first, last in _ranges(middle):
                 cp = chain.witness[first]
                 self._add(
-                    Kind.CHECKPOINT_MISSING, _E, chain_id, cp.seq,
+                    Kind.CHECKPOINT_MISSING,
+                    _E,
+                    chain_id,
+                    cp.seq,
                     f"{_numbers(first, last)} are in the witness but not in the database: deleted "
                     f"(first: {cp.describe()})",
                     count=last - first + 1,
@@ -337,7 +399,10 @@ class Anchoring:
             if tail:
                 newest = chain.witness[tail[-1]]
                 self._add(
-                    Kind.ROLLED_BACK, _E, chain_id, newest.seq,
+                    Kind.ROLLED_BACK,
+                    _E,
+                    chain_id,
+                    newest.seq,
                     f"the database's checkpoints of this chain end at number {top}, but the witness holds "
                     f"{len(tail)} newer one(s) up to {newest.describe()}: the database was rolled back or its "
                     "newest checkpoints were deleted",
@@ -350,12 +415,16 @@ class Anchoring:
             newest_witnessed = max(chain.witness, default=0)
             closed = any(cp.closed for cp in chain.db.values())
             old = [
-                cp for cp in unwitnessed
+                cp
+                for cp in unwitnessed
                 if cp.n < newest_witnessed or closed or self.now - _unix(cp.time) > WITNESS_GRACE_SECONDS
             ]
             if old:
                 self._add(
-                    Kind.NOT_WITNESSED, _W, chain_id, old[0].seq,
+                    Kind.NOT_WITNESSED,
+                    _W,
+                    chain_id,
+                    old[0].seq,
                     f"{len(old)} checkpoint(s) of this chain are in the database but not in the witness "
                     f"(numbers {old[0].n}..{old[-1].n}): witness writes failed (see the emitter's witness_failures "
                     "and its ERROR logs) or this emitter was not given the witness; they are trusted by signature "
@@ -373,7 +442,10 @@ class Anchoring:
         for first, last in _ranges(gaps):
             after = evidence.get(last + 1)
             self._add(
-                Kind.CHECKPOINT_MISSING, _E, chain_id, after.seq if after else None,
+                Kind.CHECKPOINT_MISSING,
+                _E,
+                chain_id,
+                after.seq if after else None,
                 f"{_numbers(first, last)} are missing from the database"
                 + (" and the witness" if self.policy.witnesses else "")
                 + " (the numbering has a gap): deleted",
@@ -396,10 +468,15 @@ class Anchoring:
                     problem = f"does not link to checkpoint {previous.n} (prev {cp.prev}, expected {previous.hash})"
             first_at_seq = chain.heads.setdefault(cp.seq, cp)
             if problem is None and first_at_seq.head != cp.head:
-                problem = f"signs head {cp.head} for seq {cp.seq}, checkpoint {first_at_seq.n} signed {first_at_seq.head}"
+                problem = (
+                    f"signs head {cp.head} for seq {cp.seq}, checkpoint {first_at_seq.n} signed {first_at_seq.head}"
+                )
             if problem is not None:
                 self._add(
-                    Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, cp.seq,
+                    Kind.CHECKPOINT_INCONSISTENT,
+                    _E,
+                    chain_id,
+                    cp.seq,
                     f"{cp.describe()} {problem}: validly signed checkpoints contradict each other, which only the "
                     "holder of the signing key can cause",
                 )
@@ -421,12 +498,16 @@ class Anchoring:
             if summary is not None and self.trusted is not None:
                 records = summary.records + summary.quarantined
                 self._add(
-                    Kind.UNANCHORED, _E, chain_id, None,
+                    Kind.UNANCHORED,
+                    _E,
+                    chain_id,
+                    None,
                     f"no checkpoint signed by a trusted key anchors this chain ({records} record(s)): "
                     + (
                         f"its {len(chain.db_numbers)} checkpoint(s) in the database are not signed by a trusted key "
                         "(pass the public key of every emitter in use with --trusted-key)"
-                        if chain is not None and chain.db_numbers else _without_key(summary.emitter)
+                        if chain is not None and chain.db_numbers
+                        else _without_key(summary.emitter)
                     )
                     + ", or its checkpoints were deleted. "
                     "Truncation or a rewrite of this chain cannot be ruled out",
@@ -439,7 +520,10 @@ class Anchoring:
         if summary is None:
             in_db = " (its checkpoints remain in audit_checkpoints)" if chain.db_numbers else ""
             self._add(
-                Kind.CHAIN_DELETED, _E, chain_id, None,
+                Kind.CHAIN_DELETED,
+                _E,
+                chain_id,
+                None,
                 f"the database has no registry entry and no records of this chain, but {last.describe()} proves it "
                 f"existed with {anchored} record(s){in_db}: the whole chain was deleted (or this witness also "
                 "serves another database: give each audit database a witness directory of its own)",
@@ -448,7 +532,10 @@ class Anchoring:
             return
         if not chain.db_numbers and chain.witness:
             self._add(
-                Kind.CHECKPOINT_MISSING, _E, chain_id, None,
+                Kind.CHECKPOINT_MISSING,
+                _E,
+                chain_id,
+                None,
                 f"all {len(chain.witness)} witnessed checkpoint(s) of this chain (up to {last.describe()}) are "
                 "missing from the database: deleted",
                 count=len(chain.witness),
@@ -461,14 +548,20 @@ class Anchoring:
             summary.extra["adopted_by"] = dict(last.adopted_by)
         if genesis_hash is not None and genesis_hash != last.genesis:
             self._add(
-                Kind.REWRITTEN, _E, chain_id, 0,
+                Kind.REWRITTEN,
+                _E,
+                chain_id,
+                0,
                 f"the chain's genesis (registry entry) hashes to {genesis_hash}, but {last.describe()} signed genesis "
                 f"{last.genesis}: the chain was replaced from its start",
             )
         stored_to = summary.last_seq or 0
         if anchored > stored_to:
             self._add(
-                Kind.TRUNCATED, _E, chain_id, stored_to + 1,
+                Kind.TRUNCATED,
+                _E,
+                chain_id,
+                stored_to + 1,
                 f"records {stored_to + 1}..{anchored} were removed from the end of the chain: "
                 f"{chain.heads[anchored].describe()} covers seq {anchored}, the database ends at {stored_to}",
                 count=anchored - stored_to,
@@ -478,7 +571,10 @@ class Anchoring:
             summary.extra["unanchored"] = 0
             if stored_to > anchored:
                 self._add(
-                    Kind.INSERTED, _E, chain_id, anchored + 1,
+                    Kind.INSERTED,
+                    _E,
+                    chain_id,
+                    anchored + 1,
                     f"records {anchored + 1}..{stored_to} follow the closing {last.describe()}: written by someone "
                     "other than the chain's emitter",
                     count=stored_to - anchored,
@@ -490,11 +586,16 @@ class Anchoring:
         interval = last.interval_ms / 1000
         overdue = self.now - _unix(last.time) > STALE_INTERVALS * interval + STALE_GRACE_SECONDS
         if overdue:
-            hint = "" if self.policy.witnesses else (
-                " Without --witness, deleting a chain's newest checkpoints and records looks the same"
+            hint = (
+                ""
+                if self.policy.witnesses
+                else (" Without --witness, deleting a chain's newest checkpoints and records looks the same")
             )
             self._add(
-                Kind.UNCLOSED, _W, chain_id, last.seq,
+                Kind.UNCLOSED,
+                _W,
+                chain_id,
+                last.seq,
                 f"the chain stopped without a closing checkpoint: the newest is {last.describe()} and the next was "
                 f"due {interval:g}s later. Its process crashed or was killed; that alone is not tampering.{hint}",
             )
@@ -505,7 +606,10 @@ class Anchoring:
             too_old = self.policy.max_unanchored_age is not None and age > self.policy.max_unanchored_age
             limit = f" (limit --max-unanchored-age {self.policy.max_unanchored_age:g}s)" if too_old else ""
             self._add(
-                Kind.UNANCHORED, _E if too_old else _I, chain_id, anchored + 1,
+                Kind.UNANCHORED,
+                _E if too_old else _I,
+                chain_id,
+                anchored + 1,
                 f"{unanchored} record(s) after the newest checkpoint (seq {anchored}, {last.time}) are not anchored "
                 f"yet; the oldest was written {written or 'after ' + last.time}, {age:,.0f}s ago{limit}. They "
                 "could be removed without trace until the next checkpoint covers them",
@@ -529,7 +633,10 @@ class Anchoring:
         policy = _parse_policy(summary.extra.get("checkpoint_policy"))
         if policy is None:
             self._add(
-                Kind.NO_CHECKPOINT_POLICY, _W, chain_id, None,
+                Kind.NO_CHECKPOINT_POLICY,
+                _W,
+                chain_id,
+                None,
                 "this chain is not closed and its genesis seals no checkpoint policy (written by an otel-audit "
                 "before 0.x, or malformed): how many records may follow its newest checkpoint cannot be judged, so "
                 "records appended to it, or a rewrite whose later checkpoints were deleted, may go unnoticed",
@@ -543,7 +650,10 @@ class Anchoring:
         for cp in chain.evidence.values():
             if previous is not None and cp.n == previous.n + 1 and cp.seq - previous.seq > allowed:
                 self._add(
-                    Kind.UNANCHORED_SPAN, _W, chain_id, previous.seq + 1,
+                    Kind.UNANCHORED_SPAN,
+                    _W,
+                    chain_id,
+                    previous.seq + 1,
                     f"records {previous.seq + 1}..{cp.seq} lie between checkpoints {previous.n} and {cp.n}, more than "
                     f"the {allowed} its sealed policy (a checkpoint every {records} records) allows; checkpoint "
                     f"{cp.n} anchors them, so this is the emitter breaking its promise, not tampering",
@@ -553,7 +663,10 @@ class Anchoring:
         tail = stored_to - anchored
         if tail > allowed:
             self._add(
-                Kind.UNANCHORED_SPAN, _E, chain_id, anchored + 1,
+                Kind.UNANCHORED_SPAN,
+                _E,
+                chain_id,
+                anchored + 1,
                 f"records {anchored + 1}..{stored_to} ({tail}) follow the newest trusted checkpoint "
                 f"({last.describe()}), but the chain's sealed policy (a checkpoint every {records} records) lets at "
                 f"most {allowed} go unanchored: the later checkpoints were deleted or the records were appended by "
@@ -567,7 +680,10 @@ class Anchoring:
             newest = _unix(summary.last_timestamp)
             if newest > deadline:
                 self._add(
-                    Kind.UNANCHORED_SPAN, _E, chain_id, anchored + 1,
+                    Kind.UNANCHORED_SPAN,
+                    _E,
+                    chain_id,
+                    anchored + 1,
                     f"records {anchored + 1}..{stored_to} follow the newest trusted checkpoint ({last.describe()}); "
                     f"the newest is dated {summary.last_timestamp}, {newest - _unix(last.time):,.0f}s later, but the "
                     f"chain's sealed policy signs a checkpoint every {interval_ms / 1000:g}s (grace "
@@ -594,7 +710,10 @@ class Anchoring:
             return
         seq, actual, cp = mismatches[0]
         self._add(
-            Kind.REWRITTEN, _E, chain_id, seq,
+            Kind.REWRITTEN,
+            _E,
+            chain_id,
+            seq,
             f"record {seq} hashes to {actual}, but {cp.describe()} signed head {cp.head}: the chain after seq "
             f"{matched} was edited and its hashes recomputed ({len(mismatches)} checkpointed position(s) differ)",
             count=len(mismatches),
@@ -602,7 +721,13 @@ class Anchoring:
 
     # ------------------------------------------------------------------ helpers
     def _add(
-        self, kind: Kind, severity: Severity, chain_id: str | None, seq: int | None, detail: str, *,
+        self,
+        kind: Kind,
+        severity: Severity,
+        chain_id: str | None,
+        seq: int | None,
+        detail: str,
+        *,
         count: int | None = None,
     ) -> None:
         self.report.add(Finding(kind, severity, chain_id, seq, detail, count=count))

@@ -270,9 +270,13 @@ class ChainWalker:
         if computed != stored_hash:
             self._add(Kind.MODIFIED, pos, "quarantined record's bytes do not match its stored hash", doc.get("id"))
         if pos in self._quarantined:  # the table's key is the (possibly edited) seq column: two claims
-            self._add(Kind.INSERTED, pos, f"two rows of audit_quarantine hold records sealed at seq {pos}", doc.get("id"))
+            self._add(
+                Kind.INSERTED, pos, f"two rows of audit_quarantine hold records sealed at seq {pos}", doc.get("id")
+            )
             return
-        self._quarantined[pos] = _Entry(pos, computed, doc.get("prev_hash"), doc.get("id"), doc.get("timestamp"), True, computed)
+        self._quarantined[pos] = _Entry(
+            pos, computed, doc.get("prev_hash"), doc.get("id"), doc.get("timestamp"), True, computed
+        )
         self._quarantine_reasons[pos] = reason
         self.summary.quarantined += 1
 

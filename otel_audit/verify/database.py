@@ -62,9 +62,7 @@ _COLUMN_SQL = {
 }
 _CHANGED_INDEX = FIELDS.index("changed_fields")
 _PROBLEMS_INDEX = FIELDS.index("problems")
-_COLUMNS_JSON = "pg_catalog.json_build_array({})::text".format(
-    ", ".join(_COLUMN_SQL.get(f, f) for f in FIELDS)
-)
+_COLUMNS_JSON = "pg_catalog.json_build_array({})::text".format(", ".join(_COLUMN_SQL.get(f, f) for f in FIELDS))
 # Also the jsonb columns' own texts (numbers with every digit: see verify/exact.py) and the arrays'
 # dimensions, which a list loses ('[0:1]={a,b}' is another array than '{a,b}').
 _STREAM = (
@@ -72,7 +70,7 @@ _STREAM = (
     "pg_catalog.array_dims(changed_fields), pg_catalog.array_dims(problems) FROM audit_logs a {where} "
     # The uuid column (index order), not the text; rows sharing a seq column by their hash, bytewise: the
     # first placed at a position takes it (docs/specification.md, "The walk"), so the order is specified.
-    "ORDER BY a.chain_id, a.seq, a.hash COLLATE \"C\") TO STDOUT (FORMAT BINARY)"
+    'ORDER BY a.chain_id, a.seq, a.hash COLLATE "C") TO STDOUT (FORMAT BINARY)'
 )
 
 
@@ -113,7 +111,9 @@ def verify_database(conn: psycopg.Connection, options: VerifyOptions | None = No
     when the otel-audit tables are missing (the CLI turns both into exit 2).
     """
     options = options or VerifyOptions()
-    report = VerificationReport(checks=["record hashes", "columns against sealed bytes", "sequence", "links", "registry"])
+    report = VerificationReport(
+        checks=["record hashes", "columns against sealed bytes", "sequence", "links", "registry"]
+    )
     started = time.monotonic()
     with _one_snapshot(conn):
         _verify(conn, options, report)
@@ -177,8 +177,16 @@ def _verify(conn: psycopg.Connection, options: VerifyOptions, report: Verificati
                 dirty.append(chain_id)
                 continue
             walker = walker_for(chain_id)
-            walker.adopt(clean.records, clean.invalid, clean.first_timestamp, clean.last_seq, clean.last_hash,
-                         clean.last_timestamp, clean.observed, clean.first_seq)
+            walker.adopt(
+                clean.records,
+                clean.invalid,
+                clean.first_timestamp,
+                clean.last_seq,
+                clean.last_hash,
+                clean.last_timestamp,
+                clean.observed,
+                clean.first_seq,
+            )
             walker.finish()
         if dirty:
             _walk(conn, dirty, walker_for, tick)
@@ -225,8 +233,9 @@ def _load_retention(
     if not rows:
         return {}, []
     checkpoints, prefixes = judge_retention(rows, options.trusted_keys, report)
-    report.checks.append("retention checkpoints" + ("" if options.trusted_keys is not None else
-                                                    " (signatures NOT checked)"))
+    report.checks.append(
+        "retention checkpoints" + ("" if options.trusted_keys is not None else " (signatures NOT checked)")
+    )
     manifests: list[Any] = []
     if options.archive is not None:
         manifests = _archive_manifests(options.archive, options.trusted_keys, report)
@@ -253,14 +262,22 @@ def _archive_manifests(store: Any, trusted: Mapping[str, VerifyKey] | None, repo
         if valid:
             good.append(manifest)
             continue
-        report.add(Finding(
-            Kind.UNTRUSTED_KEY if valid is None else Kind.BAD_SIGNATURE, Severity.ERROR, None, None,
-            f"{manifest_name(manifest.run)} of {store.description} "
-            + (f"is signed by key {manifest.key_id}, which is not among the trusted keys (add the archive key's "
-               "public key with --trusted-key)" if valid is None else
-               f"does not verify under trusted key {manifest.key_id}: altered or forged")
-            + "; run `otel-audit verify-archive`",
-        ))
+        report.add(
+            Finding(
+                Kind.UNTRUSTED_KEY if valid is None else Kind.BAD_SIGNATURE,
+                Severity.ERROR,
+                None,
+                None,
+                f"{manifest_name(manifest.run)} of {store.description} "
+                + (
+                    f"is signed by key {manifest.key_id}, which is not among the trusted keys (add the archive key's "
+                    "public key with --trusted-key)"
+                    if valid is None
+                    else f"does not verify under trusted key {manifest.key_id}: altered or forged"
+                )
+                + "; run `otel-audit verify-archive`",
+            )
+        )
     return good
 
 
@@ -304,12 +321,17 @@ def _report_archived(
         summary = report.chains.get(chain_id)
         if summary is None:
             if not chain_ids:
-                report.add(Finding(
-                    Kind.CHAIN_DELETED, Severity.ERROR, chain_id, None,
-                    f"{prefix.checkpoint.describe()} says records 1..{prefix.seq} of this chain were archived, but "
-                    "the database has neither its registry entry (audit_chains) nor any of its records: deleted",
-                    count=prefix.seq,
-                ))
+                report.add(
+                    Finding(
+                        Kind.CHAIN_DELETED,
+                        Severity.ERROR,
+                        chain_id,
+                        None,
+                        f"{prefix.checkpoint.describe()} says records 1..{prefix.seq} of this chain were archived, but "
+                        "the database has neither its registry entry (audit_chains) nor any of its records: deleted",
+                        count=prefix.seq,
+                    )
+                )
             continue
         bundle = bundle_holding(manifests, chain_id, prefix.seq) if manifests else None
         where = prefix.where(bundle)
@@ -323,15 +345,31 @@ def _report_archived(
         if walker is not None:
             seen = walker.observed.get(prefix.seq)
             if seen is not None and seen[0] != prefix.head:
-                report.add(Finding(
-                    Kind.ARCHIVE_MISMATCH, Severity.ERROR, chain_id, prefix.seq,
-                    f"record {prefix.seq} hashes to {seen[0]} in the database, but {prefix.checkpoint.describe()} "
-                    f"signed {prefix.head} as the archived head: the live record or the archived one was changed",
-                ))
-        live = f"; the database holds seq {summary.first_seq}..{summary.last_seq}" if summary.records and \
-            summary.first_seq is not None else "; none of its records is left in the database"
-        report.add(Finding(Kind.ARCHIVED, Severity.INFO, chain_id, None,
-                           f"archived up to seq {prefix.seq} ({where}){live}", count=prefix.seq))
+                report.add(
+                    Finding(
+                        Kind.ARCHIVE_MISMATCH,
+                        Severity.ERROR,
+                        chain_id,
+                        prefix.seq,
+                        f"record {prefix.seq} hashes to {seen[0]} in the database, but {prefix.checkpoint.describe()} "
+                        f"signed {prefix.head} as the archived head: the live record or the archived one was changed",
+                    )
+                )
+        live = (
+            f"; the database holds seq {summary.first_seq}..{summary.last_seq}"
+            if summary.records and summary.first_seq is not None
+            else "; none of its records is left in the database"
+        )
+        report.add(
+            Finding(
+                Kind.ARCHIVED,
+                Severity.INFO,
+                chain_id,
+                None,
+                f"archived up to seq {prefix.seq} ({where}){live}",
+                count=prefix.seq,
+            )
+        )
 
 
 @contextmanager
@@ -402,7 +440,10 @@ def _report_rows_without_chain(conn: psycopg.Connection, report: VerificationRep
 
 
 def _walk(
-    conn: psycopg.Connection, chain_ids: list[str], walker_for: Callable[[str], ChainWalker], tick: Callable[[int], None]
+    conn: psycopg.Connection,
+    chain_ids: list[str],
+    walker_for: Callable[[str], ChainWalker],
+    tick: Callable[[int], None],
 ) -> None:
     """The full walk of these chains: every row through :class:`ChainWalker`, which classifies every finding."""
     current: ChainWalker | None = None
@@ -431,9 +472,7 @@ def _walk(
         current.finish()
 
 
-def _load_anchoring(
-    conn: psycopg.Connection, options: VerifyOptions, report: VerificationReport
-) -> Anchoring | None:
+def _load_anchoring(conn: psycopg.Connection, options: VerifyOptions, report: VerificationReport) -> Anchoring | None:
     checking = options.trusted_keys is not None or bool(options.witnesses)
     row = conn.execute("SELECT to_regclass('audit_checkpoints')").fetchone()
     have_table = bool(row and row[0] is not None)

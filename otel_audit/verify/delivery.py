@@ -49,9 +49,7 @@ from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, Veri
 
 __all__ = ["check_deliveries", "read_attestations"]
 
-_ATTESTATIONS = (
-    "SELECT chain_id::text, seq, hash, canonical FROM audit_logs WHERE action = %s ORDER BY chain_id, seq"
-)
+_ATTESTATIONS = "SELECT chain_id::text, seq, hash, canonical FROM audit_logs WHERE action = %s ORDER BY chain_id, seq"
 
 
 def check_deliveries(conn: psycopg.Connection, report: VerificationReport, chain_ids: Iterable[str] | None) -> None:
@@ -59,11 +57,16 @@ def check_deliveries(conn: psycopg.Connection, report: VerificationReport, chain
     if not _has_column(conn):
         version = current_version(conn)
         if version >= DELIVERED_BY_VERSION:
-            report.add(Finding(
-                Kind.DELIVERY_UNATTESTED, Severity.ERROR, None, None,
-                f"the column audit_chains.delivered_by is missing although the schema is at version {version}: it "
-                "was dropped, and with it which ingest token delivered each relayed chain",
-            ))
+            report.add(
+                Finding(
+                    Kind.DELIVERY_UNATTESTED,
+                    Severity.ERROR,
+                    None,
+                    None,
+                    f"the column audit_chains.delivered_by is missing although the schema is at version {version}: it "
+                    "was dropped, and with it which ingest token delivered each relayed chain",
+                )
+            )
         return
     wanted = set(chain_ids) if chain_ids else None
     params: tuple[Any, ...] = ()
@@ -97,18 +100,28 @@ def check_deliveries(conn: psycopg.Connection, report: VerificationReport, chain
         if trimmed is None:
             trimmed = _trimmed_ingest_chains(conn)
         if trimmed:
-            report.add(Finding(
-                Kind.DELIVERY_UNATTESTED, Severity.WARNING, chain_id, 0,
-                f"the registry says ingest token {delivered_by!r} delivered this chain (audit_chains.delivered_by), "
-                f"but {why} in PostgreSQL; the oldest records of ingest chain(s) {', '.join(trimmed[:3])} are not in "
-                "PostgreSQL any more (archived by retention?): look for the attestation in the archive",
-            ))
+            report.add(
+                Finding(
+                    Kind.DELIVERY_UNATTESTED,
+                    Severity.WARNING,
+                    chain_id,
+                    0,
+                    f"the registry says ingest token {delivered_by!r} delivered this chain (audit_chains.delivered_by), "
+                    f"but {why} in PostgreSQL; the oldest records of ingest chain(s) {', '.join(trimmed[:3])} are not in "
+                    "PostgreSQL any more (archived by retention?): look for the attestation in the archive",
+                )
+            )
             continue
-        report.add(Finding(
-            Kind.DELIVERY_UNATTESTED, Severity.ERROR, chain_id, 0,
-            f"the registry says ingest token {delivered_by!r} delivered this chain (audit_chains.delivered_by), but "
-            f"{why}: the column was written or edited by someone other than the ingest",
-        ))
+        report.add(
+            Finding(
+                Kind.DELIVERY_UNATTESTED,
+                Severity.ERROR,
+                chain_id,
+                0,
+                f"the registry says ingest token {delivered_by!r} delivered this chain (audit_chains.delivered_by), but "
+                f"{why}: the column was written or edited by someone other than the ingest",
+            )
+        )
 
 
 def read_attestations(conn: psycopg.Connection) -> dict[str, set[tuple[str, str]]]:

@@ -115,8 +115,9 @@ def plan(
             lo = SEQ_MIN if k == 0 else start + k * step
             hi = SEQ_MAX if k == pieces - 1 else start + (k + 1) * step - 1
             tasks.append(
-                RangeTask(chain_id, k, lo, hi, start if k == 0 else lo,
-                          frozenset(s for s in chain_watch if lo <= s <= hi))
+                RangeTask(
+                    chain_id, k, lo, hi, start if k == 0 else lo, frozenset(s for s in chain_watch if lo <= s <= hi)
+                )
             )
     close_group()
     return tasks
@@ -168,8 +169,16 @@ def join_ranges(
         link, expected, last_timestamp = r.last_hash, r.last_seq + 1, r.last_timestamp
     if records == 0:
         return None
-    return CleanChain(records, invalid, first_timestamp, expected - 1, link, last_timestamp, observed,  # type: ignore[arg-type]
-                      first_seq)
+    return CleanChain(
+        records,
+        invalid,
+        first_timestamp,
+        expected - 1,
+        link,  # type: ignore[arg-type]
+        last_timestamp,
+        observed,
+        first_seq,
+    )
 
 
 def can_fork() -> bool:
@@ -178,9 +187,7 @@ def can_fork() -> bool:
     return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
-def run_tasks(
-    conn: psycopg.Connection, tasks: list[RangeTask | ChainGroup], workers: int
-) -> Iterator[RangeResult]:
+def run_tasks(conn: psycopg.Connection, tasks: list[RangeTask | ChainGroup], workers: int) -> Iterator[RangeResult]:
     """Results of ``tasks`` in completion order; in this process when ``workers`` is 1.
 
     ``conn`` must be in a transaction (its snapshot is the one every worker reads).
@@ -198,16 +205,16 @@ def run_tasks(
             "verify in one process instead (otel-audit verify --workers 1, or VerifyOptions(workers=1))"
         ) from exc
     context = multiprocessing.get_context("fork" if can_fork() else "spawn")
-    with context.Pool(min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)) as pool:
+    with context.Pool(
+        min(workers, len(tasks)), initializer=_worker_start, initargs=(_conninfo(conn), snapshot)
+    ) as pool:
         for results in pool.imap_unordered(_worker_check, tasks):
             yield from results
 
 
 def _conninfo(conn: psycopg.Connection) -> str:
     """Everything needed to open another connection like ``conn`` (password included, unlike ``conn.info.dsn``)."""
-    options: Mapping[str, str] = {
-        o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None
-    }
+    options: Mapping[str, str] = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
     return make_conninfo("", **options)
 
 

@@ -50,9 +50,7 @@ def prove_record(
         (chain_id, seq, _CANDIDATES),
     ).fetchall()
     if not candidates:
-        newest = conn.execute(
-            "SELECT max(seq) FROM audit_checkpoints WHERE chain_id = %s", (chain_id,)
-        ).fetchone()[0]  # type: ignore[index]
+        newest = conn.execute("SELECT max(seq) FROM audit_checkpoints WHERE chain_id = %s", (chain_id,)).fetchone()[0]  # type: ignore[index]
         if newest is None:
             raise NotAnchoredError(
                 f"chain {chain_id} has no checkpoint: its emitter ran without a signing key "

@@ -60,9 +60,7 @@ _TEXT_SQL = {
 _INT_FIELDS = ("v", "trace_flags", "severity_number")  # seq is its own column
 _LIST_FIELDS = ("changed_fields", "problems")
 _JSON_FIELDS = ("old_values", "attributes")
-_TEXT_FIELDS = tuple(
-    f for f in RECORD_FIELDS if f not in (*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq")
-)
+_TEXT_FIELDS = tuple(f for f in RECORD_FIELDS if f not in (*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq"))
 assert set(_TEXT_FIELDS) | {*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq"} == set(RECORD_FIELDS)
 
 _FIELD_SET = frozenset(RECORD_FIELDS)
@@ -188,21 +186,38 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
             and doc.keys() <= field_set
             and (sealed_seq := doc.get("seq")) == seq
             and sealed_seq.__class__ is int
-            and dumps([*map(doc.get, text_fields), "1" if doc.get("changed_fields") else None,
-                       "1" if doc.get("problems") else None]) == rendered
-            and (x := doc.get("v")) == v and x.__class__ is v.__class__
-            and (x := doc.get("trace_flags")) == flags and x.__class__ is flags.__class__
-            and (x := doc.get("severity_number")) == severity and x.__class__ is severity.__class__
+            and dumps(
+                [
+                    *map(doc.get, text_fields),
+                    "1" if doc.get("changed_fields") else None,
+                    "1" if doc.get("problems") else None,
+                ]
+            )
+            == rendered
+            and (x := doc.get("v")) == v
+            and x.__class__ is v.__class__
+            and (x := doc.get("trace_flags")) == flags
+            and x.__class__ is flags.__class__
+            and (x := doc.get("severity_number")) == severity
+            and x.__class__ is severity.__class__
             and doc.get("changed_fields") == changed
             and doc.get("problems") == problems
             and json_equal(doc, "attributes", loads_json(attrs), attrs, canonical)
-            and (old is None and "old_values" not in doc or json_equal(doc, "old_values", loads_json(old), old, canonical))
+            and (
+                old is None
+                and "old_values" not in doc
+                or json_equal(doc, "old_values", loads_json(old), old, canonical)
+            )
         )
         if not same:
             result.why = f"seq {seq}: a column differs from the sealed document, or the document is malformed"
             break
         if link is None:
-            result.first_seq, result.first_prev, result.first_timestamp = seq, doc.get("prev_hash"), doc.get("timestamp")
+            result.first_seq, result.first_prev, result.first_timestamp = (
+                seq,
+                doc.get("prev_hash"),
+                doc.get("timestamp"),
+            )
         elif doc.get("prev_hash") != link:
             result.why = f"seq {seq}: prev_hash does not link to seq {seq - 1}"
             break

@@ -85,56 +85,113 @@ def judge_retention(
         try:
             cp = parse_retention(bytes(body), bytes(signature))
         except RetentionFormatError as exc:
-            report.add(Finding(Kind.CHECKPOINT_MALFORMED, _E, None, None,
-                               f"audit_retention row {n} is not a retention checkpoint ({exc}): it covers nothing"))
+            report.add(
+                Finding(
+                    Kind.CHECKPOINT_MALFORMED,
+                    _E,
+                    None,
+                    None,
+                    f"audit_retention row {n} is not a retention checkpoint ({exc}): it covers nothing",
+                )
+            )
             previous = None
             continue
         if (cp.n, cp.key_id, cp.hash) != (n, key_id, stored_hash):
-            report.add(Finding(Kind.CHECKPOINT_MALFORMED, _E, None, None,
-                               f"audit_retention row {n}: its columns (n, key_id, hash) differ from the signed body "
-                               f"of {cp.describe()}: changed after it was written"))
+            report.add(
+                Finding(
+                    Kind.CHECKPOINT_MALFORMED,
+                    _E,
+                    None,
+                    None,
+                    f"audit_retention row {n}: its columns (n, key_id, hash) differ from the signed body "
+                    f"of {cp.describe()}: changed after it was written",
+                )
+            )
         if trusted is not None:
             valid = cp.signature_valid(trusted)
             if valid is None:
-                report.add(Finding(Kind.UNTRUSTED_KEY, _E, None, None,
-                                   f"{cp.describe()} is signed by key {cp.key_id}, which is not among the trusted "
-                                   "keys: forged, or signed with a key that was not given (add the retention signing "
-                                   "key's public key with --trusted-key). It covers nothing"))
+                report.add(
+                    Finding(
+                        Kind.UNTRUSTED_KEY,
+                        _E,
+                        None,
+                        None,
+                        f"{cp.describe()} is signed by key {cp.key_id}, which is not among the trusted "
+                        "keys: forged, or signed with a key that was not given (add the retention signing "
+                        "key's public key with --trusted-key). It covers nothing",
+                    )
+                )
                 previous = cp
                 continue
             if not valid:
-                report.add(Finding(Kind.BAD_SIGNATURE, _E, None, None,
-                                   f"{cp.describe()}: the signature does not verify under trusted key {cp.key_id}: "
-                                   "altered or forged. It covers nothing"))
+                report.add(
+                    Finding(
+                        Kind.BAD_SIGNATURE,
+                        _E,
+                        None,
+                        None,
+                        f"{cp.describe()}: the signature does not verify under trusted key {cp.key_id}: "
+                        "altered or forged. It covers nothing",
+                    )
+                )
                 previous = cp
                 continue
         else:
             unchecked += 1
         if previous is not None and cp.n == previous.n + 1 and cp.doc["prev"] != previous.hash:
-            report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, None, None,
-                               f"{cp.describe()} does not link to retention checkpoint {previous.n} (prev "
-                               f"{cp.doc['prev']}, expected {previous.hash}): one of them was replaced"))
+            report.add(
+                Finding(
+                    Kind.CHECKPOINT_INCONSISTENT,
+                    _E,
+                    None,
+                    None,
+                    f"{cp.describe()} does not link to retention checkpoint {previous.n} (prev "
+                    f"{cp.doc['prev']}, expected {previous.hash}): one of them was replaced",
+                )
+            )
         usable.append(cp)
         previous = cp
     present = set(numbers)
     gaps = [k for k in range(1, max(numbers, default=0)) if k not in present]
     if gaps:
-        report.add(Finding(Kind.CHECKPOINT_MISSING, _E, None, None,
-                           f"retention checkpoint(s) {', '.join(map(str, gaps[:10]))} are missing from audit_retention "
-                           "(the numbering has a gap): deleted", count=len(gaps)))
+        report.add(
+            Finding(
+                Kind.CHECKPOINT_MISSING,
+                _E,
+                None,
+                None,
+                f"retention checkpoint(s) {', '.join(map(str, gaps[:10]))} are missing from audit_retention "
+                "(the numbering has a gap): deleted",
+                count=len(gaps),
+            )
+        )
     if unchecked:
-        report.add(Finding(Kind.CHECKPOINTS_UNCHECKED, _W, None, None,
-                           f"{unchecked} retention checkpoint(s) are stored, but their signatures were not checked: "
-                           "pass --trusted-key PATH.pub (the key that signed them). Without it, deleting a chain's "
-                           "oldest records together with a forged retention checkpoint goes unnoticed"))
+        report.add(
+            Finding(
+                Kind.CHECKPOINTS_UNCHECKED,
+                _W,
+                None,
+                None,
+                f"{unchecked} retention checkpoint(s) are stored, but their signatures were not checked: "
+                "pass --trusted-key PATH.pub (the key that signed them). Without it, deleting a chain's "
+                "oldest records together with a forged retention checkpoint goes unnoticed",
+            )
+        )
     prefixes: dict[str, ArchivedPrefix] = {}
     for cp in usable:
         for chain_id, entry in cp.chains.items():
             known = prefixes.get(chain_id)
             if known is not None and known.seq == entry["seq"] and known.head != entry["head"]:
-                report.add(Finding(Kind.CHECKPOINT_INCONSISTENT, _E, chain_id, entry["seq"],
-                                   f"{cp.describe()} signs head {entry['head']} for seq {entry['seq']}, "
-                                   f"{known.checkpoint.describe()} signed {known.head}"))
+                report.add(
+                    Finding(
+                        Kind.CHECKPOINT_INCONSISTENT,
+                        _E,
+                        chain_id,
+                        entry["seq"],
+                        f"{cp.describe()} signs head {entry['head']} for seq {entry['seq']}, "
+                        f"{known.checkpoint.describe()} signed {known.head}",
+                    )
+                )
             if known is None or entry["seq"] >= known.seq:
                 prefixes[chain_id] = ArchivedPrefix(entry["seq"], entry["head"], cp)
     return usable, prefixes
@@ -155,10 +212,17 @@ def check_claims(
 
     if not manifests:
         for cp in checkpoints:
-            report.add(Finding(Kind.MANIFEST_MISSING, _E, None, None,
-                               f"{cp.describe()} in the database relied on {manifest_name(cp.doc['archive']['run'])}, "
-                               f"but {archive_description} holds no manifest: the wrong archive, or its "
-                               "manifests were deleted"))
+            report.add(
+                Finding(
+                    Kind.MANIFEST_MISSING,
+                    _E,
+                    None,
+                    None,
+                    f"{cp.describe()} in the database relied on {manifest_name(cp.doc['archive']['run'])}, "
+                    f"but {archive_description} holds no manifest: the wrong archive, or its "
+                    "manifests were deleted",
+                )
+            )
         return
     archive_id = manifests[-1].doc["archive_id"]
     by_run = {m.run: m for m in manifests}
@@ -168,23 +232,35 @@ def check_claims(
             continue
         manifest = by_run.get(archive["run"])
         if manifest is None or manifest.hash != archive["manifest"]:
-            report.add(Finding(Kind.MANIFEST_MISSING, _E, None, None,
-                               f"{cp.describe()} in the database relied on {manifest_name(archive['run'])} with hash "
-                               f"{archive['manifest']}, which {archive_description} "
-                               + ("does not hold" if manifest is None else f"holds with hash {manifest.hash}")
-                               + ": archive runs were removed or replaced after records left PostgreSQL"))
+            report.add(
+                Finding(
+                    Kind.MANIFEST_MISSING,
+                    _E,
+                    None,
+                    None,
+                    f"{cp.describe()} in the database relied on {manifest_name(archive['run'])} with hash "
+                    f"{archive['manifest']}, which {archive_description} "
+                    + ("does not hold" if manifest is None else f"holds with hash {manifest.hash}")
+                    + ": archive runs were removed or replaced after records left PostgreSQL",
+                )
+            )
             continue
         state = manifest.doc["state"]["chains"]
         for chain_id, claim in sorted(cp.chains.items()):
             held = state.get(chain_id) or {}
             if (held.get("last_seq"), held.get("last_hash")) != (claim["seq"], claim["head"]):
-                report.add(Finding(
-                    Kind.ARCHIVE_MISMATCH, _E, chain_id, claim["seq"],
-                    f"{cp.describe()} claims records 1..{claim['seq']} of the chain were archived (head "
-                    f"{claim['head']}), but {manifest_name(manifest.run)} of {archive_description} holds it "
-                    + (f"up to seq {held['last_seq']} (hash {held['last_hash']})" if held else "not at all")
-                    + ": the retention checkpoint claims more than the archive holds",
-                ))
+                report.add(
+                    Finding(
+                        Kind.ARCHIVE_MISMATCH,
+                        _E,
+                        chain_id,
+                        claim["seq"],
+                        f"{cp.describe()} claims records 1..{claim['seq']} of the chain were archived (head "
+                        f"{claim['head']}), but {manifest_name(manifest.run)} of {archive_description} holds it "
+                        + (f"up to seq {held['last_seq']} (hash {held['last_hash']})" if held else "not at all")
+                        + ": the retention checkpoint claims more than the archive holds",
+                    )
+                )
 
 
 def bundle_holding(manifests: Sequence[Any], chain_id: str, seq: int) -> str | None:

@@ -567,8 +567,9 @@ class RequestAudit:
     # ------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Open the audit context of the request (explicit audit calls in the handler inherit it)."""
-        client, _ = client_address(self.peer, self.header("x-forwarded-for"), self.header("forwarded"),
-                                   self.config.trusted)
+        client, _ = client_address(
+            self.peer, self.header("x-forwarded-for"), self.header("forwarded"), self.config.trusted
+        )
         fixed: dict[str, Any] = {}
         if client:
             fixed[A.CLIENT_ADDRESS] = client
@@ -582,8 +583,9 @@ class RequestAudit:
         if not span_context.is_valid and self.header("traceparent"):
             # No server span (no instrumentation, or it wraps this middleware from inside):
             # correlate with the caller's trace instead.
-            self._otel_context = propagate.extract({"traceparent": self.header("traceparent") or "",
-                                                    "tracestate": self.header("tracestate") or ""})
+            self._otel_context = propagate.extract(
+                {"traceparent": self.header("traceparent") or "", "tracestate": self.header("tracestate") or ""}
+            )
 
     def close(self) -> None:
         """Close the audit context (in the context that opened it)."""
@@ -687,8 +689,9 @@ class RequestAudit:
         status = self.status
         complete = self.complete
         result = result_of(status, self.error, self.disconnected, complete)
-        client, ignored = client_address(self.peer, self.header("x-forwarded-for"), self.header("forwarded"),
-                                         config.trusted)
+        client, ignored = client_address(
+            self.peer, self.header("x-forwarded-for"), self.header("forwarded"), config.trusted
+        )
         attrs: dict[str, Any] = {
             A.AUDIT_ACTION: action,
             A.AUDIT_ACTOR_ID: actor[0],
@@ -795,22 +798,30 @@ class RequestAudit:
             _log.error(
                 "otel-audit: fail-closed route %s: its audit record reached no audit processor (is "
                 "otel_audit.configure() called in this process, and does the %r logger reach the OpenTelemetry "
-                "LoggingHandler?); answering 503", self.route, self.config.logger.name,
+                "LoggingHandler?); answering 503",
+                self.route,
+                self.config.logger.name,
             )
             return False
         record = sealed[-1]
         self.record_id = record.record_id
         handle = self.config.handle(record.chain_id)
         if handle is None:
-            _log.error("otel-audit: fail-closed route %s: no otel_audit.configure() handle owns chain %s; "
-                       "answering 503", self.route, record.chain_id)
+            _log.error(
+                "otel-audit: fail-closed route %s: no otel_audit.configure() handle owns chain %s; answering 503",
+                self.route,
+                record.chain_id,
+            )
             return False
         if handle.pipeline.wait_committed(record, timeout):
             return True
         _log.error(
             "otel-audit: fail-closed route %s: audit record %s was not committed to PostgreSQL within %gs (last "
             "error: %s); answering 503. The record is safe in the spool and will be written later.",
-            self.route, record.record_id, timeout, handle.pipeline.stats.last_error or "none",
+            self.route,
+            record.record_id,
+            timeout,
+            handle.pipeline.stats.last_error or "none",
         )
         return False
 

@@ -114,8 +114,10 @@ class AuditMiddleware:
                         return
             elif replaced:
                 return  # the application's response was withheld
-            elif kind == "http.response.body" and not message.get("more_body", False) or (
-                kind == "http.response.pathsend"
+            elif (
+                kind == "http.response.body"
+                and not message.get("more_body", False)
+                or (kind == "http.response.pathsend")
             ):
                 state.complete = True
                 if not state.sealed:

@@ -186,8 +186,10 @@ def _watch_stream(response: Any, state: RequestAudit) -> None:
                 if not state.sealed:
                     _guarded(finish_stream)
                 elif state.record_id is not None and not state.complete:
-                    state.follow_up("response failed after its fail-closed record was committed"
-                                    + (" (client disconnected)" if state.disconnected else ""))
+                    state.follow_up(
+                        "response failed after its fail-closed record was committed"
+                        + (" (client disconnected)" if state.disconnected else "")
+                    )
             finally:
                 state.close()
 

@@ -97,8 +97,11 @@ class AuditMiddleware:
                 state.follow_up("audit record not committed in time: response replaced by 503", status=503)
                 return start_response(
                     "503 Service Unavailable",
-                    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(_REPLACED_BODY))),
-                     ("Retry-After", "5")],
+                    [
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(_REPLACED_BODY))),
+                        ("Retry-After", "5"),
+                    ],
                     exc_info,
                 )
             return start_response(status, headers, exc_info)
@@ -202,8 +205,10 @@ class _Body:
                 elif not state.sealed:
                     self.seal(raising=False)
                 elif state.record_id is not None and not state.complete:
-                    state.follow_up("response failed after its fail-closed record was committed"
-                                    + (" (client disconnected)" if state.disconnected else ""))
+                    state.follow_up(
+                        "response failed after its fail-closed record was committed"
+                        + (" (client disconnected)" if state.disconnected else "")
+                    )
             finally:
                 state.close()
 

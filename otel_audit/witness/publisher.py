@@ -191,4 +191,3 @@ class WitnessPublisher:
             self._failing[index] = (now, 0)
         else:
             self._failing[index] = (state[0], state[1] + 1)
-
