@@ -126,6 +126,9 @@ class Checkpointer:
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
         self.checkpoint_now()
+        # Records sealed while the first checkpoint was signed saw no due_seq yet and poked nobody:
+        # look at the head before the first wait, or they would wait for the interval timer.
+        self._catch_up()
         while not self._stopping:
             timeout = self._next_at - time.monotonic()
             if timeout > 0:
@@ -140,12 +143,17 @@ class Checkpointer:
                 self._emit(*self.chain.head())
             elif poked is not None and poked[0] - self._last_seq() >= self.every_records:
                 self._emit(*poked)
-            # Re-arm first, then look at the head: a record sealed after this line pokes, one
-            # sealed before it is seen here (records sealed while the thread signed count too).
-            self.due_seq = self._last_seq() + self.every_records
-            seq, head = self.chain.head()
-            if seq - self._last_seq() >= self.every_records:
-                self._emit(seq, head)
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        # Re-arm first, then look at the head: a record sealed after this line pokes, one
+        # sealed before it is seen here (records sealed while the thread signed count too).
+        if self._stopping or time.monotonic() < self._backoff_until:
+            return  # a failed attempt is retried by the interval timer, not at once
+        self.due_seq = self._last_seq() + self.every_records
+        seq, head = self.chain.head()
+        if seq - self._last_seq() >= self.every_records:
+            self._emit(seq, head)
 
     def _last_seq(self) -> int:
         last = self.last

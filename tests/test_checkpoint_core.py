@@ -258,6 +258,32 @@ def test_checkpoints_every_n_records_signed_off_the_callers_thread(spool_dir: Pa
     spool.close()
 
 
+def test_records_sealed_while_the_first_checkpoint_is_signed_are_checkpointed_without_a_poke(
+    spool_dir: Path, key: SigningKey
+) -> None:
+    """The race a forked child hit: its first records were sealed while the checkpointer signed the
+    chain's first checkpoint, before due_seq was armed, so none of them poked; the thread then slept
+    for the whole interval (an hour here) and the chain went unanchored past its policy."""
+    spool, chain = spooled_chain(spool_dir)
+    builder = RecordBuilder()
+
+    class SealingKey(RecordingKey):
+        def sign(self, message: bytes) -> bytes:
+            if not self.threads:  # the first signature: other threads seal meanwhile
+                for _ in range(12):
+                    sealed = chain.seal(builder.build(ATTRS, time_unix_nano=time.time_ns()))
+                    if sealed.seq >= checkpointer.due_seq:  # what AuditPipeline.seal does
+                        checkpointer.poke(sealed.seq, sealed.hash)
+            return super().sign(message)
+
+    checkpointer = Checkpointer(chain, SealingKey(key), every_records=5, every_seconds=3600)  # type: ignore[arg-type]
+    checkpointer.start()
+    assert wait_for(lambda: checkpointer.last is not None and checkpointer.last.seq == 12, timeout=20), (
+        checkpointer.last
+    )
+    checkpointer.close()
+
+
 def test_an_idle_chain_keeps_signing_checkpoints(spool_dir: Path, key: SigningKey) -> None:
     spool, chain = spooled_chain(spool_dir)
     chain.seal(RecordBuilder().build(ATTRS, time_unix_nano=time.time_ns()))
