@@ -149,3 +149,23 @@ def test_the_fast_pass_proves_a_trail_of_tricky_values_clean(exact_trail: str) -
         results = check_task(conn, ChainGroup(chains, {}))
     assert results and all(r.clean for r in results), [r.why for r in results]
     assert sum(r.rows for r in results) == N + 1
+
+
+@pytest.mark.storage
+@pytest.mark.usefixtures("verify_mode")
+@pytest.mark.parametrize("sealed", ["b", 1, True, None, ["a"]], ids=["other-string", "number", "true", "null", "list"])
+def test_an_attributes_column_copied_from_the_record_before_is_detected(
+    db: str, spool_dir: Path, sealed: object
+) -> None:
+    """The fast pass keeps the parsed value of an attributes text that held only strings, and compares the
+    next rows storing the same text with it: a record whose column was overwritten with its neighbour's
+    (the same text, where the sealed value differs, by value or only by type) is still caught."""
+    app = App(db, spool_dir)
+    for i in range(N):
+        app.log(tag=sealed if i == 6 else "a")  # seq 7 seals another tag than every other record
+    assert app.close()
+    assert verify(db).ok
+    tamper(db, "UPDATE audit_logs SET attributes = (SELECT attributes FROM audit_logs WHERE seq = 6) WHERE seq = 7")
+    findings = verify(db).errors
+    assert [(f.kind, f.seq) for f in findings] == [(Kind.MODIFIED, 7)], [str(f) for f in findings]
+    assert "column attributes was changed" in findings[0].detail

@@ -22,7 +22,7 @@ from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
 from otel_audit.cli.main import main
-from otel_audit.verify import VerifyOptions, parallel, verify_database
+from otel_audit.verify import VerifyOptions, parallel, ranges, verify_database
 from otel_audit.verify.parallel import chain_heights, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import SEQ_MAX, SEQ_MIN, ChainGroup, RangeResult, RangeTask
 from otel_audit.verify.report import Kind
@@ -149,6 +149,36 @@ def test_a_dirty_chain_in_a_group_does_not_stop_the_next_one(db: str, spool_dir:
     assert {c: r.clean for c, r in results.items()} == {c: c != middle for c in chain_ids}
     assert results[middle].why == "seq 4 where 3 was next"
     assert all(results[c].rows == 6 for c in chain_ids if c != middle)
+
+
+UNREAD = 6_000
+
+
+@pytest.mark.storage
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked-rows", "copy"])
+def test_a_dirty_range_leaves_the_snapshot_readable_for_the_next_one(
+    db: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    """A range stops checking at its first doubt but reads its remaining rows: closing its query early would
+    cancel it, and the cancel would abort the snapshot transaction every later range is read in. Both
+    ways of reading (rows in chunks with libpq 17+, binary COPY before) keep that promise."""
+    if chunked and not ranges.chunked_rows_supported():
+        pytest.skip(f"libpq {psycopg.pq.version()} cannot deliver rows in chunks (17 or later can)")
+    monkeypatch.setattr(ranges, "chunked_rows_supported", lambda: chunked)
+    # Thousands of rows left when the range turns dirty: more than the socket buffers hold, so the
+    # server is still sending (a cancel would reach a running query).
+    (chain_id,) = _trail(db, spool_dir, chains=1, records=UNREAD)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE audit_logs SET actor_id = 'mallory' WHERE chain_id = %s AND seq = 2", (chain_id,))
+    tasks = [RangeTask(chain_id, 0, SEQ_MIN, UNREAD - 20, 1), RangeTask(chain_id, 1, UNREAD - 19, SEQ_MAX, UNREAD - 19)]
+    with psycopg.connect(db) as conn:
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        conn.execute("SELECT 1")  # the snapshot transaction
+        dirty, clean = run_tasks(conn, tasks, 1)
+        assert conn.info.transaction_status == TransactionStatus.INTRANS
+    assert not dirty.clean and dirty.why.startswith("seq 2: a column differs")
+    assert clean.clean and (clean.first_seq, clean.last_seq, clean.rows) == (UNREAD - 19, UNREAD + 1, 21)
 
 
 @pytest.mark.storage

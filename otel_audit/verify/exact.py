@@ -28,7 +28,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["UNREADABLE", "decimal_equal", "json_column_equal", "load_decimal", "loads_or_unreadable", "strict_equal"]
+__all__ = [
+    "UNREADABLE",
+    "decimal_equal",
+    "json_column_equal",
+    "load_decimal",
+    "loads_or_unreadable",
+    "strict_equal",
+    "strings_only",
+]
 
 _STR_ONLY = frozenset({str})
 _NUMBERS = (int, Decimal)
@@ -78,6 +86,11 @@ def decimal_equal(a: Any, b: Any) -> bool:
     return same
 
 
+def strings_only(value: Any) -> bool:
+    """Is ``value`` an object whose members are all strings (where ``==`` with anything is exact)?"""
+    return value.__class__ is dict and {*map(type, value.values())} <= _STR_ONLY
+
+
 def json_column_equal(
     doc: dict[str, Any], field: str, stored: Any, stored_text: str | bytes | None, canonical: bytes
 ) -> bool:
@@ -96,8 +109,8 @@ def json_column_equal(
     if stored is not UNREADABLE:
         if sealed != stored:  # exact for a difference: equal texts parse to equal values
             return False
-        if stored.__class__ is dict and {*map(type, stored.values())} <= _STR_ONLY:
-            return True  # strings only: == was exact
+        if strings_only(stored):
+            return True  # == was exact
         try:
             return strict_equal(sealed, stored)
         except _NeedsDecimal:

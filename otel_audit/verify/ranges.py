@@ -25,7 +25,11 @@ the sealed document with ``orjson``; equal bytes mean equal values, because
 both renderings are JSON and a JSON string cannot equal a number, list or
 object. Any difference in rendering (an escape written another way) only sends
 the chain to the full walk. The database still only supplies data: every
-comparison happens here.
+comparison happens here. Two shortcuts keep the cost per row down, both exact:
+``chain_id`` is compared with the chain the rows were selected by instead of
+being rendered per row, and an ``attributes`` text equal to an earlier row's
+that held only strings is compared through that row's parsed value (``==``
+with an object of strings is exact: a string equals only a string).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import operator
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -42,9 +46,18 @@ import psycopg
 from psycopg import sql
 
 from otel_audit.core.record import RECORD_DOMAIN, RECORD_FIELDS
-from otel_audit.verify.exact import json_column_equal, loads_or_unreadable
+from otel_audit.verify.exact import json_column_equal, loads_or_unreadable, strings_only
 
-__all__ = ["SEQ_MAX", "SEQ_MIN", "ChainGroup", "RangeResult", "RangeTask", "check_task"]
+__all__ = [
+    "CHUNK_ROWS",
+    "SEQ_MAX",
+    "SEQ_MIN",
+    "ChainGroup",
+    "RangeResult",
+    "RangeTask",
+    "check_task",
+    "chunked_rows_supported",
+]
 
 SEQ_MIN = -(2**63)
 SEQ_MAX = 2**63 - 1
@@ -53,15 +66,17 @@ SEQ_MAX = 2**63 - 1
 #: for uuid, timestamptz and inet, exactly as they are sealed).
 _TEXT_SQL = {
     "id": "id::text",
-    "chain_id": "chain_id::text",
     "timestamp": "pg_catalog.to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     "ip_address": "pg_catalog.abbrev(ip_address)",
 }
 _INT_FIELDS = ("v", "trace_flags", "severity_number")  # seq is its own column
 _LIST_FIELDS = ("changed_fields", "problems")
 _JSON_FIELDS = ("old_values", "attributes")
-_TEXT_FIELDS = tuple(f for f in RECORD_FIELDS if f not in (*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq"))
-assert set(_TEXT_FIELDS) | {*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq"} == set(RECORD_FIELDS)
+# chain_id is compared with the chain the rows were selected by (its canonical text), not rendered per row.
+_TEXT_FIELDS = tuple(
+    f for f in RECORD_FIELDS if f not in (*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq", "chain_id")
+)
+assert set(_TEXT_FIELDS) | {*_INT_FIELDS, *_LIST_FIELDS, *_JSON_FIELDS, "seq", "chain_id"} == set(RECORD_FIELDS)
 
 _FIELD_SET = frozenset(RECORD_FIELDS)
 # The lower bounds of the two arrays are rendered too: a binary array arrives as a Python list without
@@ -72,17 +87,19 @@ _COLUMNS = (
     "format_version, trace_flags, severity_number, changed_fields, problems, old_values::text, attributes::text"
 ).format(text=", ".join(_TEXT_SQL.get(f, f) for f in _TEXT_FIELDS))
 _RANGE_QUERY = (
-    f"COPY (SELECT {_COLUMNS} FROM audit_logs WHERE chain_id = {{chain}}::uuid AND seq BETWEEN {{lo}} AND {{hi}} "
-    "ORDER BY seq) TO STDOUT (FORMAT BINARY)"
+    f"SELECT {_COLUMNS} FROM audit_logs WHERE chain_id = {{chain}}::uuid AND seq BETWEEN {{lo}} AND {{hi}} ORDER BY seq"
 )
 _GROUP_QUERY = (
     # ORDER BY the table's columns, not the text output column of the same name: the unique index
     # then streams the rows in order instead of a sort of the whole result first.
-    f"COPY (SELECT chain_id::text, {_COLUMNS} FROM audit_logs a WHERE a.chain_id = ANY({{chains}}::uuid[]) "
-    "ORDER BY a.chain_id, a.seq) TO STDOUT (FORMAT BINARY)"
+    f"SELECT chain_id::text, {_COLUMNS} FROM audit_logs a WHERE a.chain_id = ANY({{chains}}::uuid[]) "
+    "ORDER BY a.chain_id, a.seq"
 )
-# The rendered array is read as raw bytes (a text value's binary form is its UTF-8).
-_TYPES = ["int8", "text", "bytea", "bytea", "int2", "int4", "int4", "text[]", "text[]", "text", "text"]
+#: The columns' types, for the COPY fallback (a result set carries its own).
+_TYPES = ["int8", "text", "bytea", "text", "int2", "int4", "int4", "text[]", "text[]", "text", "text"]
+#: Rows per chunk when rows are streamed in chunks (libpq 17 and later; see :func:`_stream`). Measured:
+#: 100 to 1,000 cost the same with two workers, and 100 lets one worker overlap with its server best.
+CHUNK_ROWS = 100
 
 
 class ChainGroup(NamedTuple):
@@ -133,24 +150,51 @@ def check_task(conn: psycopg.Connection, task: RangeTask | ChainGroup) -> list[R
         query = sql.SQL(_RANGE_QUERY).format(
             chain=sql.Literal(task.chain_id), lo=sql.Literal(task.lo), hi=sql.Literal(task.hi)
         )
+        types = _TYPES
     else:
         query = sql.SQL(_GROUP_QUERY).format(chains=sql.Literal(list(task.chain_ids)))
-    with conn.cursor() as cur, cur.copy(query) as copy:
+        types = ["text", *_TYPES]
+    with conn.cursor(binary=True) as cur:
+        rows = _stream(cur, query, types)
         if isinstance(task, RangeTask):
-            copy.set_types(_TYPES)
-            results = [_check_rows(copy.rows(), task)]
+            results = [_check_rows(rows, task)]
         else:
-            copy.set_types(["text", *_TYPES])
             results = []
-            for chain_id, rows in itertools.groupby(copy.rows(), key=_first):
+            for chain_id, chain_rows in itertools.groupby(rows, key=_first):
                 first = task.first.get(chain_id, 1) if task.first else 1
                 whole = RangeTask(chain_id, 0, SEQ_MIN, SEQ_MAX, first, task.watch.get(chain_id, frozenset()))
-                results.append(_check_rows(map(_rest, rows), whole))
-        while copy.read():  # psycopg leaves an unfinished COPY running: drain it
+                results.append(_check_rows(map(_rest, chain_rows), whole))
+        for _ in rows:  # read the rest of a dirty range: leaving the query unfinished would cancel it
             pass
     return results
 
 
+def chunked_rows_supported() -> bool:
+    """Can libpq deliver a result in chunks of rows (``PQsetChunkedRowsMode``, libpq 17 and later)?"""
+    return psycopg.pq.version() >= 170000
+
+
+def _stream(cur: psycopg.Cursor[Any], query: sql.Composed, types: list[str]) -> Iterator[tuple[Any, ...]]:
+    """The query's rows, in binary, read with the least work per row this libpq allows.
+
+    With libpq 17 or later the rows arrive in chunks of :data:`CHUNK_ROWS`
+    (``cursor.stream(size=...)``), so psycopg's protocol machinery (a generator
+    step and a wait) runs once per chunk; read row by row, through ``COPY`` or
+    single-row mode, it cost a third of the verifier's time per row (measured:
+    3.6 against 2.2 µs of the 7). Older libpq reads the same rows through a
+    binary ``COPY``. The caller must read every row: a stream closed early
+    cancels its query, and the cancel would abort the snapshot transaction
+    every range is read in.
+    """
+    if chunked_rows_supported():
+        yield from cur.stream(query, size=CHUNK_ROWS)
+        return
+    with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
+        copy.set_types(types)
+        yield from copy.rows()
+
+
+_UNSET = object()
 _first = operator.itemgetter(0)
 _rest = operator.itemgetter(slice(1, None))
 
@@ -159,20 +203,24 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
     result = RangeResult(task.chain_id, task.index, clean=False)
     watch: Collection[int] = task.watch
     observed = result.observed
-    sha256 = hashlib.sha256
+    domain_hash = hashlib.sha256(RECORD_DOMAIN)
     loads, dumps = orjson.loads, orjson.dumps
     loads_json, json_equal = loads_or_unreadable, json_column_equal
-    domain = RECORD_DOMAIN
     text_fields, field_set = _TEXT_FIELDS, _FIELD_SET
+    chain_id = task.chain_id
     expected = task.first
     link: str | None = None
     invalid = 0
     doc: Any = {}
+    plain_text: object = _UNSET  # the last attributes text that held only strings, and its value
+    plain_value: Any = None
     for seq, stored_hash, canonical, rendered, v, flags, severity, changed, problems, old, attrs in rows:
         if seq != expected:
             result.why = f"seq {seq} where {expected} was next"
             break
-        computed = sha256(domain + canonical).hexdigest()
+        hasher = domain_hash.copy()
+        hasher.update(canonical)
+        computed = hasher.hexdigest()
         if computed != stored_hash:
             result.why = f"seq {seq}: bytes do not hash to the stored hash"
             break
@@ -180,11 +228,21 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
             doc = loads(canonical)
         except orjson.JSONDecodeError:
             doc = None
+        # Most rows of a chain store the same attributes text, an object of strings: its parsed value
+        # is kept, and == against it is exact (a string equals only a string).
+        if attrs == plain_text:
+            attrs_same = doc.__class__ is dict and doc.get("attributes") == plain_value
+        else:
+            stored = loads_json(attrs)
+            attrs_same = doc.__class__ is dict and json_equal(doc, "attributes", stored, attrs, canonical)
+            if attrs_same and strings_only(stored):
+                plain_text, plain_value = attrs, stored
         # Exact, by type: == alone would take true for 1 and 1.0 for 1 (see verify/exact.py).
         same = (
             doc.__class__ is dict
-            and doc.keys() <= field_set
+            and field_set.issuperset(doc)
             and (sealed_seq := doc.get("seq")) == seq
+            and doc.get("chain_id") == chain_id
             and sealed_seq.__class__ is int
             and dumps(
                 [
@@ -193,7 +251,7 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
                     "1" if doc.get("problems") else None,
                 ]
             )
-            == rendered
+            == rendered.encode()
             and (x := doc.get("v")) == v
             and x.__class__ is v.__class__
             and (x := doc.get("trace_flags")) == flags
@@ -202,7 +260,7 @@ def _check_rows(rows: Iterable[tuple[Any, ...]], task: RangeTask) -> RangeResult
             and x.__class__ is severity.__class__
             and doc.get("changed_fields") == changed
             and doc.get("problems") == problems
-            and json_equal(doc, "attributes", loads_json(attrs), attrs, canonical)
+            and attrs_same
             and (
                 old is None
                 and "old_values" not in doc
