@@ -142,6 +142,7 @@ class StrangerVerifier:
         self.hashes: dict[str, dict[int, str]] = {}
         self.last: dict[str, int] = {}
         self.genesis: dict[str, str] = {}
+        self.policy_keys: dict[str, str | None] = {}  # chain -> the key_id its genesis policy names
 
     def add(self, kind: str, chain_id: str | None, seq: int | None, detail: str = "", severity: str = "error") -> None:
         self.findings.append(Finding(kind, severity, chain_id, seq, detail))
@@ -214,6 +215,9 @@ class StrangerVerifier:
                 self.add("registry_mismatch", chain_id, 0, "created_at")
             if not json_equal(doc.get("emitter", {}), load_exact(emitter)):
                 self.add("registry_mismatch", chain_id, 0, "emitter")
+            policy = doc.get("checkpoints")
+            if isinstance(policy, dict) and "key_id" in policy:  # "Key rule"
+                self.policy_keys[chain_id] = policy["key_id"]
         self.genesis = out
         return out
 
@@ -458,6 +462,9 @@ class StrangerVerifier:
             hashes = self.hashes.get(chain_id, {})
             for n in numbers:
                 cp = cps[n]
+                signer = cp.get("adopted_by", {}).get("chain_id") if cp.get("adopted_by") else chain_id
+                if signer in self.policy_keys and cp["key_id"] != self.policy_keys[signer]:
+                    self.add("wrong_key", chain_id, cp["seq"])
                 if cp["genesis"] != registered.get(chain_id):
                     self.add("checkpoint_inconsistent", chain_id, cp["seq"])
                 want = registered.get(chain_id) if cp["seq"] == 0 else hashes.get(cp["seq"])

@@ -28,12 +28,15 @@ import pytest
 from otel_audit.cli.main import main
 from otel_audit.core.canonical import canonical_json
 from otel_audit.core.chain import Chain
-from otel_audit.core.keys import generate_signing_key, write_keypair
+from otel_audit.core.checkpoint import sign_checkpoint
+from otel_audit.core.keys import generate_signing_key, load_signing_key, write_keypair
 from otel_audit.core.record import RECORD_DOMAIN
 from otel_audit.errors import ChainClosed
 from otel_audit.verify.report import Kind, Severity
+from tests import stranger_verifier as stranger
 from tests.harness import App, rows
 from tests.test_checkpoints import check, errors, recompute_from, tamper
+from tests.trail import TrailChain, ns, store
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
@@ -249,3 +252,83 @@ def test_records_appended_to_an_unclosed_chain_dated_after_its_interval_are_an_u
     append_forged(db, chain_id, 1, timestamp=signed_at.astimezone(timezone.utc) + timedelta(seconds=1))
     plausible = check(db, [keys.public], now=time.time() + DAY)
     assert plausible.ok and [f.kind for f in plausible.warnings] == [Kind.UNCLOSED]
+
+
+# ---------------------------------------------------------------------- attack: another emitter's key
+@pytest.mark.storage
+def test_a_rewrite_anchored_with_another_trusted_emitters_key_is_detected(
+    db: str, spool_dir: Path, keys: _Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The auditor trusts every emitter's key; the holder of one of them, with the database's owner, rewrites
+    another emitter's chain and signs checkpoints over the new hashes. Each checkpoint must be signed by the key
+    the chain's sealed genesis names."""
+    app = App(db, spool_dir, signing_key=str(keys.private), checkpoint_records=10, checkpoint_interval=3600)
+    for i in range(30):
+        app.log(n=i)
+    assert app.close()
+    other = _Keys(tmp_path / "other")  # another emitter's key, which the auditor also trusts
+    assert check(db, [keys.public, other.public]).ok
+    recompute_from(db, 25, lambda doc: doc.update(resource_id="patient-000"))
+    tamper(db, "DELETE FROM audit_checkpoints WHERE seq >= 25")
+    ((chain_id, n, prev, body),) = rows(
+        db, "SELECT chain_id::text, n, hash, body FROM audit_checkpoints ORDER BY n DESC LIMIT 1"
+    )
+    ((head,),) = rows(db, "SELECT hash FROM audit_logs WHERE seq = 30")
+    forged = sign_checkpoint(
+        load_signing_key(other.private),
+        chain_id=chain_id,
+        n=n + 1,
+        seq=30,
+        head=head,
+        genesis=json.loads(bytes(body))["genesis"],
+        prev=prev,
+        time_ns=time.time_ns(),
+        interval_ms=3_600_000,
+        closed=True,
+    )
+    tamper(
+        db,
+        "INSERT INTO audit_checkpoints (chain_id, n, seq, head, signed_at, key_id, closed, body, signature, hash) "
+        "VALUES (%s, %s, 30, %s, %s, %s, true, %s, %s, %s)",
+        params=(chain_id, n + 1, head, forged.time, forged.key_id, forged.body, forged.signature, forged.hash),
+    )
+    report = check(db, [keys.public, other.public])
+    assert errors(report) == [("wrong_key", 30)], [str(f) for f in report.findings]
+    assert f"names key {keys.key_id}" in report.errors[0].detail and other.key_id in report.errors[0].detail
+    # A verifier written from the specification alone finds the same.
+    theirs = stranger.verify(db, [keys.public, other.public])
+    assert [(f.kind, f.seq) for f in theirs if f.severity == "error"] == [("wrong_key", 30)], theirs
+    args = ["verify", "--dsn", db, "--trusted-key", str(keys.public), "--trusted-key", str(other.public)]
+    assert main(args) == 1
+    assert "wrong_key" in capsys.readouterr().out
+
+
+@pytest.mark.storage
+@pytest.mark.parametrize("signer", ["adopter", "a third emitter"])
+def test_an_adopted_chain_is_closed_with_the_adopters_own_key(db: str, tmp_path: Path, signer: str) -> None:
+    """The process that replays a dead emitter's spool closes its chain with its own key: the one its own
+    chain's genesis names. A closing checkpoint claiming an adopter but signed by any other key is forged."""
+    keys = {name: generate_signing_key() for name in ("dead", "adopter", "a third emitter")}
+    public = [write_keypair(key, tmp_path / name.replace(" ", "-"))[1] for name, key in keys.items()]
+    dead = TrailChain(key=keys["dead"], policy_records=10)
+    dead.log_many("2024-01-01T00:00:01Z", 5)
+    adopter = TrailChain(key=keys["adopter"], policy_records=10)
+    adopter.log("2024-01-01T00:01:00Z")
+    adopter.checkpoint(ns("2024-01-01T00:02:00Z"), closed=True)
+    dead.checkpoint(
+        ns("2024-01-01T00:02:00Z"),
+        closed=True,
+        key=keys[signer],
+        adopted_by={"chain_id": adopter.chain_id, "host_name": "web-2", "pid": 4242},
+    )
+    store(db, dead, adopter)
+    report = check(db, public)
+    theirs = [(f.kind, f.seq) for f in stranger.verify(db, public) if f.severity == "error"]
+    if signer == "adopter":
+        assert report.ok and not report.findings, [str(f) for f in report.findings]
+        assert report.chains[dead.chain_id].extra["adopted_by"]["chain_id"] == adopter.chain_id
+        assert theirs == []
+    else:
+        assert errors(report) == [("wrong_key", 5)], [str(f) for f in report.findings]
+        assert f"the adopting chain {adopter.chain_id} names key {keys['adopter'].key_id}" in report.errors[0].detail
+        assert theirs == [("wrong_key", 5)]

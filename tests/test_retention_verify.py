@@ -444,3 +444,22 @@ def test_a_retention_checkpoint_that_does_not_link_to_the_one_before_is_reported
     assert any(
         f.kind is Kind.CHECKPOINT_INCONSISTENT and "retention checkpoint 2" in f.detail for f in report.errors
     ), [str(f) for f in report.findings]
+
+
+@pytest.mark.parametrize("column", ["signed_at", "key_id", "hash"])
+def test_an_edited_retention_column_is_reported(retained, key, column: str) -> None:
+    """Every column of audit_retention is a projection of the signed body (the body's n, key_id, time and
+    hash): editing one, even one shown only in listings like ``signed_at``, is reported by name."""
+    dsn, _, _, _ = retained
+    value = {
+        "signed_at": "signed_at - interval '1 microsecond'",
+        "key_id": "repeat('0', 32)",
+        "hash": "repeat('0', 64)",
+    }[column]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(f"UPDATE audit_retention SET {column} = {value} WHERE n = 1")
+    for trusted in (key, None):  # a projection is checked with or without the key
+        report = _report(dsn, trusted)
+        malformed = [f for f in report.errors if f.kind is Kind.CHECKPOINT_MALFORMED]
+        assert len(malformed) == 1 and "audit_retention row 1" in malformed[0].detail, [str(f) for f in report.findings]

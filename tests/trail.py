@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from otel_audit.checkpointer import checkpoint_policy
 from otel_audit.core.chain import KIND_CHECKPOINT, KIND_GENESIS, KIND_RECORD, Chain
 from otel_audit.core.checkpoint import Checkpoint, sign_checkpoint
 from otel_audit.core.keys import SigningKey
@@ -61,14 +62,21 @@ class TrailChain:
 
     key: SigningKey | None = None
     interval_ms: int = 10_000
+    policy_records: int | None = None  # seal a checkpoint policy (every N records) into the genesis
     created: str = "2024-01-01T00:00:00Z"
     frames: _Frames = field(default_factory=_Frames)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     canonical: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        policy = None
+        if self.policy_records is not None:
+            policy = checkpoint_policy(self.key, self.policy_records, self.interval_ms / 1000)
         self.chain = Chain(
-            self.frames, emitter={"kind": "sdk", "service_name": "billing"}, clock=lambda: ns(self.created)
+            self.frames,
+            emitter={"kind": "sdk", "service_name": "billing"},
+            clock=lambda: ns(self.created),
+            checkpoint_policy=policy,
         )
         if self.key is not None:
             self.checkpoint(ns(self.created))
@@ -89,12 +97,21 @@ class TrailChain:
         for i in range(count):
             self.log(t0 + int(i * step_seconds * 1e9), **attrs)
 
-    def checkpoint(self, time_ns: int, *, closed: bool = False) -> Checkpoint:
-        assert self.key is not None
+    def checkpoint(
+        self,
+        time_ns: int,
+        *,
+        closed: bool = False,
+        key: SigningKey | None = None,
+        adopted_by: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        """Sign the chain's head (with ``key`` instead of the chain's own, as an adopter would)."""
+        key = key or self.key
+        assert key is not None
         seq, head = self.chain.head()
         prev = self.checkpoints[-1] if self.checkpoints else None
         cp = sign_checkpoint(
-            self.key,
+            key,
             chain_id=self.chain_id,
             n=len(self.checkpoints) + 1,
             seq=seq,
@@ -104,6 +121,7 @@ class TrailChain:
             time_ns=time_ns,
             interval_ms=self.interval_ms,
             closed=closed,
+            adopted_by=adopted_by,
         )
         self.checkpoints.append(cp)
         self.frames.append(KIND_CHECKPOINT, cp.envelope, b"")

@@ -540,6 +540,7 @@ class Anchoring:
                 "missing from the database: deleted",
                 count=len(chain.witness),
             )
+        self._signers(chain_id, evidence, summary)
         summary.extra["checkpoints"] = len(evidence)
         summary.extra["anchored_seq"] = anchored
         summary.extra["closed"] = last.closed
@@ -615,6 +616,41 @@ class Anchoring:
                 "could be removed without trace until the next checkpoint covers them",
                 count=unanchored,
             )
+
+    def _signers(self, chain_id: str, evidence: Mapping[int, _Cp], summary: ChainSummary) -> None:
+        """Hold each trusted checkpoint to the key the chain's sealed genesis names (``checkpoints.key_id``).
+
+        Trusting several emitters' keys must not let the holder of one sign for another's chain: with
+        the database's owner, they could rewrite that chain and anchor the result. The closing
+        checkpoint of an adopted chain is signed by the adopter, so it is held to the key the
+        adopter's own genesis names (any trusted key when the adopter's chain is not in this
+        verification). A chain whose genesis seals no policy (written before policies were sealed)
+        names no key: nothing to hold it to.
+        """
+        if self.trusted is None:
+            return
+        policy = summary.extra.get("checkpoint_policy")
+        if not isinstance(policy, dict) or "key_id" not in policy:
+            return
+        for cp in evidence.values():
+            expected, whose = policy["key_id"], "the chain's genesis"
+            if cp.adopted_by is not None:
+                adopter = self.report.chains.get(str(cp.adopted_by.get("chain_id")))
+                own = adopter.extra.get("checkpoint_policy") if adopter is not None else None
+                if adopter is None or not isinstance(own, dict) or "key_id" not in own:
+                    continue
+                expected, whose = own["key_id"], f"the genesis of the adopting chain {adopter.chain_id}"
+            if cp.key_id != expected:
+                named = f"key {expected}" if expected is not None else "no key (its emitter signed nothing)"
+                self._add(
+                    Kind.WRONG_KEY,
+                    _E,
+                    chain_id,
+                    cp.seq,
+                    f"{cp.describe()} is signed by a trusted key, but {whose} names {named} as the one that signs "
+                    "its checkpoints: the holder of another emitter's key signed it, so the records it anchors "
+                    "cannot be trusted",
+                )
 
     def _policy(
         self, chain_id: str, chain: _Chain, summary: ChainSummary, last: _Cp, anchored: int, stored_to: int

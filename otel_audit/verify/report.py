@@ -45,6 +45,7 @@ class Kind(str, Enum):
     CHECKPOINT_MALFORMED = "checkpoint_malformed"  # not a checkpoint, or its columns differ from the signed body
     BAD_SIGNATURE = "bad_signature"  # the signature does not verify under the trusted key it names
     UNTRUSTED_KEY = "untrusted_key"  # signed by a key that is not among the trusted keys
+    WRONG_KEY = "wrong_key"  # signed by a trusted key, but not the one the chain's sealed genesis names
     UNANCHORED = "unanchored"  # records no trusted checkpoint covers (count, age), or a chain with none
     UNANCHORED_SPAN = "unanchored_span"  # more records after a checkpoint than the chain's sealed policy allows
     UNCLOSED = "unclosed"  # a chain that stopped without its closing checkpoint (a crash)

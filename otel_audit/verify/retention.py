@@ -57,12 +57,16 @@ class ArchivedPrefix:
 
 
 def load_retention_rows(conn: Any) -> list[tuple[Any, ...]]:
-    """Rows (n, key_id, body, signature, hash) of ``audit_retention`` in number order; [] without the table."""
+    """Rows (n, key_id, body, signature, hash, signed_at) of ``audit_retention`` in number order; [] without the
+    table. ``signed_at`` is rendered as the body states ``time`` (RFC 3339, microseconds, ``Z``) to be compared
+    with it."""
     row = conn.execute("SELECT to_regclass('audit_retention')").fetchone()
     if not row or row[0] is None:
         return []
     rows: list[tuple[Any, ...]] = conn.execute(
-        "SELECT n, key_id, body, signature, hash FROM audit_retention ORDER BY n"
+        "SELECT n, key_id, body, signature, hash, "
+        "pg_catalog.to_char(signed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+        "FROM audit_retention ORDER BY n"
     ).fetchall()
     return rows
 
@@ -80,7 +84,7 @@ def judge_retention(
     numbers: list[int] = []
     previous: RetentionCheckpoint | None = None
     unchecked = 0
-    for n, key_id, body, signature, stored_hash in rows:
+    for n, key_id, body, signature, stored_hash, signed_at in rows:
         numbers.append(n)
         try:
             cp = parse_retention(bytes(body), bytes(signature))
@@ -96,14 +100,14 @@ def judge_retention(
             )
             previous = None
             continue
-        if (cp.n, cp.key_id, cp.hash) != (n, key_id, stored_hash):
+        if (cp.n, cp.key_id, cp.hash, cp.doc["time"]) != (n, key_id, stored_hash, signed_at):
             report.add(
                 Finding(
                     Kind.CHECKPOINT_MALFORMED,
                     _E,
                     None,
                     None,
-                    f"audit_retention row {n}: its columns (n, key_id, hash) differ from the signed body "
+                    f"audit_retention row {n}: its columns (n, key_id, hash, signed_at) differ from the signed body "
                     f"of {cp.describe()}: changed after it was written",
                 )
             )
