@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+import orjson
 import psycopg
 import pytest
 
@@ -410,3 +411,40 @@ def test_s3_bucket_without_object_lock_is_refused_unless_allowed(db: str, key, k
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
     assert cli([*args, "--allow-unlocked"]) == 0
     assert verify_archive(S3Store(url, require_lock=False), trusted(key)).ok
+
+
+def _sealed(**changes: object) -> bytes:
+    from otel_audit.core.canonical import canonical_json
+
+    chain = TrailChain()
+    doc = orjson.loads(chain.log("2024-03-01T00:00:00Z"))
+    doc.update(changes)
+    return canonical_json(doc)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        None,  # every record fits the column types: the fast path
+        _sealed(actor_id=42),  # a number where a string belongs (a record flagged with problems): the exact path
+        b'{"seq":1,\n"actor_id":"x"}',  # a raw newline: more JSON lines than records, so the exact path
+    ],
+    ids=["plain", "number-in-a-string-field", "raw-newline"],
+)
+def test_columns_derive_alike_from_python_bytes_and_from_an_arrow_column(odd: bytes | None) -> None:
+    """verify-archive derives a bundle's columns straight from its Arrow column; the writer from Python bytes.
+    Both must give the same columns, on the fast path and on the exact one."""
+    import pyarrow as pa
+
+    from otel_audit.archive.format import derive_columns
+
+    records = [_sealed(resource_id=f"p-{i}", seq=i + 1) for i in range(5)]
+    if odd is not None:
+        records.insert(2, odd)
+    expected = derive_columns(records)
+    assert expected.num_rows == len(records)
+    for column in (pa.array(records, pa.binary()), pa.array([r.decode() for r in records], pa.string())):
+        assert derive_columns(column).equals(expected)
+        assert derive_columns(pa.chunked_array([column.slice(0, 3), column.slice(3)])).equals(expected)
+    if odd is not None and b"\n" not in odd:
+        assert expected.column("actor_id")[2].as_py() == "42"  # the exact path renders it as its JSON text

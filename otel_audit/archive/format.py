@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -130,24 +129,35 @@ def _json_schema() -> Any:
     return pa.schema([*fields, pa.field("prev_hash", pa.string())])
 
 
-def derive_columns(canonicals: Sequence[bytes]) -> Any:
+def derive_columns(canonicals: Sequence[bytes] | Any) -> Any:
     """The projected columns and ``prev_hash`` of sealed records, as a pyarrow Table.
 
+    ``canonicals``: the records' sealed bytes, as Python bytes or as a pyarrow
+    string or binary array (a bundle's ``canonical`` column, which is then never
+    turned into Python objects on the fast path).
+
     Fast path: Arrow's JSON reader over the records joined by newlines
-    (canonical JSON never holds a raw newline). A record whose fields do not
-    fit the column types (possible only for records flagged with problems)
-    sends the whole batch through the exact per-record path instead.
+    (canonical JSON never holds a raw newline; a record that does parses into
+    more rows than there are records, which the count check sends down the
+    exact path). A record whose fields do not fit the column types (possible
+    only for records flagged with problems) sends the whole batch through the
+    exact per-record path instead.
     """
     import pyarrow as pa
     import pyarrow.json as pj
 
     schema = _json_schema()
-    if not canonicals:
+    if not len(canonicals):
         return schema.empty_table()
-    largest = max(map(len, canonicals))
+    if isinstance(canonicals, pa.ChunkedArray):
+        canonicals = canonicals.combine_chunks()
+    if isinstance(canonicals, pa.Array):
+        joined, largest = _newline_joined(canonicals)
+    else:
+        joined, largest = pa.py_buffer(b"\n".join(canonicals)), max(map(len, canonicals))
     try:
         table = pj.read_json(
-            io.BytesIO(b"\n".join(canonicals)),
+            pa.BufferReader(joined),
             read_options=pj.ReadOptions(block_size=max(1 << 22, 2 * largest + 2), use_threads=False),
             parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
@@ -155,7 +165,23 @@ def derive_columns(canonicals: Sequence[bytes]) -> Any:
             return table.combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
+    if isinstance(canonicals, pa.Array):
+        canonicals = canonicals.cast(pa.binary()).to_pylist()
     return _derive_slowly(canonicals, schema)
+
+
+def _newline_joined(column: Any) -> tuple[Any, int]:
+    """Every value of a string or binary array followed by a newline, as one buffer (vectorized: no
+    Python object per record), and the length of the longest value."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = column.cast(pa.string()) if pa.types.is_binary(column.type) else column
+    lines = pc.binary_join_element_wise(text, pa.scalar("", pa.string()), "\n")  # value + "\n" + ""
+    offsets = pa.Array.from_buffers(pa.int32(), len(lines) + 1, [None, lines.buffers()[1]], offset=lines.offset)
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    longest = pc.max(pc.binary_length(text)).as_py() or 0
+    return lines.buffers()[2][start:end], longest
 
 
 def _derive_slowly(canonicals: Sequence[bytes], schema: Any) -> Any:

@@ -28,7 +28,6 @@ Checked, in this order:
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -387,7 +386,7 @@ def _load_checkpoints(
         if not _digest_ok(path, data, entry, report):
             continue
         try:
-            table = pq.read_table(io.BytesIO(data))
+            table = pq.read_table(pa.BufferReader(data))  # no copy of the bundle's bytes
             if not table.schema.remove_metadata().equals(checkpoints_schema().remove_metadata()):
                 raise ValueError("unexpected columns")
         except (pa.ArrowException, ValueError) as exc:
@@ -567,18 +566,18 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
         )
         return result
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.read_table(pa.BufferReader(data))  # no copy of the bundle's bytes
         if not table.schema.remove_metadata().equals(records_schema().remove_metadata()):
             raise ValueError(f"unexpected columns {table.schema.names}")
     except (pa.ArrowException, ValueError) as exc:
         result.findings.append(Finding(Kind.BUNDLE_MODIFIED, _E, None, None, f"{path} is not a records bundle: {exc}"))
         return result
-    canonicals = table.column("canonical").cast(pa.binary()).to_pylist()
+    column = table.column("canonical").combine_chunks()
+    canonicals = column.cast(pa.binary()).to_pylist()
     result.rows = len(canonicals)
-    derived = derive_columns(canonicals)
+    derived = derive_columns(column)
     _compare_columns(path, table, derived, result)
-    sha256, domain = hashlib.sha256, RECORD_DOMAIN
-    hashes = [sha256(domain + c).hexdigest() for c in canonicals]
+    hashes = _record_hashes(canonicals)
     seqs = derived.column("seq").to_pylist()
     prevs = derived.column("prev_hash").to_pylist()
     owners = derived.column("chain_id").to_pylist()
@@ -622,6 +621,18 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
             )
         )
     return result
+
+
+def _record_hashes(canonicals: list[bytes]) -> list[str]:
+    """hex(SHA-256(RECORD_DOMAIN || bytes)) of each record (the prefix's hash state is copied, not re-hashed)."""
+    prefix = hashlib.sha256(RECORD_DOMAIN)
+    hashes: list[str] = []
+    append = hashes.append
+    for canonical in canonicals:
+        hasher = prefix.copy()
+        hasher.update(canonical)
+        append(hasher.hexdigest())
+    return hashes
 
 
 def _first_bad(
