@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from otel_audit.archive import DirectoryStore, archive_database, load_manifests, verify_archive
+from otel_audit.archive import verify as archive_verify
 from otel_audit.archive.format import parse_manifest, sign_manifest
 from otel_audit.archive.store import S3Store, StoreError
 from otel_audit.cli.main import main as cli
@@ -248,18 +249,29 @@ def test_an_edited_manifest_fails_its_signature(archived: DirectoryStore, key) -
     assert any(k == Kind.BAD_SIGNATURE.value and "000002.manifest" in d for k, d in found), found
 
 
-def test_a_changed_column_under_a_resigned_manifest_is_found(archived: DirectoryStore, key) -> None:
+@pytest.mark.parametrize("slice_rows", [None, 2], ids=["one-slice", "slices-of-2"])
+def test_a_changed_column_under_a_resigned_manifest_is_found(
+    archived: DirectoryStore, key, slice_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when the bundle is read in slices (row 3 then lies in the second one, and is still named row 3)."""
+    if slice_rows is not None:
+        monkeypatch.setattr(archive_verify, "SLICE_ROWS", slice_rows)
     path = _bundle(archived, 1)
     _resign(archived, key, path, _edit_parquet(archived.root / path, "actor_id", 3, "somebody-else"))
     found = errors(verify_archive(archived, trusted(key)))
     modified = [d for k, d in found if k == Kind.MODIFIED.value]
-    assert len(modified) == 1 and path in modified[0] and "actor_id" in modified[0], found
+    assert len(modified) == 1 and path in modified[0] and "row 3: column actor_id" in modified[0], found
     # (re-signing run 1's manifest also broke run 2's link to it)
     assert {k for k, _ in found} == {Kind.MODIFIED.value, Kind.MANIFEST_INVALID.value}, found
 
 
-def test_rewritten_records_under_a_resigned_manifest_break_the_links(archived: DirectoryStore, key) -> None:
-    import orjson
+@pytest.mark.parametrize("slice_rows", [None, 4], ids=["one-slice", "slices-of-4"])
+def test_rewritten_records_under_a_resigned_manifest_break_the_links(
+    archived: DirectoryStore, key, slice_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also across slices: record 5 is the second of its slice of 4, record 6 (whose link breaks) the third."""
+    if slice_rows is not None:
+        monkeypatch.setattr(archive_verify, "SLICE_ROWS", slice_rows)
 
     from otel_audit.core.canonical import canonical_json
 
