@@ -61,6 +61,14 @@ class PostgresUnderTest:
             pass  # a fault test may leave the server stopped; the session teardown cleans up
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reaches PostgreSQL through the ``postgres`` fixture (``db`` and ``empty_db`` do)
+    is a storage test whether or not its module says so, so that ``-m storage`` selects it."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()) and item.get_closest_marker("storage") is None:
+            item.add_marker(pytest.mark.storage)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresUnderTest]:
     dsn = os.environ.get(TEST_DSN_ENV)

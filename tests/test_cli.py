@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -13,7 +16,7 @@ import pytest
 
 from otel_audit.cli.main import main
 from otel_audit.sink.schema import SCHEMA_VERSION
-from tests.harness import App
+from tests.harness import App, rows
 
 pytestmark = pytest.mark.storage
 
@@ -88,6 +91,34 @@ def test_demo_against_a_given_server(db: str, tmp_path: Path) -> None:
     assert "INTACT" in result.stdout
     assert "otel-audit query failures" in result.stdout
     assert cli("verify", "--dsn", db).returncode == 0
+
+
+def test_demo_on_its_embedded_server_as_the_readme_starts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`otel-audit demo` with no DSN, the README's first command: an embedded PostgreSQL in the
+    user's data directory, left running for the commands the demo prints, until `demo --stop`."""
+    home = Path(tempfile.mkdtemp(prefix="otel-audit-demo-"))
+    os.chmod(home, 0o755)  # as root, pgserver runs the server as a user of its own
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    env = {"HOME": str(home)}
+    data_dir = home / ".local" / "share" / "otel-audit" / "demo-postgres"
+    try:
+        result = cli("demo", "--threads", "2", "--requests", "25", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "INTACT" in result.stdout and f"data directory {data_dir}" in result.stdout, result.stdout
+        (verify_line,) = [line for line in result.stdout.splitlines() if "otel-audit verify --dsn" in line]
+        dsn = shlex.split(verify_line)[-1]
+        (logged,) = [line.split()[0] for line in result.stdout.splitlines() if "audit records logged" in line]
+        assert rows(dsn, "SELECT count(*) FROM audit_logs") == [(int(logged.replace(",", "")),)]
+        verified = cli("verify", "--dsn", dsn)  # the server outlived the demo
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        stopped = cli("demo", "--stop", env=env)
+        assert stopped.returncode == 0 and f"stopped the embedded PostgreSQL in {data_dir}" in stopped.stdout
+        assert not (data_dir / "postmaster.pid").exists()
+        assert cli("demo", "--stop", env=env).stdout.startswith("no embedded demo server is running")
+    finally:
+        if (data_dir / "postmaster.pid").exists():
+            cli("demo", "--stop", env=env)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_status_shows_spool_and_database(db: str, spool_dir: Path) -> None:
