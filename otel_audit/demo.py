@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import shlex
+import shutil
 import tempfile
 import threading
 import time
@@ -129,6 +130,8 @@ def run_demo(
     committed = audit.shutdown(timeout=60)
     if not committed:
         say("warning: not every record was committed within 60s; they remain in the spool " + str(spool_dir))
+    elif embedded_dir is None:
+        shutil.rmtree(spool_dir, ignore_errors=True)  # a temporary spool whose every record is committed
     say(f"  {counter[0]} audit records logged in {elapsed:.2f}s and committed to PostgreSQL")
 
     with psycopg.connect(dsn) as conn:

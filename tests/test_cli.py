@@ -86,11 +86,15 @@ def test_queries_in_three_formats(db: str, spool_dir: Path) -> None:
 
 
 def test_demo_against_a_given_server(db: str, tmp_path: Path) -> None:
-    result = cli("demo", "--dsn", db, "--threads", "2", "--requests", "50", env={"HOME": str(tmp_path)})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"HOME": str(tmp_path), "TMPDIR": str(scratch)}
+    result = cli("demo", "--dsn", db, "--threads", "2", "--requests", "50", env=env)
     assert result.returncode == 0, result.stderr
     assert "INTACT" in result.stdout
     assert "otel-audit query failures" in result.stdout
     assert cli("verify", "--dsn", db).returncode == 0
+    assert not list(scratch.iterdir()), "the demo left its temporary spool behind, though every record was committed"
 
 
 def test_demo_on_its_embedded_server_as_the_readme_starts_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ exactly once and the trail verifies.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def private_pg() -> Iterator:
     server = EmbeddedPostgres(data / "data")
     yield server
     server.stop()
+    shutil.rmtree(data, ignore_errors=True)  # its data directory: a few dozen megabytes per run otherwise
 
 
 def test_server_stopped_and_restarted_during_sustained_load(private_pg, tmp_path: Path) -> None:
