@@ -573,8 +573,8 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
         )
         return result
     # Read, derived and hashed a slice at a time: the working set stays a few megabytes, reused from one
-    # slice to the next, instead of several hundred for a whole bundle (which measured up to twice as slow
-    # in a fresh process, most of it in first touches of new memory).
+    # slice to the next and kept in the CPU's caches, instead of several hundred for a whole bundle (which
+    # measured up to twice as slow in a fresh process, most of it in first touches of new memory).
     hashes: list[str] = []
     seqs: list[Any] = []
     prevs: list[Any] = []
@@ -639,8 +639,9 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
     return result
 
 
-#: Records read, derived and hashed at a time (see :func:`_check_bundle`).
-SLICE_ROWS = 32_768
+#: Records read, derived and hashed at a time (see :func:`_check_bundle`). Measured, CPU per record of a
+#: 100,000-record bundle: 5.7 us with 1,024, 4.9-5.2 with 2,048 or 4,096, 5.6 with 32,768, 6.1 whole.
+SLICE_ROWS = 4_096
 
 
 def _record_hashes(canonicals: list[bytes]) -> list[str]:
