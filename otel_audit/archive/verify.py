@@ -584,7 +584,7 @@ def _check_bundle(task: tuple[Any, ...]) -> _BundleResult:
         parquet = pq.ParquetFile(pa.BufferReader(data))  # no copy of the bundle's bytes
         if not parquet.schema_arrow.remove_metadata().equals(records_schema().remove_metadata()):
             raise ValueError(f"unexpected columns {parquet.schema_arrow.names}")
-        for batch in parquet.iter_batches(batch_size=SLICE_ROWS):
+        for batch in parquet.iter_batches(batch_size=SLICE_ROWS, use_threads=False):  # workers are the parallelism
             part = pa.Table.from_batches([batch])
             column = batch.column("canonical")
             derived = derive_columns(column)
