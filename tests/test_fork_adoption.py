@@ -228,3 +228,51 @@ def test_prefork_multiprocessing_and_os_exit_children_verify_clean(db: str, tmp_
     assert "WARNING" not in result.stdout, result.stdout
     adopted = [c for c in kids if "adopted_by" in (closing(db, c) or {})]
     assert len(adopted) >= 2  # the os._exit workers: closed by whoever adopted their spools
+
+
+def test_every_otel_audit_module_is_imported_by_the_callers_thread(db: str, tmp_path: Path, keys: Keys) -> None:
+    """A process forked while one of its threads is importing a module inherits that module's import lock,
+    held by a thread the child does not have: every later import of the module in the child hangs. A
+    pre-fork worker's shutdown hung so, because the sink's thread imported otel_audit.status lazily on its
+    first status write. Everything otel-audit's threads use must be imported on the caller's thread
+    (by configure() or the logging call), never first by one of otel-audit's own threads."""
+    script = textwrap.dedent(
+        """
+        import logging, sys, threading, time
+
+        first = {}
+
+        class Spy:  # notes which thread imports each otel_audit module first
+            def find_spec(self, name, path=None, target=None):
+                if name.startswith("otel_audit"):
+                    first.setdefault(name, threading.current_thread().name)
+                return None
+
+        sys.meta_path.insert(0, Spy())
+        import otel_audit
+        audit = otel_audit.configure(dsn=sys.argv[1], service_name="web", spool_dir=sys.argv[2],
+                                     checkpoint_records=3, checkpoint_interval=0.3)
+        log = logging.getLogger("web")
+        for i in range(10):
+            log.info("served", extra={"audit.action": "read", "audit.actor.id": "u", "audit.resource.type": "page",
+                                      "audit.resource.id": str(i), "audit.result": "success"})
+        time.sleep(2.5)  # status writes (every second), interval checkpoints, witness copies
+        assert audit.shutdown(timeout=30)
+        print(" ".join(f"{m}({t})" for m, t in sorted(first.items()) if t != "MainThread"))
+        """
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OTEL_AUDIT_SIGNING_KEY": str(keys.private),
+        "OTEL_AUDIT_WITNESS_DIR": str(tmp_path / "witness"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script, db, str(tmp_path / "spool")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"first imported by otel-audit's own threads: {proc.stdout}"

@@ -287,6 +287,12 @@ class PostgresSink:
         after_commit: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
         close_adopted: Callable[[ChainSpool, dict[str, Any]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
+        # Imported here, on the thread that builds the sink, never first on the sink's own thread: a
+        # process forked while another thread is importing a module inherits that module's import lock
+        # held by a thread that does not exist in the child, and every later import of it there hangs
+        # (a forked worker's shutdown hung exactly so). status imports this module, hence not at the top.
+        import otel_audit.status  # noqa: F401
+
         self.dsn = dsn
         self.spool_config = spool_config
         self.target = target_fingerprint(dsn)
@@ -1055,7 +1061,7 @@ class PostgresSink:
             self._write_status()
 
     def _write_status(self) -> None:
-        from otel_audit.status import write_process_status  # beside its reader (not at import: a cycle)
+        from otel_audit.status import write_process_status  # imported by __init__ already (see there)
 
         own = self._own
         if own is None or not own.spool.path.exists():
