@@ -37,7 +37,7 @@ from otel_audit.sink.schema import current_version
 from otel_audit.verify.anchoring import Anchoring, AnchorPolicy
 from otel_audit.verify.chain_walk import FIELDS, ChainWalker
 from otel_audit.verify.delivery import check_deliveries
-from otel_audit.verify.exact import json_column_equal, loads_or_unreadable
+from otel_audit.verify.exact import json_column_equal, loads_or_unreadable, utc_text
 from otel_audit.verify.parallel import can_fork, chain_heights, default_workers, join_ranges, plan, run_tasks
 from otel_audit.verify.ranges import RangeResult
 from otel_audit.verify.report import ChainSummary, Finding, Kind, Severity, VerificationReport
@@ -57,7 +57,7 @@ _COLUMN_SQL = {
     "v": "format_version",
     "id": "id::text",
     "chain_id": "chain_id::text",
-    "timestamp": "pg_catalog.to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    "timestamp": utc_text("timestamp"),
     "ip_address": "pg_catalog.abbrev(ip_address)",
 }
 _CHANGED_INDEX = FIELDS.index("changed_fields")
@@ -99,7 +99,7 @@ PARALLEL_FROM = 50_000
 
 _CHECKPOINT_ROWS = (
     "SELECT chain_id::text, n, seq, head, "
-    "pg_catalog.to_char(signed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+    f"{utc_text('signed_at')}, "
     "key_id, closed, body, signature, hash FROM audit_checkpoints {where} ORDER BY chain_id, n"
 )
 
@@ -538,10 +538,7 @@ def _load_registry(
     registry: dict[str, str | None] = {}
     # The projections are read as text (created_at rendered like the genesis member, emitter with every
     # digit of its numbers) and compared with the sealed genesis here: see _check_registry_columns.
-    query = (
-        "SELECT chain_id::text, genesis, genesis_hash, emitter::text, "
-        "pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM audit_chains"
-    )
+    query = f"SELECT chain_id::text, genesis, genesis_hash, emitter::text, {utc_text('created_at')} FROM audit_chains"
     params: tuple[Any, ...] = ()
     if chain_ids:
         query += " WHERE chain_id = ANY(%s::uuid[])"

@@ -36,6 +36,7 @@ __all__ = [
     "loads_or_unreadable",
     "strict_equal",
     "strings_only",
+    "utc_text",
 ]
 
 _STR_ONLY = frozenset({str})
@@ -84,6 +85,14 @@ def decimal_equal(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(map(decimal_equal, a, b))
     same = a == b
     return same
+
+
+def utc_text(column: str) -> str:
+    """SQL rendering a ``timestamptz`` column as the sealed documents write times: RFC 3339 in UTC with
+    six fractional digits and ``Z`` (``2026-12-02T14:49:35.702812Z``), so that equal text means equal
+    time and the comparison is a string comparison (docs/specification.md, "Comparing columns with
+    fields")."""
+    return f"pg_catalog.to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 
 def strings_only(value: Any) -> bool:

@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 
 from otel_audit.core.record import RECORD_DOMAIN, RECORD_FIELDS
-from otel_audit.verify.exact import json_column_equal, loads_or_unreadable, strings_only
+from otel_audit.verify.exact import json_column_equal, loads_or_unreadable, strings_only, utc_text
 
 __all__ = [
     "CHUNK_ROWS",
@@ -66,7 +66,7 @@ SEQ_MAX = 2**63 - 1
 #: for uuid, timestamptz and inet, exactly as they are sealed).
 _TEXT_SQL = {
     "id": "id::text",
-    "timestamp": "pg_catalog.to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    "timestamp": utc_text("timestamp"),
     "ip_address": "pg_catalog.abbrev(ip_address)",
 }
 _INT_FIELDS = ("v", "trace_flags", "severity_number")  # seq is its own column

@@ -35,6 +35,7 @@ from typing import Any
 
 from otel_audit.core.keys import VerifyKey
 from otel_audit.core.retention import RetentionCheckpoint, RetentionFormatError, parse_retention
+from otel_audit.verify.exact import utc_text
 from otel_audit.verify.report import Finding, Kind, Severity, VerificationReport
 
 __all__ = ["ArchivedPrefix", "bundle_holding", "check_claims", "judge_retention", "load_retention_rows"]
@@ -64,9 +65,7 @@ def load_retention_rows(conn: Any) -> list[tuple[Any, ...]]:
     if not row or row[0] is None:
         return []
     rows: list[tuple[Any, ...]] = conn.execute(
-        "SELECT n, key_id, body, signature, hash, "
-        "pg_catalog.to_char(signed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
-        "FROM audit_retention ORDER BY n"
+        f"SELECT n, key_id, body, signature, hash, {utc_text('signed_at')} FROM audit_retention ORDER BY n"
     ).fetchall()
     return rows
 
