@@ -141,3 +141,11 @@ def test_record_seq_reads_the_top_level_key_only() -> None:
     for _ in range(3):
         sealed = chain.seal(RecordBuilder().build(tricky, time_unix_nano=T))
     assert record_seq(sealed.canonical) == 3 == orjson.loads(sealed.canonical)["seq"]
+
+
+def test_record_hashes_of_many_records_equal_record_hash_of_each() -> None:
+    from otel_audit.core.record import record_hash, record_hashes
+
+    canonicals = [b"", b"{}", b'{"seq":1}', "é".encode() * 500]
+    assert record_hashes(canonicals) == [record_hash(c) for c in canonicals]
+    assert record_hashes(iter(canonicals)) == [record_hash(c) for c in canonicals]
