@@ -291,7 +291,9 @@ class PostgresSink:
         # process forked while another thread is importing a module inherits that module's import lock
         # held by a thread that does not exist in the child, and every later import of it there hangs
         # (a forked worker's shutdown hung exactly so). status imports this module, hence not at the top.
-        import otel_audit.status  # noqa: F401
+        from otel_audit.status import write_process_status
+
+        self._write_process_status = write_process_status
 
         self.dsn = dsn
         self.spool_config = spool_config
@@ -1061,12 +1063,10 @@ class PostgresSink:
             self._write_status()
 
     def _write_status(self) -> None:
-        from otel_audit.status import write_process_status  # imported by __init__ already (see there)
-
         own = self._own
         if own is None or not own.spool.path.exists():
             return
-        write_process_status(own.spool.path, self.stats.snapshot(), chain_id=own.spool.chain_id)
+        self._write_process_status(own.spool.path, self.stats.snapshot(), chain_id=own.spool.chain_id)
 
 
 _FORK_ORPHANS: list[Any] = []
