@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
+import signal
 import threading
 from pathlib import Path
 
@@ -238,6 +240,35 @@ def test_a_worker_that_cannot_connect_fails_the_verification_with_the_database_e
     monkeypatch.setattr(parallel, "_conninfo", lambda conn: "host=127.0.0.1 port=1 connect_timeout=2")
     with psycopg.connect(db) as conn, pytest.raises(psycopg.OperationalError):
         verify_database(conn, VerifyOptions(workers=2))
+
+
+@pytest.mark.storage
+def test_a_parents_sigterm_handler_does_not_keep_workers_alive(
+    db: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI hung here for 90 minutes: a SIGTERM handler that does not exit, inherited by forked workers,
+    turned the Pool's terminate() into a no-op and its join into a wait for ever."""
+    _trail(db, spool_dir, chains=2, records=3)
+    monkeypatch.setattr(parallel, "MIN_RANGE", 1)
+    monkeypatch.setattr(parallel, "_conninfo", lambda conn: "host=127.0.0.1 port=1 connect_timeout=2")
+
+    def too_long(signum: int, frame: object) -> None:
+        raise TimeoutError("the verification did not return: its workers outlived terminate()")
+
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: None)  # a server's "stop" flag, say
+    previous_alarm = signal.signal(signal.SIGALRM, too_long)
+    try:
+        for _ in range(5):  # the hang was a race between the failing workers and terminate()
+            signal.alarm(60)
+            with psycopg.connect(db) as conn, pytest.raises(psycopg.OperationalError):
+                verify_database(conn, VerifyOptions(workers=2))
+            signal.alarm(0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGALRM, previous_alarm)
+        for child in multiprocessing.active_children():
+            child.kill()
 
 
 @pytest.mark.storage

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -226,6 +227,11 @@ def _worker_start(conninfo: str, snapshot: str) -> None:
     # Never raise here: a Pool replaces a worker whose initializer fails, forever.
     # The error is raised by the worker's first task instead, and reaches the caller.
     global _worker_conn, _worker_error
+    # A forked worker inherits the parent's signal handlers. A handler that does not exit (a server's
+    # "stop" flag, a test runner's) would make the Pool's SIGTERM on terminate() a no-op, and the
+    # caller would wait for ever joining a worker blocked on the task queue: restore the defaults.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the caller stops the pool
     try:
         conn = psycopg.connect(conninfo, autocommit=True)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
